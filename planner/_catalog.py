@@ -1,0 +1,77 @@
+"""The two catalogs, kept as data files: model presets and GPUs.
+
+``data/models.json`` maps a preset name to its Hugging Face config fields (and where they come
+from); ``data/gpus.json`` maps a GPU name to its datasheet figures and a default hourly price.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from trainplan.errors import UsageError, close_matches
+
+__all__ = ["GPUSpec", "model_presets", "gpu_catalog", "load_gpu"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GPUSpec:
+    """One accelerator, from its datasheet (dense peaks, no sparsity)."""
+
+    key: str
+    """Catalog name, e.g. ``h100-sxm``."""
+    name: str
+    """Marketing name."""
+    memory_gib: float
+    """Device memory in GiB (2**30 bytes) as the datasheet's GB figure, e.g. 80 for an H100."""
+    tflops: dict[str, float]
+    """Peak dense TFLOP/s by dtype: fp32, tf32, fp16, bf16, fp8 where supported."""
+    hbm_gbps: float
+    """Memory bandwidth, GB/s."""
+    intra_node_gbps: float
+    """GPU-to-GPU bandwidth inside a node, GB/s per direction (NVLink / Infinity Fabric / PCIe)."""
+    inter_node_gbps: float
+    """Network bandwidth per GPU between nodes, GB/s per direction (typical cluster fabric)."""
+    price_per_hour: float
+    """Default on-demand USD per GPU-hour; override with ``--price``."""
+    source: str = ""
+    """Where the figures come from."""
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 2**30)
+
+    def peak_flops(self, precision: str) -> float:
+        """Peak dense FLOP/s for a training precision (fp32 math uses TF32 where it exists)."""
+        key = {"fp32": "tf32" if "tf32" in self.tflops else "fp32"}.get(precision, precision)
+        if key not in self.tflops:
+            raise UsageError("--precision", f"{self.key} has no {precision} peak in the catalog")
+        return self.tflops[key] * 1e12
+
+
+def _load(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("trainplan.planner").joinpath("data", name).read_text())
+
+
+@cache
+def model_presets() -> dict[str, dict[str, Any]]:
+    """Preset name -> ``{"source": hub id, "config": HF config fields}``."""
+    return {k: v for k, v in _load("models.json").items() if not k.startswith("_")}
+
+
+@cache
+def gpu_catalog() -> dict[str, GPUSpec]:
+    """GPU name -> :class:`GPUSpec`."""
+    return {k: GPUSpec(key=k, **v) for k, v in _load("gpus.json").items() if not k.startswith("_")}
+
+
+def load_gpu(name: str) -> GPUSpec:
+    """Look a GPU up by catalog name (case-insensitive); unknown names list close matches."""
+    catalog = gpu_catalog()
+    key = name.lower()
+    if key in catalog:
+        return catalog[key]
+    raise UsageError("--gpu", f"unknown GPU {name!r} (see `trainplan gpus`)" + close_matches(name, catalog))

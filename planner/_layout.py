@@ -1,0 +1,122 @@
+"""How a training run is laid out on GPUs: the parallel, batch and precision choices.
+
+One :class:`Layout` is what ``trainplan plan`` evaluates, what ``--recommend`` enumerates, and what
+the runner turns into a DeepSpeed config. ``validate`` is the one place that checks a layout
+against a model; its messages name the flag the user typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from trainplan.errors import UsageError
+from trainplan.planner._model import ModelSpec
+
+__all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+OFFLOADS = ("none", "cpu", "nvme")
+CHECKPOINTING = ("none", "selective", "full")
+ATTENTION = ("eager", "sdpa", "flash")
+OPTIMIZERS = ("adamw", "sgd", "adafactor")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layout:
+    """Parallelism, batch and numerics of one training run."""
+
+    gpus: int = 1
+    """Total GPUs (data x tensor x pipeline)."""
+    gpus_per_node: int = 8
+    """GPUs in one node; collectives beyond it use the inter-node network."""
+    zero: int = 0
+    """DeepSpeed ZeRO stage: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
+    offload: str = "none"
+    """Move optimizer states (and, with ZeRO-3, parameters) to ``cpu`` or ``nvme``."""
+    tp: int = 1
+    """Tensor-parallel degree (Megatron-style column/row split of every block)."""
+    pp: int = 1
+    """Pipeline-parallel degree (layers split into this many stages)."""
+    micro_batch: int = 1
+    """Sequences per GPU per forward/backward."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    seq_len: int = 2048
+    """Tokens per sequence."""
+    precision: str = "bf16"
+    """Training precision: ``fp32``, or ``fp16``/``bf16`` mixed precision with fp32 master weights."""
+    checkpointing: str = "none"
+    """Activation checkpointing: ``none``, ``selective`` (attention recomputed) or ``full`` (every block)."""
+    attention: str = "sdpa"
+    """Attention kernel: ``eager`` stores the score matrix; ``sdpa``/``flash`` do not."""
+    optimizer: str = "adamw"
+    """``adamw`` (two fp32 moments), ``sgd`` (momentum) or ``adafactor`` (factored second moment)."""
+
+    # Derived quantities ------------------------------------------------------------------
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree."""
+        return self.gpus // (self.tp * self.pp)
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.gpus // self.gpus_per_node)
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step."""
+        return self.micro_batch * self.grad_accum * self.dp
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    @property
+    def mixed(self) -> bool:
+        return self.precision != "fp32"
+
+    def with_(self, **changes: Any) -> Layout:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # Validation ---------------------------------------------------------------------------
+    def validate(self, model: ModelSpec | None = None) -> Layout:
+        """Raise :class:`UsageError` naming the flag at fault; return self when sound."""
+        for flag, value in (
+            ("--gpus", self.gpus), ("--gpus-per-node", self.gpus_per_node), ("--tp", self.tp),
+            ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
+            ("--seq-len", self.seq_len),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(flag, f"must be a positive integer, got {value!r}")
+        choices = {
+            "--zero": (self.zero, (0, 1, 2, 3)), "--offload": (self.offload, OFFLOADS),
+            "--precision": (self.precision, PRECISIONS), "--checkpointing": (self.checkpointing, CHECKPOINTING),
+            "--attention": (self.attention, ATTENTION), "--optimizer": (self.optimizer, OPTIMIZERS),
+        }
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise UsageError(flag, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+        if self.gpus % (self.tp * self.pp):
+            raise UsageError("--gpus", f"{self.gpus} GPUs is not a multiple of --tp x --pp = {self.tp * self.pp}")
+        if self.tp > self.gpus_per_node:
+            raise UsageError("--tp", f"{self.tp} exceeds --gpus-per-node {self.gpus_per_node}; tensor parallelism stays inside a node")
+        if self.offload != "none" and self.zero == 0:
+            raise UsageError("--offload", f"{self.offload} offload needs --zero 1, 2 or 3 (DeepSpeed offloads partitioned states)")
+        if self.offload == "nvme" and self.zero != 3:
+            raise UsageError("--offload", "nvme offload needs --zero 3")
+        if self.pp > 1 and self.zero > 1:
+            raise UsageError("--zero", f"stage {self.zero} does not combine with --pp {self.pp}; DeepSpeed pipeline parallelism supports ZeRO 0 and 1")
+        if model is not None:
+            if self.tp > 1 and model.num_heads % self.tp:
+                raise UsageError("--tp", f"{self.tp} does not divide the model's {model.num_heads} attention heads")
+            if self.tp > 1 and model.num_kv_heads % self.tp and self.tp % model.num_kv_heads:
+                raise UsageError("--tp", f"{self.tp} and the model's {model.num_kv_heads} kv-heads do not divide one another")
+            if self.pp > model.num_layers:
+                raise UsageError("--pp", f"{self.pp} pipeline stages exceed the model's {model.num_layers} layers")
+            if self.seq_len > model.max_position_embeddings and model.learned_positions:
+                raise UsageError("--seq-len", f"{self.seq_len} exceeds the model's {model.max_position_embeddings} learned positions")
+        return self

@@ -1,0 +1,94 @@
+"""The ``trainplan`` command line.
+
+Each verb lives in its own module and is imported only when it runs, so ``trainplan plan`` never
+pays for torch or deepspeed. Bad input (:class:`trainplan.errors.UsageError` or a click usage
+error) prints one line and exits 2; any other failure prints one line and exits 1. ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from trainplan import __version__
+from trainplan.errors import TrainplanError, UsageError
+
+__all__ = ["main", "cli"]
+
+# verb -> "module:attribute" of its click command; help text shown without importing it.
+_VERBS: dict[str, tuple[str, str]] = {
+    "plan": ("trainplan.cli.plan:plan", "Estimate memory, time and cost of a training run; recommend a layout."),
+    "models": ("trainplan.cli.catalog:models", "List the built-in model presets."),
+    "gpus": ("trainplan.cli.catalog:gpus", "List the GPU catalog."),
+    "run": ("trainplan.cli.run:run", "Run one real training trial through the deepspeed launcher."),
+    "search": ("trainplan.cli.search:search", "Optuna sweep over real DeepSpeed trials."),
+    "trials": ("trainplan.cli.search:trials", "Export the trials of a study as CSV, Parquet or JSON."),
+    "report": ("trainplan.cli.report:report", "Write one self-contained HTML report."),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_VERBS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in _VERBS:
+            return None
+        module, attr = _VERBS[name][0].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, text) for name, (_, text) in _VERBS.items()])
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="trainplan")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Plan, tune and report transformer training runs."""
+    ctx.obj = {"debug": debug}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the process exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="trainplan", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        return 2
+    except click.UsageError as exc:
+        if debug:
+            raise
+        verb = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.info_name != "trainplan" else ""
+        click.echo(f"trainplan{verb}: error: {exc.format_message()}", err=True)
+        return 2
+    except UsageError as exc:
+        if debug:
+            raise
+        click.echo(f"trainplan: error: {exc}", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("trainplan: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("trainplan: interrupted", err=True)
+        return 130
+    except (TrainplanError, OSError) as exc:
+        if debug:
+            raise
+        click.echo(f"trainplan: error: {exc}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
