@@ -1,0 +1,150 @@
+"""One plan: a model on a layout on a GPU, with every estimate the planner makes.
+
+:func:`plan` is the single entry point that ties the pieces together (parameters, FLOPs, memory,
+step time, scaling law); :class:`Plan` holds the results as plain values, derives time and cost,
+and renders itself as the ``--format json`` object documented in the README.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from trainplan import __version__
+from trainplan.errors import UsageError
+from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._flops import FlopCounts, flops
+from trainplan.planner._layout import Layout
+from trainplan.planner._memory import MemoryEstimate, estimate_memory
+from trainplan.planner._model import ModelSpec
+from trainplan.planner._params import ParamCounts, count_parameters
+from trainplan.planner._perf import Perf, estimate_perf
+from trainplan.planner._scaling import ScalingPrediction, chinchilla
+
+__all__ = ["Plan", "plan"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """Estimates for training ``model`` with ``layout`` on ``gpu`` to ``tokens`` tokens."""
+
+    model: ModelSpec
+    layout: Layout
+    gpu: GPUSpec
+    params: ParamCounts
+    flops: FlopCounts
+    memory: MemoryEstimate
+    perf: Perf
+    scaling: ScalingPrediction
+    tokens: float
+    """Training tokens the time and cost are computed for."""
+    tokens_source: str
+    """``"--tokens"`` or ``"compute-optimal"`` (the scaling law's tokens for this model size)."""
+    price_per_hour: float
+    """USD per GPU-hour used for the cost."""
+
+    # Derived ---------------------------------------------------------------------------------
+    @property
+    def fits(self) -> bool:
+        return self.memory.total <= self.gpu.memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.gpu.memory_bytes - self.memory.total
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / self.layout.tokens_per_step)
+
+    @property
+    def hours(self) -> float:
+        return self.steps * self.perf.step_time_s / 3600
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.hours * self.layout.gpus
+
+    @property
+    def cost_usd(self) -> float:
+        return self.gpu_hours * self.price_per_hour
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``trainplan plan --format json`` object (schema in README.md)."""
+        m, lay, mem = self.model, self.layout, self.memory
+        return {
+            "trainplan_version": __version__,
+            "kind": "estimate",
+            "model": {"name": m.name, "family": m.family, "hidden_size": m.hidden_size,
+                      "num_layers": m.num_layers, "num_heads": m.num_heads,
+                      "num_kv_heads": m.num_kv_heads, "vocab_size": m.vocab_size,
+                      "num_experts": m.num_experts},
+            "gpu": {"key": self.gpu.key, "name": self.gpu.name, "memory_bytes": self.gpu.memory_bytes,
+                    "peak_tflops": self.gpu.peak_flops(lay.precision) / 1e12},
+            "layout": {**lay.to_dict(), "dp": lay.dp, "nodes": lay.nodes,
+                       "global_batch": lay.global_batch, "tokens_per_step": lay.tokens_per_step},
+            "parameters": asdict(self.params),
+            "flops": asdict(self.flops),
+            "memory": {
+                "per_gpu": {**{f"{k}_bytes": v for k, v in mem.breakdown().items()},
+                            "total_bytes": mem.total},
+                "cpu_bytes_per_node": mem.cpu_bytes * min(lay.gpus, lay.gpus_per_node),
+                "nvme_bytes_per_node": mem.nvme_bytes * min(lay.gpus, lay.gpus_per_node),
+                "gpu_capacity_bytes": self.gpu.memory_bytes,
+                "headroom_bytes": self.headroom_bytes,
+            },
+            "fits": self.fits,
+            "throughput": {
+                "tokens_per_s": self.perf.tokens_per_s,
+                "tokens_per_s_per_gpu": self.perf.tokens_per_s / lay.gpus,
+                "step_time_s": self.perf.step_time_s, "mfu": self.perf.mfu, "hfu": self.perf.hfu,
+                "assumed_compute_efficiency": self.perf.efficiency,
+                "compute_s": self.perf.compute_s, "dp_comm_s": self.perf.dp_comm_s,
+                "dp_comm_exposed_s": self.perf.dp_comm_exposed_s, "tp_comm_s": self.perf.tp_comm_s,
+                "pipeline_bubble_s": self.perf.bubble_s, "offload_s": self.perf.offload_s,
+            },
+            "time": {"tokens": self.tokens, "tokens_source": self.tokens_source, "steps": self.steps,
+                     "hours": self.hours, "gpu_hours": self.gpu_hours},
+            "cost": {"usd": self.cost_usd, "price_per_gpu_hour": self.price_per_hour},
+            "scaling": {**asdict(self.scaling), "law": "Chinchilla, Besiroglu et al. 2024 refit"},
+        }
+
+
+def plan(
+    model: ModelSpec,
+    layout: Layout,
+    gpu: GPUSpec,
+    *,
+    tokens: float | None = None,
+    mfu: float | None = None,
+    price: float | None = None,
+) -> Plan:
+    """Estimate everything for one layout; ``layout`` is validated against ``model`` first.
+
+    Args:
+        tokens: training tokens (default: the compute-optimal tokens for the model size).
+        mfu: compute efficiency to assume (share of peak FLOP/s the matmuls reach).
+        price: USD per GPU-hour (default: the catalog's).
+    """
+    layout.validate(model)
+    if tokens is not None and tokens <= 0:
+        raise UsageError("--tokens", f"must be positive, got {tokens:g}")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise UsageError("--mfu", f"must lie in (0, 1], got {mfu}")
+    if price is not None and price < 0:
+        raise UsageError("--price", f"must be >= 0, got {price}")
+    params = count_parameters(model)
+    scaling = chinchilla(params.active, tokens)
+    fl = flops(model, layout.seq_len, layout.tokens_per_step, layout.checkpointing)
+    perf = estimate_perf(
+        model, layout, gpu, params_total=params.total,
+        model_flops_per_step=fl.model_per_step, hardware_flops_per_step=fl.hardware_per_step,
+        efficiency=mfu,
+    )
+    return Plan(
+        model=model, layout=layout, gpu=gpu, params=params, flops=fl,
+        memory=estimate_memory(model, layout), perf=perf, scaling=scaling,
+        tokens=tokens if tokens is not None else scaling.compute_optimal_tokens,
+        tokens_source="--tokens" if tokens is not None else "compute-optimal",
+        price_per_hour=gpu.price_per_hour if price is None else price,
+    )

@@ -1,0 +1,129 @@
+"""``trainplan plan --recommend``: enumerate layouts, keep those that fit, rank them.
+
+The global batch (sequences per optimizer step) is held fixed, since it changes the optimisation,
+not only the speed; every candidate reaches it with its own micro-batch x accumulation x data
+parallelism. Candidates the planner rejects (memory, divisibility) are counted, not shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import product
+
+from trainplan.errors import UsageError
+from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._layout import Layout
+from trainplan.planner._model import ModelSpec
+from trainplan.planner._plan import Plan, plan
+
+__all__ = ["LayoutSpace", "Recommendation", "OBJECTIVES", "candidate_layouts", "recommend"]
+
+OBJECTIVES = ("time", "cost", "gpus")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutSpace:
+    """The choices ``--recommend`` enumerates."""
+
+    max_gpus: int = 64
+    """Largest GPU count tried (powers of two up to a node, then whole nodes)."""
+    zero: tuple[int, ...] = (0, 1, 2, 3)
+    """ZeRO stages tried."""
+    offload: tuple[str, ...] = ("none", "cpu")
+    """Offload targets tried (nvme is only chosen when asked for with --offload)."""
+    tp: tuple[int, ...] = (1, 2, 4, 8)
+    """Tensor-parallel degrees tried."""
+    pp: tuple[int, ...] = (1, 2, 4, 8)
+    """Pipeline degrees tried."""
+    micro_batch: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """Micro-batches tried."""
+    checkpointing: tuple[str, ...] = ("none", "selective", "full")
+    """Activation checkpointing modes tried."""
+
+    def gpu_counts(self, gpus_per_node: int) -> list[int]:
+        counts = [g for g in (1, 2, 4, 8, 16, 32) if g <= min(gpus_per_node, self.max_gpus)]
+        counts += range(2 * gpus_per_node, self.max_gpus + 1, gpus_per_node)
+        if gpus_per_node <= self.max_gpus and gpus_per_node not in counts:
+            counts.append(gpus_per_node)
+        return sorted(set(counts))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recommendation:
+    """The ranked feasible layouts and what was searched."""
+
+    ranked: list[Plan]
+    """Feasible plans, best first by ``optimize``."""
+    optimize: str
+    """Ranking objective: time, cost or gpus."""
+    evaluated: int
+    """Candidate layouts planned."""
+    feasible: int
+    """Candidates that fit in memory."""
+    min_gpus: int | None = None
+    """Fewest GPUs any feasible layout needs."""
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    """Why candidates were dropped, with counts."""
+
+
+def candidate_layouts(model: ModelSpec, base: Layout, global_batch: int, space: LayoutSpace) -> Iterator[Layout]:
+    """Every layout of ``space`` that reaches ``global_batch`` and is valid for ``model``."""
+    for gpus, tp, pp in product(space.gpu_counts(base.gpus_per_node), space.tp, space.pp):
+        if gpus % (tp * pp) or tp > base.gpus_per_node or model.num_heads % tp or pp > model.num_layers:
+            continue
+        if tp > 1 and model.num_kv_heads % tp and tp % model.num_kv_heads:
+            continue
+        dp = gpus // (tp * pp)
+        for mb in space.micro_batch:
+            if global_batch % (mb * dp):
+                continue
+            accum = global_batch // (mb * dp)
+            if pp > 1 and accum < pp:  # too few micro-batches to fill the pipeline
+                continue
+            for zero, offload, ckpt in product(space.zero, space.offload, space.checkpointing):
+                if (offload != "none" and zero == 0) or (offload == "nvme" and zero != 3) or (pp > 1 and zero > 1):
+                    continue
+                yield base.with_(gpus=gpus, tp=tp, pp=pp, micro_batch=mb, grad_accum=accum,
+                                 zero=zero, offload=offload, checkpointing=ckpt)
+
+
+def _key(p: Plan, optimize: str) -> tuple[float, ...]:
+    if optimize == "cost":
+        return (p.cost_usd, p.hours, p.layout.gpus)
+    if optimize == "gpus":
+        return (p.layout.gpus, p.hours, p.cost_usd)
+    return (p.hours, p.cost_usd, p.layout.gpus)
+
+
+def recommend(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    base: Layout,
+    *,
+    global_batch: int,
+    tokens: float | None = None,
+    optimize: str = "time",
+    space: LayoutSpace | None = None,
+    mfu: float | None = None,
+    price: float | None = None,
+) -> Recommendation:
+    """Plan every candidate layout and rank those that fit by ``optimize``."""
+    if optimize not in OBJECTIVES:
+        raise UsageError("--optimize", f"{optimize!r} is not one of {', '.join(OBJECTIVES)}")
+    space = space or LayoutSpace()
+    if space.max_gpus < 1:
+        raise UsageError("--max-gpus", f"must be a positive integer, got {space.max_gpus}")
+    feasible: list[Plan] = []
+    evaluated = 0
+    for layout in candidate_layouts(model, base, global_batch, space):
+        evaluated += 1
+        p = plan(model, layout, gpu, tokens=tokens, mfu=mfu, price=price)
+        if p.fits:
+            feasible.append(p)
+    feasible.sort(key=lambda p: _key(p, optimize))
+    return Recommendation(
+        ranked=feasible, optimize=optimize, evaluated=evaluated, feasible=len(feasible),
+        min_gpus=min((p.layout.gpus for p in feasible), default=None),
+        rejected_reasons={"does not fit in GPU memory": evaluated - len(feasible)},
+    )

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make demo`: the main job on the built-in default task, on any machine (no GPU needed).
+# 1. plan: will llama-2-7b fit, how long and what cost; which layout for llama-3.1-70b.
+# 2. search: the default Optuna sweep of real DeepSpeed trials of the tiny Llama on stdlib text.
+# 3. report: one offline HTML page for the decision.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TP=.venv/bin/trainplan
+export TRAINPLAN_RUNS="${TRAINPLAN_RUNS:-runs}"
+
+mkdir -p "$TRAINPLAN_RUNS"
+echo "== 1. trainplan plan: llama-2-7b on 8 x A100-80GB, ZeRO-3, 2T tokens (estimates)"
+$TP plan --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 3 --micro-batch 4 --global-batch 1024 --seq-len 4096 --tokens 2T
+echo
+echo "== 2. trainplan plan --recommend: cheapest layouts for llama-3.1-70b on H100s"
+$TP plan --model llama-3.1-70b --gpu h100-sxm --seq-len 8192 --global-batch 512 --tokens 1T \
+  --recommend --max-gpus 256 --optimize cost --ds-config "$TRAINPLAN_RUNS/ds_config.llama-3.1-70b.json"

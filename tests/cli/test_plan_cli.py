@@ -1,0 +1,131 @@
+"""`trainplan plan`, `models` and `gpus` as a user runs them: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from trainplan.cli import main
+
+BASE = ["plan", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "8", "--zero", "3"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plan_json_has_documented_schema(capsys):
+    code, out, _ = run(capsys, *BASE, "--tokens", "2T", "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["kind"] == "estimate"
+    assert doc["parameters"]["total"] == 6_738_415_616
+    per_gpu = doc["memory"]["per_gpu"]
+    for key in ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "total_bytes"):
+        assert per_gpu[key] >= 0
+    assert per_gpu["total_bytes"] == sum(v for k, v in per_gpu.items() if k != "total_bytes")
+    assert isinstance(doc["fits"], bool)
+    assert doc["throughput"]["tokens_per_s"] > 0
+    assert doc["time"]["tokens"] == 2e12 and doc["time"]["hours"] > 0
+    assert doc["cost"]["usd"] == pytest.approx(doc["time"]["gpu_hours"] * doc["cost"]["price_per_gpu_hour"])
+
+
+def test_plan_table_labels_numbers_as_estimates(capsys):
+    code, out, _ = run(capsys, *BASE)
+    assert code == 0
+    assert "estimate" in out and "FITS" in out and "GPU-hours" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["plan", "--model", "llama-70b"], "--model"),
+        (["plan", "--model", "gpt2", "--gpu", "h100"], "--gpu"),
+        (["plan", "--model", "gpt2", "--tp", "5", "--gpus", "5"], "--tp"),
+        (["plan", "--model", "gpt2", "--pp", "16", "--gpus", "16"], "--pp"),
+        (["plan", "--model", "gpt2", "--gpus", "0"], "--gpus"),
+        (["plan", "--model", "gpt2", "--zero", "5"], "--zero"),
+        (["plan", "--model", "gpt2", "--gpus", "4", "--micro-batch", "3", "--global-batch", "16"], "--global-batch"),
+        (["plan", "--model", "gpt2", "--tokens", "lots"], "--tokens"),
+        (["plan", "--model", "gpt2", "--mfu", "1.5"], "--mfu"),
+        (["plan", "--model", "gpt2", "--offload", "cpu"], "--offload"),
+        (["plan", "--model", "gpt2", "--gpus", "3", "--tp", "2"], "--gpus"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_naming_the_flag(capsys, argv, flag):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0] and "Traceback" not in err
+
+
+def test_unknown_model_suggests_close_names(capsys):
+    _, _, err = run(capsys, "plan", "--model", "llama-70b")
+    assert "llama-2-70b" in err
+
+
+def test_bad_model_config_names_the_problem(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "vocab_size": 100, "hidden_size": 100,
+                               "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 3}))
+    code, _, err = run(capsys, "plan", "--model", str(cfg))
+    assert code == 2 and "--model" in err and "does not divide" in err
+
+
+def test_debug_shows_traceback(capsys):
+    with pytest.raises(Exception, match="unknown GPU"):
+        main(["--debug", "plan", "--model", "gpt2", "--gpu", "nope"])
+
+
+def test_recommend_writes_ds_config_of_the_best_layout(tmp_path, capsys):
+    path = tmp_path / "ds.json"
+    code, out, _ = run(capsys, "plan", "--model", "llama-2-13b", "--gpu", "a100-80gb", "--seq-len", "4096",
+                       "--global-batch", "256", "--recommend", "--max-gpus", "32", "--optimize", "cost",
+                       "--ds-config", str(path), "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    best = doc["top"][0]
+    assert best["fits"] and doc["feasible"] >= len(doc["top"]) > 1
+    costs = [p["cost"]["usd"] for p in doc["top"]]
+    assert costs == sorted(costs)
+    ds = json.loads(path.read_text())
+    assert ds == doc["ds_config"]
+    assert ds["train_batch_size"] == 256 == best["layout"]["global_batch"]
+    assert ds["zero_optimization"]["stage"] == best["layout"]["zero"]
+    assert ds["train_micro_batch_size_per_gpu"] == best["layout"]["micro_batch"]
+
+
+def test_models_and_gpus_list_the_catalogs(capsys):
+    code, out, _ = run(capsys, "models", "--format", "json")
+    names = {m["name"] for m in json.loads(out)}
+    assert code == 0 and {"gpt2-xl", "llama-3.1-405b", "mixtral-8x7b", "qwen2.5-72b", "gemma-7b"} <= names
+    code, out, _ = run(capsys, "gpus", "--format", "json")
+    keys = set(json.loads(out))
+    assert code == 0
+    for wanted in ("v100", "a10", "l4", "l40s", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x"):
+        assert any(k == wanted or k.startswith(wanted + "-") for k in keys), wanted
+
+
+def test_plan_does_not_import_torch_transformers_or_deepspeed():
+    code = (
+        "import sys; from trainplan.cli import main;"
+        "rc = main(['plan', '--model', 'llama-2-70b', '--gpus', '64', '--zero', '3', '--recommend', '--format', 'json']);"
+        "heavy = [m for m in ('torch', 'transformers', 'deepspeed', 'optuna', 'plotly') if m in sys.modules];"
+        "print('HEAVY', heavy, file=sys.stderr); sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in proc.stderr
+
+
+def test_console_script_entry_point_works():
+    proc = subprocess.run([sys.executable, "-m", "trainplan", "plan", "--model", "gpt2", "--format", "json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["parameters"]["total"] == 124_439_808
