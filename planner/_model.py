@@ -80,69 +80,115 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
 
-def _get(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for key in keys:
-        if cfg.get(key) is not None:
-            return cfg[key]
-    if default is None:
-        raise UsageError("--model", f"config has none of the keys {', '.join(keys)}")
-    return default
+# Hugging Face config-class defaults (transformers 5), used when a config.json omits a field so the
+# spec describes the model ``AutoConfig.for_model(**cfg)`` builds; tests/planner/test_catalog.py
+# checks this table against the installed transformers. ``None`` for num_key_value_heads and
+# head_dim means "derived": heads, and hidden_size // heads.
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(vocab_size=50257, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=1024, tie_word_embeddings=True),
+    "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                     intermediate_size=24576, max_position_embeddings=2048, tie_word_embeddings=False,
+                     attention_bias=True),
+    "llama": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=None, head_dim=None, intermediate_size=11008,
+                  max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False,
+                  mlp_bias=False),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, head_dim=None, intermediate_size=14336,
+                    max_position_embeddings=131072, tie_word_embeddings=False),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, head_dim=None, intermediate_size=14336,
+                    max_position_embeddings=131072, tie_word_embeddings=False, num_local_experts=8,
+                    num_experts_per_tok=2),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, head_dim=None, intermediate_size=22016,
+                  max_position_embeddings=32768, tie_word_embeddings=False),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=16, head_dim=256, intermediate_size=24576,
+                  max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False),
+}
+
+# GPT-2's config names the same fields differently (its ``attribute_map`` accepts both).
+_GPT2_ALIASES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                 "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
+
+
+def _field(cfg: Mapping[str, Any], family: str, key: str) -> Any:
+    """``cfg[key]`` (or its GPT-2 alias) when present, else the config class's default."""
+    for k in (key, _GPT2_ALIASES.get(key, key)):
+        if k in cfg:
+            return cfg[k]
+    return _HF_DEFAULTS[family].get(key)
+
+
+def _positive_int(cfg: Mapping[str, Any], family: str, key: str) -> int:
+    value = _field(cfg, family, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UsageError("--model", f"config field {key} must be a positive integer, got {value!r}")
+    return value
 
 
 def from_hf_config(cfg: Mapping[str, Any], name: str = "custom") -> ModelSpec:
-    """Build a :class:`ModelSpec` from a Hugging Face config dict; checks the shapes agree."""
+    """Build a :class:`ModelSpec` from a Hugging Face config dict; checks the shapes agree.
+
+    Missing fields take the defaults of the family's transformers config class, and each family's
+    biases follow its modeling code (e.g. Mistral ignores ``attention_bias``, Qwen2 always has
+    q/k/v biases and never an output-projection bias).
+    """
     family = cfg.get("model_type")
     if family not in SUPPORTED_FAMILIES:
         raise UsageError(
             "--model",
             f"model_type {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}",
         )
-    d = int(_get(cfg, "hidden_size", "n_embd"))
-    heads = int(_get(cfg, "num_attention_heads", "n_head"))
-    if d <= 0 or heads <= 0:
-        raise UsageError("--model", "hidden_size and num_attention_heads must be positive")
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
-    head_dim = int(cfg.get("head_dim") or 0) or d // heads
-    if cfg.get("head_dim") is None and d % heads:
+    d = _positive_int(cfg, family, "hidden_size")
+    heads = _positive_int(cfg, family, "num_attention_heads")
+    # GPT-2 and GPT-NeoX have no grouped-query attention and no head_dim field.
+    kv_heads = heads if family in ("gpt2", "gpt_neox") else int(_field(cfg, family, "num_key_value_heads") or heads)
+    explicit_head_dim = None if family in ("gpt2", "gpt_neox") else _field(cfg, family, "head_dim")
+    if explicit_head_dim is None and d % heads:
         raise UsageError("--model", f"num_attention_heads {heads} does not divide hidden_size {d}")
-    if heads % kv_heads:
+    head_dim = int(explicit_head_dim or d // heads)
+    if kv_heads <= 0 or heads % kv_heads:
         raise UsageError("--model", f"num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}")
     common = dict(
         name=name,
         family=family,
-        vocab_size=int(cfg["vocab_size"]),
+        vocab_size=_positive_int(cfg, family, "vocab_size"),
         hidden_size=d,
-        num_layers=int(_get(cfg, "num_hidden_layers", "n_layer")),
+        num_layers=_positive_int(cfg, family, "num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        max_position_embeddings=int(_get(cfg, "max_position_embeddings", "n_positions", default=2048)),
+        max_position_embeddings=_positive_int(cfg, family, "max_position_embeddings"),
+        tie_word_embeddings=bool(_field(cfg, family, "tie_word_embeddings")),
         hf_config=dict(cfg),
     )
     if family == "gpt2":
         return ModelSpec(
-            **common, intermediate_size=int(cfg.get("n_inner") or 4 * d),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), gated_mlp=False,
+            **common, intermediate_size=int(cfg.get("n_inner") or 4 * d), gated_mlp=False,
             norm="layernorm", qkv_bias=True, out_bias=True, mlp_bias=True, learned_positions=True,
         )
+    inner = _positive_int(cfg, family, "intermediate_size")
     if family == "gpt_neox":
-        bias = bool(cfg.get("attention_bias", True))
+        bias = bool(_field(cfg, family, "attention_bias"))
         return ModelSpec(
-            **common, intermediate_size=int(cfg["intermediate_size"]),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), gated_mlp=False,
-            norm="layernorm", qkv_bias=bias, out_bias=bias, mlp_bias=True, learned_positions=False,
+            **common, intermediate_size=inner, gated_mlp=False, norm="layernorm",
+            qkv_bias=bias, out_bias=bias, mlp_bias=True, learned_positions=False,
         )
-    # llama-style families: RMSNorm, gated MLP, rotary positions.
-    attn_bias = bool(cfg.get("attention_bias", False))
+    # llama-style families: RMSNorm, gated MLP, rotary positions; biases differ per family.
+    attn_bias = bool(_field(cfg, family, "attention_bias")) if family in ("llama", "gemma") else False
     moe = family == "mixtral"
+    experts = _positive_int(cfg, family, "num_local_experts") if moe else 1
+    per_token = _positive_int(cfg, family, "num_experts_per_tok") if moe else 1
+    if per_token > experts:
+        raise UsageError("--model", f"num_experts_per_tok {per_token} exceeds num_local_experts {experts}")
     return ModelSpec(
-        **common, intermediate_size=int(cfg["intermediate_size"]),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", family == "gemma")),
-        gated_mlp=True, norm="rmsnorm",
+        **common, intermediate_size=inner, gated_mlp=True, norm="rmsnorm",
         qkv_bias=attn_bias or family == "qwen2", out_bias=attn_bias,
-        mlp_bias=bool(cfg.get("mlp_bias", False)), learned_positions=False,
-        num_experts=int(cfg.get("num_local_experts", 1)) if moe else 1,
-        experts_per_token=int(cfg.get("num_experts_per_tok", 1)) if moe else 1,
+        mlp_bias=bool(_field(cfg, family, "mlp_bias")) if family == "llama" else False,
+        learned_positions=False, num_experts=experts, experts_per_token=per_token,
     )
 
 
