@@ -1,1 +1,32 @@
-"""trainplan.runners"""
+"""One real training trial: a Hugging Face model trained by a DeepSpeed engine, started by the
+``deepspeed`` launcher, streaming ``metrics.jsonl`` and ending in a classified ``result.json``.
+
+The contract (files, record keys, this API) is docs/protocol.md, "Trial protocol". Importing this
+package is light: torch, transformers and deepspeed load only inside the training entry
+(:mod:`trainplan.runners.train`).
+"""
+
+from __future__ import annotations
+
+from trainplan.runners._launch import (
+    TrialHandle, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
+)
+from trainplan.runners._result import METRIC_KEYS, STATUSES, build_result, read_metrics
+from trainplan.runners._spec import DEFAULT_DATA, DEFAULT_LAYOUT, TrialSpec
+
+__all__ = [
+    "DEFAULT_DATA",
+    "DEFAULT_LAYOUT",
+    "METRIC_KEYS",
+    "STATUSES",
+    "TrialHandle",
+    "TrialSpec",
+    "build_command",
+    "build_result",
+    "free_port",
+    "launch_trial",
+    "ops_compiled",
+    "prepare_trial",
+    "read_metrics",
+    "run_trial",
+]

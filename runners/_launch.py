@@ -1,0 +1,239 @@
+"""Launching a trial with the ``deepspeed`` launcher, watching it, stopping it, recording how it ended.
+
+The launcher (and through it every rank) runs in a new process session, so one ``killpg`` reaches
+the whole trial: the ``deepspeed`` runner, ``deepspeed.launcher.launch`` and the ranks. On SIGTERM
+the ranks finish their step, flush their metrics and write ``result.json``; ``launch.py`` also
+forwards SIGTERM to its children and SIGKILLs them after 30 s
+(deepspeed/launcher/launch.py, ``sigkill_handler``/``terminate_process_tree``). :meth:`TrialHandle.stop`
+SIGKILLs whatever is left after its grace period, so no process outlives a stopped trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainplan.runners._data import check_data
+from trainplan.runners._result import build_result, classify_exit, planner_estimate, read_metrics, write_json
+from trainplan.runners._spec import TrialSpec
+
+__all__ = ["TrialHandle", "build_command", "free_port", "launch_trial", "ops_compiled", "prepare_trial", "run_trial"]
+
+_TRIAL_FILES = ("metrics.jsonl", "result.json", "stdout.log", "stderr.log")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (bind to port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _deepspeed_exe() -> list[str]:
+    # The launcher script of this very environment, so cmd.txt runs the same versions by hand.
+    script = Path(sys.executable).with_name("deepspeed")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "deepspeed.launcher.runner"]
+
+
+def build_command(spec_path: str | Path, *, gpus: int, master_port: int, include: str | None = None,
+                  hostfile: str | None = None) -> list[str]:
+    """The launcher command line for a trial whose spec is at ``spec_path``."""
+    cmd = _deepspeed_exe()
+    if hostfile:
+        cmd += ["--hostfile", str(hostfile)]
+    if include:
+        cmd += ["--include", include]  # names hosts and devices itself; --num_gpus would conflict
+    else:
+        cmd += ["--num_gpus", str(gpus)]
+    cmd += ["--master_port", str(master_port), "--module", "trainplan.runners.train",
+            "--spec", str(Path(spec_path).resolve())]
+    return cmd
+
+
+def ops_compiled() -> bool:
+    """Whether DeepSpeed's C++ Adam op is already built in the torch extensions cache.
+
+    The first DeepSpeed run on a machine JIT-compiles it (about 100 s on a 2-core CPU); torch keeps
+    builds under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions/py<XY>_<cu|cpu>/``
+    (torch/utils/cpp_extension.py, ``_get_build_directory``).
+    """
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return any(root.glob(f"{tag}*/fused_adam/*.so")) or any(root.glob("fused_adam/*.so"))
+
+
+class TrialHandle:
+    """A running trial: poll it, tail its metrics, stop it, and collect its ``result.json``."""
+
+    def __init__(self, *, spec: TrialSpec, trial_dir: Path, process: subprocess.Popen[bytes],
+                 command: list[str], logs: tuple[Any, Any]) -> None:
+        self.spec = spec
+        """The trial's resolved spec."""
+        self.trial_dir = trial_dir
+        """The trial folder."""
+        self.process = process
+        """The ``deepspeed`` launcher process (leader of the trial's process group)."""
+        self.command = command
+        """The launch command (also in ``cmd.txt``)."""
+        self.started = time.monotonic()
+        self._logs = logs
+        self._offset = 0
+        self._stopped_as: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        """The launcher's exit code, or None while it runs."""
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the launcher exits (its exit code) or ``timeout`` seconds pass (None)."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def new_metrics(self) -> list[dict[str, Any]]:
+        """The ``metrics.jsonl`` records appended since the previous call."""
+        records, self._offset = read_metrics(self.trial_dir / "metrics.jsonl", self._offset)
+        return records
+
+    def _group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pragma: no cover - a recycled group id we do not own
+            return False
+        return True
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_s: float = 10.0, *, status: str = "terminated") -> int | None:
+        """SIGTERM the whole trial; SIGKILL what is still alive after ``grace_s``. Returns the exit code.
+
+        ``status`` (``terminated`` or ``timeout``) is what :meth:`finalize` records if the trial
+        was still running when stopped.
+        """
+        if self.process.poll() is None and self._stopped_as is None:
+            self._stopped_as = status
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (self.process.poll() is None or self._group_alive()):
+            time.sleep(0.05)
+        if self._group_alive():
+            self._signal_group(signal.SIGKILL)
+        try:
+            return self.process.wait(timeout=10)
+        finally:
+            self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Ranks re-parented away from the launcher still carry its process group id.
+        deadline = time.monotonic() + 5
+        while self._group_alive() and time.monotonic() < deadline:
+            self._signal_group(signal.SIGKILL)
+            time.sleep(0.05)
+
+    def finalize(self) -> dict[str, Any]:
+        """Wait for the trial, complete and return its ``result.json``.
+
+        When rank 0 wrote a result, the launcher's exit code is added; otherwise the parent
+        classifies the death from the exit code and stderr (``oom`` or ``crashed``). A trial stopped
+        for its time limit is ``timeout`` whatever rank 0 managed to write.
+        """
+        code = self.process.wait()
+        self._reap_group()
+        for log in self._logs:
+            log.close()
+        path = self.trial_dir / "result.json"
+        stderr_tail = _tail(self.trial_dir / "stderr.log")
+        records, _ = read_metrics(self.trial_dir / "metrics.jsonl")
+        wall = round(time.monotonic() - self.started, 3)
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            if self._stopped_as:
+                status, reason = self._stopped_as, f"stopped by trainplan ({self._stopped_as}) before rank 0 wrote a result"
+            else:
+                status, reason = classify_exit(code, stderr_tail)
+            result = build_result(records, status=status, reason=reason, stderr_tail=stderr_tail,
+                                  estimate=planner_estimate(self.spec), spec_path=str(self.trial_dir / "spec.json"))
+        result["exit_code"] = code
+        result["wall_s"] = wall
+        if self._stopped_as == "timeout":
+            result["status"] = "timeout"
+            result["reason"] = f"stopped at the --timeout of {self.spec.timeout_s:g} s after {result.get('steps', 0)} steps"
+        if result["status"] in ("crashed", "oom") and not result.get("stderr_tail"):
+            result["stderr_tail"] = stderr_tail
+        write_json(path, result)
+        return result
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit))
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,
+                  include: str | None = None, hostfile: str | None = None) -> list[str]:
+    """Validate ``spec`` and write ``spec.json``, ``ds_config.json`` and ``cmd.txt``; return the command."""
+    spec.validate()
+    check_data(spec.data)
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    for name in _TRIAL_FILES:  # a reused folder must not mix two trials' records
+        (trial_dir / name).unlink(missing_ok=True)
+    spec_path = spec.to_json(trial_dir / "spec.json")
+    (trial_dir / "ds_config.json").write_text(json.dumps(spec.ds_config(), indent=2) + "\n")
+    command = build_command(spec_path, gpus=spec.layout.gpus, master_port=master_port or free_port(),
+                            include=include, hostfile=hostfile)
+    (trial_dir / "cmd.txt").write_text(shlex.join(command) + "\n")
+    return command
+
+
+def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,
+                 include: str | None = None, hostfile: str | None = None,
+                 env: dict[str, str] | None = None) -> TrialHandle:
+    """Write the trial folder and start the launcher in a new session; returns at once."""
+    trial_dir = Path(trial_dir)
+    command = prepare_trial(spec, trial_dir, master_port=master_port, include=include, hostfile=hostfile)
+    stdout = open(trial_dir / "stdout.log", "wb")
+    stderr = open(trial_dir / "stderr.log", "wb")
+    full_env = {**os.environ, **(env or {})}
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                               env=full_env, start_new_session=True)
+    return TrialHandle(spec=spec, trial_dir=trial_dir, process=process, command=command, logs=(stdout, stderr))
+
+
+def run_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,
+              include: str | None = None, hostfile: str | None = None,
+              env: dict[str, str] | None = None, grace_s: float = 10.0) -> dict[str, Any]:
+    """Launch, wait (up to ``spec.timeout_s``), and return the trial's ``result.json``."""
+    handle = launch_trial(spec, trial_dir, master_port=master_port, include=include, hostfile=hostfile, env=env)
+    try:
+        if handle.wait(spec.timeout_s) is None:
+            handle.stop(grace_s, status="timeout")
+    except BaseException:  # KeyboardInterrupt included: never leave the trial running
+        handle.stop(grace_s)
+        raise
+    return handle.finalize()

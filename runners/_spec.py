@@ -1,0 +1,182 @@
+"""The resolved, self-contained description of one training trial.
+
+A :class:`TrialSpec` is what ``trainplan run`` builds from its flags (or ``--spec FILE``), what the
+search builds for every sampled configuration, and what the training entry reads back from
+``spec.json``. It holds typed planner values (:class:`~trainplan.planner.Layout`,
+:class:`~trainplan.planner.Hyperparams`) so the DeepSpeed config is derived in one place
+(:func:`trainplan.planner.deepspeed_config`) and never written by hand.
+
+Pure Python: importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from trainplan.errors import UsageError, close_matches
+from trainplan.planner import Hyperparams, Layout, deepspeed_config
+
+__all__ = ["TrialSpec", "DEFAULT_LAYOUT", "DEFAULT_DATA"]
+
+DEFAULT_DATA = "stdlib"
+"""The built-in corpus: the running interpreter's standard-library sources, as bytes."""
+
+DEFAULT_LAYOUT = Layout(gpus=1, micro_batch=16, grad_accum=1, seq_len=128, precision="fp32")
+"""The default task's layout: 16 x 128 byte tokens per step on one rank, fp32 (the CPU default)."""
+
+
+def _layout(value: Layout | Mapping[str, Any]) -> Layout:
+    if isinstance(value, Layout):
+        return value
+    known = {f.name for f in fields(Layout)}
+    for key in value:
+        if key not in known:
+            raise UsageError(f"layout.{key}", "unknown layout key" + close_matches(key, known))
+    return dataclasses.replace(DEFAULT_LAYOUT, **dict(value))
+
+
+def _hyperparams(value: Hyperparams | Mapping[str, Any]) -> Hyperparams:
+    if isinstance(value, Hyperparams):
+        return value
+    known = {f.name for f in fields(Hyperparams)}
+    values = dict(value)
+    for key in values:
+        if key not in known:
+            raise UsageError(f"hyperparams.{key}", "unknown hyperparameter" + close_matches(key, known))
+    if "betas" in values:
+        values["betas"] = tuple(float(b) for b in values["betas"])
+    return Hyperparams(**values)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialSpec:
+    """One training trial, resolved: everything the training entry needs and nothing implicit."""
+
+    model: str = "trainplan-tiny"
+    """Preset name or ``config.json`` (trained from scratch), or a checkpoint folder (fine-tuned)."""
+    data: str = DEFAULT_DATA
+    """``stdlib`` (built-in corpus), a local ``.txt``/``.jsonl``/``.parquet`` file or folder of them,
+    or ``hf:NAME`` for a ``datasets`` hub dataset (needs the network and ``datasets``)."""
+    text_key: str = "text"
+    """Field holding the text in JSONL records, Parquet columns and ``datasets`` rows."""
+    tokenizer: str | None = None
+    """Local Hugging Face tokenizer folder; ``None`` means byte-level tokens (vocabulary 256)."""
+    max_data_bytes: int = 4_000_000
+    """Cap on the text read (bytes), so startup stays fast on a large corpus."""
+    eval_tokens: int = 32_768
+    """Held-out tokens at the end of the corpus, the same for every trial whatever its batch layout."""
+    steps: int = 100
+    """Optimizer steps to run; also the learning-rate schedule's horizon."""
+    layout: Layout = DEFAULT_LAYOUT
+    """Parallel, batch and precision layout (``gpus`` is the rank count; on the CPU, processes)."""
+    hyperparams: Hyperparams = field(default_factory=lambda: Hyperparams(lr=3e-3, warmup_steps=10, total_steps=100))
+    """Optimizer and schedule; ``total_steps`` is always set to ``steps``."""
+    dropout: float = 0.0
+    """Dropout probability written into every dropout field the model config has."""
+    seed: int = 0
+    """Seeds the weight init, the data order and torch's RNG on every rank."""
+    eval_every: int = 25
+    """Evaluate on the held-out tokens every this many steps (and always after the last step)."""
+    log_every: int = 1
+    """Append a ``metrics.jsonl`` record every this many steps."""
+    timeout_s: float | None = None
+    """Wall-clock limit for the whole launch; past it the trial is stopped and marked ``timeout``."""
+    gpu: str | None = None
+    """GPU catalog name used for the planner's estimate in ``result.json`` (``None``: memory only)."""
+
+    def __post_init__(self) -> None:
+        # Accept plain dicts (from JSON or the search) and keep the schedule horizon == steps.
+        layout = _layout(self.layout)
+        hp = _hyperparams(self.hyperparams)
+        if hp.total_steps != self.steps and isinstance(self.steps, int) and self.steps >= 1:
+            hp = dataclasses.replace(hp, total_steps=self.steps)
+        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "hyperparams", hp)
+
+    # Validation -------------------------------------------------------------------------------
+    def validate(self) -> TrialSpec:
+        """Raise :class:`UsageError` naming the flag at fault; return self when sound."""
+        for flag, value in (("--steps", self.steps), ("--eval-every", self.eval_every),
+                            ("--log-every", self.log_every), ("--eval-tokens", self.eval_tokens),
+                            ("--max-data-bytes", self.max_data_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(flag, f"must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError("--seed", f"must be a non-negative integer, got {self.seed!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError("--dropout", f"must lie in [0, 1), got {self.dropout}")
+        if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise UsageError("--timeout", f"must be a positive number of seconds, got {self.timeout_s}")
+        if self.eval_tokens < self.layout.seq_len:
+            raise UsageError("--eval-tokens", f"{self.eval_tokens} is less than one sequence (--seq-len {self.layout.seq_len})")
+        self.layout.validate()
+        if self.layout.tp > 1 or self.layout.pp > 1:
+            raise UsageError("--tp" if self.layout.tp > 1 else "--pp",
+                             "the runner trains data-parallel (ZeRO) layouts only; tensor/pipeline degree must be 1")
+        if self.layout.optimizer != "adamw":
+            raise UsageError("--optimizer", "the runner trains with AdamW only")
+        self.hyperparams.validate()
+        return self
+
+    # Derived ----------------------------------------------------------------------------------
+    def ds_config(self) -> dict[str, Any]:
+        """The DeepSpeed config of this trial (what ``ds_config.json`` holds)."""
+        config = deepspeed_config(self.layout, self.hyperparams)
+        params = config.get("scheduler", {}).get("params", {})
+        # DeepSpeed's Warmup* schedulers reject warmup_num_steps=0 and WarmupCosineLR warms up
+        # on a log curve unless told otherwise (deepspeed/runtime/lr_schedules.py, WarmupCosineLR).
+        # TODO(lead): move both into planner.deepspeed_config; harmless once it emits them.
+        if "warmup_num_steps" in params:
+            params["warmup_num_steps"] = max(1, params["warmup_num_steps"])
+            params.setdefault("warmup_type", "linear")
+        return config
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.layout.tokens_per_step
+
+    # Serialization ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+        out["hyperparams"]["betas"] = list(out["hyperparams"]["betas"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSpec:
+        """Build from a (partial) dict; unknown keys are errors naming the key."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise UsageError(f"spec.{key}", "unknown trial spec key" + close_matches(key, known))
+        values = dict(data)
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a wrongly typed nested value
+            raise UsageError("spec", str(exc)) from None
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> TrialSpec:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UsageError("--spec", f"cannot read {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError("--spec", f"{path} must hold one JSON object")
+        return cls.from_dict(data)
+
+    def with_(self, **changes: Any) -> TrialSpec:
+        return dataclasses.replace(self, **changes)
