@@ -42,14 +42,19 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 """Name -> Hugging Face config fields of a tiny model (build with ``build_hf_model``)."""
 
 
-def build_hf_model(cfg: Mapping[str, Any], *, device: str = "meta",
-                   attn_implementation: str | None = None, seed: int = 0) -> Any:
-    """The ``AutoModelForCausalLM`` transformers builds from ``cfg``, on ``device`` (fp32)."""
+def build_hf_model(cfg: Mapping[str, Any], *, device: str = "meta", attn_implementation: str | None = None,
+                   seed: int = 0, **from_config: Any) -> Any:
+    """The ``AutoModelForCausalLM`` transformers builds from ``cfg``, on ``device`` (fp32).
+
+    Extra keywords go to ``from_config`` (e.g. ``experts_implementation="eager"``).
+    """
     import torch
     import transformers
 
     config = transformers.AutoConfig.for_model(**cfg)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    kwargs = dict(from_config)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     torch.manual_seed(seed)
     with torch.device(device):
         return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
