@@ -1,0 +1,159 @@
+"""Optuna plumbing: samplers, pruners, storages and the claim lock that keeps the budget exact.
+
+Storage resolution, written once: no storage -> ``sqlite:///<run folder>/study.db``; a string with
+``://`` -> an Optuna RDB URL (PostgreSQL, MySQL, SQLite); a path ending in ``.log``/``.jsonl`` (or
+prefixed ``journal:``) -> a journal file; any other path -> a SQLite file. RDB storages get
+Optuna's heartbeat (``heartbeat_interval``, ``grace_period``) with
+``RetryHeartbeatStaleTrialCallback``, so a trial left RUNNING by a dead worker is failed and queued
+again (https://optuna.readthedocs.io/en/stable/reference/generated/optuna.storages.RDBStorage.html).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainplan.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from trainplan.search._sweep import SweepSpec
+
+__all__ = ["claim_lock", "make_pruner", "make_sampler", "open_storage", "storage_url"]
+
+
+def make_sampler(sweep: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The sampler the sweep names, seeded. Constraints (planner memory, OOM, divergence) reach
+    TPE and GP through ``Trial.set_constraint`` (Optuna >= 5 reads them from the trial)."""
+    import optuna
+
+    cfg = sweep.sampler
+    if cfg.type == "tpe":
+        # constant_liar keeps parallel workers from proposing the same point (Optuna TPE docs).
+        return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials,
+                                          multivariate=True, constant_liar=True)
+    if cfg.type == "gp":
+        return optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+    if cfg.type == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials,
+                                            consider_pruned_trials=True)
+    if cfg.type == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    grid = {p.name: list(p.choices) for p in sweep.space}
+    return optuna.samplers.GridSampler(grid, seed=cfg.seed)
+
+
+def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
+    """The pruner the sweep names. Steps are training tokens, so rungs compare equal data."""
+    import optuna
+
+    cfg = sweep.pruner
+    if cfg.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=cfg.min_resource or "auto", reduction_factor=cfg.reduction_factor)
+    if cfg.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource or 1,
+                                              reduction_factor=cfg.reduction_factor)
+    if cfg.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
+                                           n_warmup_steps=0, interval_steps=1,
+                                           n_min_trials=1)
+    return optuna.pruners.NopPruner()
+
+
+def _journal_path(storage: str) -> Path | None:
+    if storage.startswith("journal:"):
+        return Path(storage.removeprefix("journal:"))
+    if "://" not in storage and storage.endswith((".log", ".jsonl", ".journal")):
+        return Path(storage)
+    return None
+
+
+def storage_url(storage: str | None, run_dir: Path) -> str:
+    """The storage string after the default and plain-path rules (see the module docstring)."""
+    if storage is None:
+        return f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if "://" in storage or _journal_path(storage) is not None:
+        return storage
+    return f"sqlite:///{Path(storage).resolve()}"
+
+
+def open_storage(storage: str | None, run_dir: Path, sweep: SweepSpec) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the study's storage with heartbeats where the backend has them."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    url = storage_url(storage, run_dir)
+    journal = _journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        # The open-lock works on NFS too, where symlink locks may not (Optuna journal docs).
+        backend = JournalFileBackend(str(journal), lock_obj=JournalFileOpenLock(str(journal)))
+        return optuna.storages.JournalStorage(backend)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several workers write one SQLite file: wait for the lock instead of failing at once.
+        engine_kwargs = {"connect_args": {"timeout": 30}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=sweep.heartbeat_s,
+            grace_period=3 * sweep.heartbeat_s,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries),
+        )
+    except Exception as exc:  # bad URL, missing driver, refused connection: the user's to fix
+        raise UsageError("--storage", f"cannot open {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def claim_lock(storage: optuna.storages.BaseStorage, url: str, study_name: str) -> Iterator[None]:
+    """Serialize "count the trials, then create one" across threads, processes and machines, so
+    ``n_trials`` is never exceeded: a PostgreSQL/MySQL advisory lock on the study's database, or an
+    ``flock`` beside a SQLite or journal file (the same machine shares it)."""
+    with _thread_lock:
+        key = zlib.crc32(f"trainplan:{study_name}".encode())
+        if url.startswith(("postgresql", "postgres")):
+            from sqlalchemy import text
+
+            engine = getattr(storage, "_backend", storage).engine  # Optuna wraps RDB in a cache
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        if url.startswith("mysql"):
+            from sqlalchemy import text
+
+            engine = getattr(storage, "_backend", storage).engine  # Optuna wraps RDB in a cache
+            with engine.connect() as conn:
+                conn.execute(text("SELECT GET_LOCK(:k, 600)"), {"k": str(key)})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
+            return
+        journal = _journal_path(url)
+        path = journal if journal is not None else (Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None)
+        if path is None or str(path) == ":memory:":
+            yield
+            return
+        with open(f"{path}.claim.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

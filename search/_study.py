@@ -1,0 +1,252 @@
+"""The sweep: a study, K worker threads each driving one trial process at a time, resume, budget.
+
+Running the same command again continues the study: finished trials are kept and never rerun,
+RUNNING trials of a dead worker are failed and queued again (Optuna's heartbeat on RDB storages;
+on this machine also at once, by checking the worker's pid), and the budget counts every trial of
+the study across restarts and machines. Several machines join one study by running the same
+command against the same storage.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainplan.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from trainplan.search._sweep import SweepSpec
+
+__all__ = ["SearchResult", "best_trials", "open_study", "reclaim_dead_local_trials", "run_search", "search_dir",
+           "status_counts"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchResult:
+    """What a finished (or stopped) sweep reports."""
+
+    study_name: str
+    """The Optuna study."""
+    storage: str
+    """Where it lives (URL or journal file)."""
+    run_dir: Path
+    """Folder holding the trial folders (and the default SQLite file)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Trials by status (completed, pruned, infeasible, oom, ...)."""
+    best: list[dict[str, Any]] = field(default_factory=list)
+    """The best trial (one objective) or the Pareto front: number, values, params, record."""
+
+
+def search_dir(sweep: SweepSpec, root: Path | None = None) -> Path:
+    """``<runs>/search-<study>``: a stable folder, so the same command finds its study again."""
+    from trainplan.paths import runs_root
+
+    return (root or runs_root()) / f"search-{sweep.study_name}"
+
+
+def _environment() -> dict[str, Any]:
+    versions = {}
+    for dist in ("trainplan", "optuna", "torch", "deepspeed", "transformers"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {"host": socket.gethostname(), "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": os.cpu_count(), "versions": versions}
+
+
+def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None) -> optuna.Study:
+    """Create or load the sweep's study and store the study-level records."""
+    import optuna
+
+    from trainplan.search._optuna import make_pruner, make_sampler, open_storage
+
+    storage = open_storage(sweep.storage, run_dir, sweep)
+    study = optuna.create_study(storage=storage, study_name=sweep.study_name, load_if_exists=True,
+                                directions=sweep.directions, sampler=make_sampler(sweep),
+                                pruner=make_pruner(sweep))
+    have = [d.name.lower() for d in study.directions]
+    if have != sweep.directions:
+        raise UsageError("objectives", f"study {sweep.study_name!r} exists with directions {have}; "
+                                       f"these objectives need {sweep.directions} (use another study_name)")
+    study.set_user_attr("sweep", sweep.to_dict())
+    study.set_user_attr("command", list(command or sys.argv))
+    study.set_user_attr("environment", _environment())
+    study.set_user_attr("objectives", {"names": list(sweep.objectives), "directions": sweep.directions})
+    return study
+
+
+def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int]:
+    """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end any process
+    group of theirs still alive. Returns the numbers reclaimed."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from trainplan.search._guard import kill_group, process_start_ticks
+
+    host, out = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if not worker or worker.get("host") != host:
+            continue
+        if process_start_ticks(worker["pid"]) == worker.get("start"):
+            continue  # the worker lives
+        if worker.get("pgid"):
+            kill_group(int(worker["pgid"]))
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "its worker died; retried")
+        RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries)(study, study._storage.get_trial(t._trial_id))
+        out.append(t.number)
+    return out
+
+
+def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | None | bool:
+    """A trial to run, ``None`` when the budget is spent, ``False`` to wait (others still run)."""
+    import optuna
+
+    from trainplan.search._optuna import claim_lock
+    from trainplan.search._records import budget_count
+
+    states = optuna.trial.TrialState
+    with claim_lock(study._storage, url, sweep.study_name):
+        optuna.storages.fail_stale_trials(study)
+        reclaim_dead_local_trials(study, sweep)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == states.WAITING for t in trials):
+            return study.ask()  # a retried trial: its budget slot is already counted
+        spent = sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
+        over_hours = sweep.budget.max_gpu_hours is not None and spent >= sweep.budget.max_gpu_hours
+        if budget_count(trials) < sweep.budget.n_trials and not over_hours:
+            return study.ask()
+        # Budget spent; a trial still RUNNING elsewhere may yet die and be queued again.
+        return False if any(t.state == states.RUNNING for t in trials) and not over_hours else None
+
+
+def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guard: Any,
+            stop: threading.Event, deadline: float | None, errors: list[BaseException]) -> None:
+    from trainplan.search._trial import run_trial_for
+
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            trial = _claim(study, sweep, url)
+            if trial is None:
+                return
+            if trial is False:
+                stop.wait(min(sweep.heartbeat_s, 5))
+                continue
+            try:
+                run_trial_for(study, trial, sweep, run_dir, guard, stop)
+            except BaseException as exc:
+                _fail_unfinished(study, trial, exc)
+                raise
+    except BaseException as exc:  # surfaced by run_search; the other workers stop too
+        errors.append(exc)
+        stop.set()
+
+
+def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> None:
+    """A bug or an interrupt in the search itself: record it rather than leave the trial RUNNING."""
+    import optuna
+
+    try:
+        if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
+            trial.set_user_attr("status", "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed")
+            trial.set_user_attr("reason", f"search error: {type(exc).__name__}: {exc}"[:500])
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
+        pass
+
+
+def status_counts(study: optuna.Study) -> dict[str, int]:
+    from trainplan.search._records import superseded_numbers
+
+    trials = study.get_trials(deepcopy=False)
+    gone = superseded_numbers(trials)
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.number in gone:
+            continue
+        key = t.user_attrs.get("status") if t.state.is_finished() else t.state.name.lower()
+        counts[key or t.state.name.lower()] = counts.get(key or t.state.name.lower(), 0) + 1
+    return counts
+
+
+def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
+    """The best trial (one objective) or the Pareto front, as plain dicts."""
+    import optuna
+
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return []
+    chosen = [study.best_trial] if len(study.directions) == 1 else study.best_trials
+    return [{"number": t.number, "values": list(t.values), "params": dict(t.params),
+             "trial_dir": t.user_attrs.get("trial_dir"),
+             **{k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
+                                                  "gpu_hours", "cpu_seconds", "estimate")}}
+            for t in chosen]
+
+
+def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[str] | None = None,
+               progress: bool = True) -> SearchResult:
+    """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
+    from trainplan.search._guard import OrphanGuard
+    from trainplan.search._optuna import storage_url
+    from trainplan.search._progress import SearchProgress
+
+    import warnings
+
+    import optuna
+
+    # Heartbeats with ask/tell and the retry callback are deliberate; Optuna flags them as
+    # experimental on every call, which would bury the progress bar.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dir = run_dir or search_dir(sweep)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study = open_study(sweep, run_dir, command)
+    url = storage_url(sweep.storage, run_dir)
+    deadline = time.monotonic() + sweep.budget.timeout_s if sweep.budget.timeout_s else None
+    stop, errors = threading.Event(), []
+    guard = OrphanGuard()
+    threads = [threading.Thread(target=_worker, name=f"trainplan-worker-{i}", daemon=True,
+                                args=(study, sweep, run_dir, url, guard, stop, deadline, errors))
+               for i in range(sweep.workers)]
+    bar = SearchProgress(study, sweep, enabled=progress)
+    try:
+        with bar:
+            for i, thread in enumerate(threads):
+                thread.start()
+                if i + 1 < len(threads):
+                    time.sleep(0.5)  # stagger: the first proposals are not all drawn at once
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(timeout=1.0)
+                bar.refresh()
+            bar.refresh()
+    except KeyboardInterrupt:
+        stop.set()  # each worker stops its trial's process group and records it as terminated
+        for thread in threads:
+            thread.join(timeout=30)
+        raise
+    finally:
+        stop.set()
+        guard.close()
+    if errors:
+        raise errors[0]
+    return SearchResult(study_name=sweep.study_name, storage=url, run_dir=run_dir,
+                        counts=status_counts(study), best=best_trials(study))

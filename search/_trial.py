@@ -1,0 +1,223 @@
+"""One Optuna trial, owned by the search: screen, launch, tail, prune, record, tell.
+
+The trial processes never talk to the storage: this module launches the runner through the
+``deepspeed`` launcher, tails ``metrics.jsonl``, reports eval loss against tokens seen (so trials
+of different batch sizes compare at equal data), ends the whole process group when the pruner
+says so, and stores the record (the user attributes listed in docs/protocol.md) with the trial.
+
+State mapping (also the budget's): completed -> COMPLETE; pruned -> PRUNED; infeasible, oom and
+diverged -> PRUNED with a violated constraint, so TPE and GP learn to avoid the region (Optuna
+samplers ignore FAIL trials) and no loss of theirs is ever a "best"; crashed, terminated and
+timeout -> FAIL (not the configuration's fault). Every state counts toward ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainplan.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import optuna
+
+    from trainplan.runners import TrialSpec
+    from trainplan.search._guard import OrphanGuard
+    from trainplan.search._sweep import SweepSpec
+
+__all__ = ["run_trial_for", "screen"]
+
+_POLL_S = 0.5
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
+    """The planner's verdict on ``spec`` for the sweep's GPU: ``fits``, ``memory_bytes``,
+    ``capacity_bytes``, ``tokens_per_s`` (the ``estimate`` record) and the plan as JSON.
+
+    When the planner cannot estimate the trial (a model family it does not model, a planner
+    error) ``fits`` is None and ``error`` says why: the trial runs unscreened, as the runner does.
+    """
+    from trainplan.planner import load_gpu
+
+    gpu = load_gpu(sweep.hardware.gpu)
+    if sweep.hardware.memory_gib is not None:
+        gpu = dataclasses.replace(gpu, memory_gib=sweep.hardware.memory_gib)
+    try:
+        from trainplan.planner import load_model, plan
+
+        result = plan(load_model(spec.model), spec.layout, gpu, tokens=spec.steps * spec.tokens_per_step)
+        memory = result.memory
+        # docs/protocol.md names memory.total_bytes and throughput.tokens_per_s.
+        total = getattr(memory, "total_bytes", None) or memory.total
+        throughput = getattr(result, "throughput", None) or result.perf
+        return {"fits": total <= gpu.memory_bytes, "memory_bytes": int(total), "capacity_bytes": int(gpu.memory_bytes),
+                "tokens_per_s": float(throughput.tokens_per_s), "plan": result.to_dict()}
+    except Exception as exc:  # noqa: BLE001 - an unscreened trial beats no trial; the reason is kept
+        return {"fits": None, "memory_bytes": None, "capacity_bytes": int(gpu.memory_bytes),
+                "tokens_per_s": None, "plan": {"error": f"{type(exc).__name__}: {exc}"}}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _objective_values(sweep: SweepSpec, attrs: dict[str, Any], result: dict[str, Any]) -> list[float]:
+    values = []
+    for name in sweep.objectives:
+        value = result.get("final_eval_loss") if name == "eval_loss" else attrs.get(name)
+        if not _finite(value):
+            raise ValueError(f"objective {name} is {value!r}")
+        values.append(float(value))
+    return values
+
+
+def _record_base(trial: optuna.Trial, spec: TrialSpec | None, values: dict[str, Any], trial_dir: Path) -> None:
+    trial.set_user_attr("trial_dir", str(trial_dir))
+    config = {"params": values}
+    if spec is not None:
+        config.update(spec.to_dict())
+    trial.set_user_attr("config", config)
+
+
+def _tell_infeasible(study: optuna.Study, trial: optuna.Trial, reason: str, estimate: dict[str, Any] | None) -> str:
+    import optuna
+
+    trial.set_user_attr("status", "infeasible")
+    trial.set_user_attr("reason", reason)
+    for key in ("curve",):
+        trial.set_user_attr(key, [])
+    for key in ("tokens", "elapsed_s", "gpu_hours", "cpu_seconds"):
+        trial.set_user_attr(key, 0)
+    trial.set_user_attr("tokens_per_s", None)
+    trial.set_user_attr("peak_mem_bytes", None)
+    if estimate is not None:
+        trial.set_user_attr("estimate", {k: estimate[k] for k in ("memory_bytes", "tokens_per_s", "fits")})
+        trial.set_constraint("memory", estimate["memory_bytes"] / estimate["capacity_bytes"] - 1.0)
+    else:
+        trial.set_constraint("memory", 1.0)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return "infeasible"
+
+
+def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, run_dir: Path,
+                  guard: OrphanGuard | None, stop: threading.Event) -> str:
+    """Run ``trial`` to its end and tell the study; returns the trial's status."""
+    import optuna
+
+    from trainplan.runners import free_port, launch_trial
+    from trainplan.search._guard import process_start_ticks, session_cpu_ticks
+    from trainplan.search._space import resolve_trial, suggest
+
+    trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    # Who owns this trial, recorded before anything can die: a restart on this host reclaims it.
+    worker = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start_ticks(os.getpid()), "pgid": None}
+    trial.set_user_attr("worker", worker)
+    heartbeat = getattr(study._storage, "record_heartbeat", None) if sweep.heartbeat_s else None
+    if heartbeat is not None:
+        heartbeat(trial._trial_id)
+    values = suggest(trial, sweep)
+    try:
+        spec = resolve_trial(sweep, values)
+    except UsageError as exc:
+        _record_base(trial, None, values, trial_dir)
+        return _tell_infeasible(study, trial, f"invalid configuration: {exc}", None)
+    _record_base(trial, spec, values, trial_dir)
+    estimate = screen(spec, sweep)
+    (trial_dir / "plan.json").write_text(json.dumps(estimate["plan"], indent=2) + "\n")
+    trial.set_user_attr("estimate", {k: estimate[k] for k in ("memory_bytes", "tokens_per_s", "fits")})
+    if estimate["fits"] is False:
+        spec.to_json(trial_dir / "spec.json")  # so the user can see what was rejected
+        gib = 2**30
+        reason = (f"planner: needs {estimate['memory_bytes'] / gib:.2f} GiB per GPU, "
+                  f"{sweep.hardware.gpu} has {estimate['capacity_bytes'] / gib:.2f} GiB")
+        return _tell_infeasible(study, trial, reason, estimate)
+
+    try:
+        handle = launch_trial(spec, trial_dir, master_port=free_port())
+    except UsageError as exc:  # e.g. a data path the runner cannot read: no process started
+        trial.set_user_attr("status", "crashed")
+        trial.set_user_attr("reason", f"launch refused: {exc}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return "crashed"
+    pgid = handle.pid
+    if guard is not None:
+        guard.watch(pgid)
+    trial.set_user_attr("worker", {**worker, "pgid": pgid})
+    can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
+    curve: list[list[Any]] = []
+    cpu: dict[int, int] = {}
+    pruned = interrupted = False
+    last_beat = 0.0
+    try:
+        while True:
+            finished = handle.poll() is not None
+            cpu.update(session_cpu_ticks([pgid]))
+            for rec in handle.new_metrics():
+                curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
+                              rec.get("train_loss"), rec.get("eval_loss")])
+                loss = rec.get("eval_loss")
+                if can_prune and not pruned and _finite(loss) and rec.get("tokens"):
+                    trial.report(float(loss), step=int(rec["tokens"]))
+                    pruned = trial.should_prune()
+            if pruned or finished:
+                break
+            if stop.is_set():
+                interrupted = True
+                break
+            if heartbeat is not None and time.monotonic() - last_beat >= sweep.heartbeat_s:
+                heartbeat(trial._trial_id)
+                last_beat = time.monotonic()
+            time.sleep(_POLL_S)
+    finally:
+        if handle.poll() is None:
+            handle.stop(5.0)
+        result = handle.finalize()
+        if guard is not None:
+            guard.release(pgid)
+    cpu.update(session_cpu_ticks([pgid]))
+    for rec in handle.new_metrics():  # the lines written after the last poll
+        curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
+                      rec.get("train_loss"), rec.get("eval_loss")])
+    status = "pruned" if pruned else result.get("status", "crashed")
+    reason = result.get("reason", "")
+    if pruned:
+        reason = f"pruned at {curve[-1][1] if curve else 0} tokens: eval loss not among the best at this rung"
+    if interrupted:
+        status, reason = "terminated", "the search was interrupted"
+    elapsed = float(result.get("elapsed_s") or 0.0)
+    attrs = {
+        "status": status, "reason": reason, "curve": curve,
+        "tokens": int(result.get("tokens") or (curve[-1][1] if curve else 0) or 0),
+        "tokens_per_s": result.get("tokens_per_s"), "peak_mem_bytes": result.get("peak_mem_bytes"),
+        "elapsed_s": elapsed, "gpu_hours": elapsed * sweep.hardware.gpus_per_trial / 3600,
+        "cpu_seconds": sum(cpu.values()) / _CLK_TCK,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    ratio = estimate["memory_bytes"] / estimate["capacity_bytes"] - 1.0 if estimate["memory_bytes"] else 0.0
+    # A measured OOM overrules the planner: the constraint is violated whatever it estimated.
+    trial.set_constraint("memory", max(ratio, 0.05) if status == "oom" else ratio)
+    trial.set_constraint("stable", 1.0 if status == "diverged" else 0.0)
+    state = optuna.trial.TrialState
+    if status == "completed":
+        try:
+            study.tell(trial, _objective_values(sweep, attrs, result))
+        except ValueError as exc:
+            trial.set_user_attr("status", "crashed")
+            trial.set_user_attr("reason", f"completed without a usable objective: {exc}")
+            study.tell(trial, state=state.FAIL)
+            return "crashed"
+    elif status in ("pruned", "oom", "diverged"):
+        study.tell(trial, state=state.PRUNED)
+    else:
+        study.tell(trial, state=state.FAIL)
+    return status
