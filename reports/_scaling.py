@@ -1,0 +1,183 @@
+"""Scaling trade-offs from the planner, and loss against training compute from the trials.
+
+Everything here is the planner's estimate (``trainplan.planner.plan``) for layouts around the
+target's: the GPU count and ZeRO stage vary with the micro-batch fixed and the accumulation
+chosen to keep the global batch (rounded up to at least one micro-batch per rank); then the
+micro-batch varies on the target's GPU count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from trainplan.errors import UsageError
+from trainplan.reports._records import StudyRecord
+from trainplan.reports._style import CATEGORY_STYLE, GIB, new_figure
+from trainplan.reports._target import Target
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = [
+    "ComputeInfo", "GpuScalingInfo", "MicroBatchInfo", "get_compute_info", "get_compute_plot",
+    "get_gpu_scaling_info", "get_memory_plot", "get_microbatch_info", "get_microbatch_plot", "get_time_cost_plot",
+]
+
+GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
+MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+_ZERO_COLORS = ("#0072B2", "#009E73", "#E69F00", "#CC79A7")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuScalingInfo:
+    """Planner estimates per (GPU count, ZeRO stage)."""
+
+    gpu_name: str
+    """Target GPU's catalog name."""
+    gpu_memory_bytes: int
+    """Its memory (the line every per-GPU figure is judged against)."""
+    rows: list[dict[str, Any]]
+    """``gpus, zero, micro_batch, grad_accum, global_batch, memory_bytes, fits, tokens_per_s, hours, cost_usd``."""
+
+
+def _plan_row(target: Target, **changes: Any) -> dict[str, Any] | None:
+    from trainplan.planner import plan
+
+    layout = target.layout.with_(**changes)
+    try:
+        p = plan(target.model, layout, target.gpu, tokens=target.tokens)
+    except UsageError:  # an impossible combination (e.g. ZeRO-2 with pipeline stages)
+        return None
+    return {"gpus": layout.gpus, "zero": layout.zero, "micro_batch": layout.micro_batch,
+            "grad_accum": layout.grad_accum, "global_batch": layout.global_batch,
+            "memory_bytes": int(p.memory.total), "fits": bool(p.fits), "tokens_per_s": float(p.perf.tokens_per_s),
+            "hours": float(p.hours), "cost_usd": float(p.cost_usd)}
+
+
+def get_gpu_scaling_info(target: Target) -> GpuScalingInfo:
+    base = target.layout
+    rows = []
+    for gpus in GPU_COUNTS:
+        if gpus % (base.tp * base.pp):
+            continue
+        dp = gpus // (base.tp * base.pp)
+        accum = max(1, -(-base.global_batch // (base.micro_batch * dp)))
+        for zero in (0, 1, 2, 3):
+            row = _plan_row(target, gpus=gpus, zero=zero, grad_accum=accum,
+                            offload=base.offload if zero else "none")
+            if row:
+                rows.append(row)
+    return GpuScalingInfo(gpu_name=target.gpu.key, gpu_memory_bytes=target.gpu.memory_bytes, rows=rows)
+
+
+def get_memory_plot(info: GpuScalingInfo) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = new_figure(f"Memory per GPU against GPU count ({info.gpu_name})", xaxis="GPUs", yaxis="GiB per GPU")
+    for zero in sorted({r["zero"] for r in info.rows}):
+        rows = [r for r in info.rows if r["zero"] == zero]
+        fig.add_trace(go.Scatter(x=[r["gpus"] for r in rows], y=[r["memory_bytes"] / GIB for r in rows],
+                                 mode="lines+markers", name=f"ZeRO-{zero}", line={"color": _ZERO_COLORS[zero]}))
+    fig.add_hline(y=info.gpu_memory_bytes / GIB, line={"color": "#D55E00", "dash": "dash"},
+                  annotation_text=f"{info.gpu_name} memory", annotation_position="top left")
+    fig.update_xaxes(type="log", tickvals=list(GPU_COUNTS), ticktext=[str(g) for g in GPU_COUNTS])
+    return fig
+
+
+def get_time_cost_plot(info: GpuScalingInfo) -> go.Figure:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("time to train (hours)", "cost (USD)"))
+    fig.update_layout(new_figure(f"Time and cost against GPU count ({info.gpu_name}; hollow: does not fit)").layout)
+    for zero in sorted({r["zero"] for r in info.rows}):
+        rows = [r for r in info.rows if r["zero"] == zero]
+        symbols = ["circle" if r["fits"] else "circle-open" for r in rows]
+        for col, key in ((1, "hours"), (2, "cost_usd")):
+            fig.add_trace(go.Scatter(x=[r["gpus"] for r in rows], y=[r[key] for r in rows], mode="lines+markers",
+                                     name=f"ZeRO-{zero}", legendgroup=f"z{zero}", showlegend=col == 1,
+                                     marker={"symbol": symbols, "size": 8}, line={"color": _ZERO_COLORS[zero]}),
+                          row=1, col=col)
+    fig.update_xaxes(type="log", title_text="GPUs", gridcolor="#e5e5e5")
+    fig.update_yaxes(type="log", gridcolor="#e5e5e5")
+    return fig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MicroBatchInfo:
+    """Planner throughput and memory per micro-batch on the target's GPU count and ZeRO stage."""
+
+    gpus: int
+    """GPU count held fixed."""
+    zero: int
+    """ZeRO stage held fixed."""
+    gpu_memory_bytes: int
+    """Memory of the target GPU."""
+    rows: list[dict[str, Any]]
+    """Rows as in :class:`GpuScalingInfo`, one per micro-batch."""
+
+
+def get_microbatch_info(target: Target) -> MicroBatchInfo:
+    rows = [r for mb in MICRO_BATCHES if (r := _plan_row(target, micro_batch=mb))]
+    return MicroBatchInfo(gpus=target.layout.gpus, zero=target.layout.zero,
+                          gpu_memory_bytes=target.gpu.memory_bytes, rows=rows)
+
+
+def get_microbatch_plot(info: MicroBatchInfo) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = new_figure(f"Throughput and memory against micro-batch ({info.gpus} GPUs, ZeRO-{info.zero})",
+                     xaxis="micro-batch (sequences per GPU)", yaxis="tokens/s (all GPUs)")
+    x = [r["micro_batch"] for r in info.rows]
+    fig.add_trace(go.Scatter(x=x, y=[r["tokens_per_s"] for r in info.rows], name="tokens/s", mode="lines+markers",
+                             line={"color": "#0072B2"}))
+    fig.add_trace(go.Scatter(x=x, y=[r["memory_bytes"] / GIB for r in info.rows], name="GiB per GPU",
+                             mode="lines+markers", line={"color": "#009E73"}, yaxis="y2"))
+    fig.add_trace(go.Scatter(x=[x[0], x[-1]] if x else [], y=[info.gpu_memory_bytes / GIB] * (2 if x else 0),
+                             name="GPU memory", mode="lines", line={"color": "#D55E00", "dash": "dash"}, yaxis="y2"))
+    fig.update_layout(yaxis2={"title": {"text": "GiB per GPU"}, "overlaying": "y", "side": "right"})
+    fig.update_xaxes(type="log", tickvals=list(MICRO_BATCHES), ticktext=[str(m) for m in MICRO_BATCHES])
+    return fig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ComputeInfo:
+    """Loss of each trial against the training compute it spent."""
+
+    flops_per_token: float | None
+    """Model FLOPs per training token (planner; 6N + attention, see the planner's FLOPs module)."""
+    rows: list[dict[str, Any]]
+    """``trial, category, tokens, compute_flops, loss`` for trials with a loss."""
+    message: str
+    """Why there is no data (empty otherwise)."""
+
+
+def get_compute_info(study: StudyRecord, target: Target | None) -> ComputeInfo:
+    if target is None:
+        return ComputeInfo(flops_per_token=None, rows=[], message="no model to count FLOPs for")
+    from trainplan.planner import plan
+
+    p = plan(target.model, target.layout, target.gpu, tokens=target.tokens)
+    per_token = float(p.flops.model_per_token)
+    rows = []
+    for t in study.trials:
+        tokens = t.tokens if t.tokens is not None else (t.curve[-1].tokens if t.curve else None)
+        loss = t.values[0] if t.values and study.objective_names[0] == "eval_loss" else t.best_eval_loss
+        if tokens and loss is not None:
+            rows.append({"trial": t.number, "category": t.category, "tokens": tokens,
+                         "compute_flops": tokens * per_token, "loss": loss})
+    return ComputeInfo(flops_per_token=per_token, rows=rows, message="" if rows else "no trial logged a loss")
+
+
+def get_compute_plot(info: ComputeInfo) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = new_figure("Loss against training compute (trials)", xaxis="training FLOPs", yaxis="eval loss")
+    for cat in dict.fromkeys(r["category"] for r in info.rows):
+        rows = [r for r in info.rows if r["category"] == cat]
+        fig.add_trace(go.Scatter(x=[r["compute_flops"] for r in rows], y=[r["loss"] for r in rows], mode="markers",
+                                 name=cat, text=[f"trial {r['trial']}" for r in rows],
+                                 marker={"color": CATEGORY_STYLE[cat]["color"], "size": 9}))
+    fig.update_xaxes(type="log")
+    return fig

@@ -1,0 +1,183 @@
+"""The decision: best configuration, recommended layout on the target, and planner vs measurement.
+
+``get_summary_info`` gathers the best trial's metrics, how to rerun it (its ``cmd.txt`` and
+``ds_config.json``), and the planner's fastest and cheapest data-parallel layouts for the target
+GPU with the exact launch command, ``spec.json`` and ``ds_config.json`` of the full run.
+``get_estimate_info`` puts the planner's estimate of every trial beside what the trial measured.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainplan.reports._records import CATEGORIES, StudyRecord
+from trainplan.reports._style import CATEGORY_STYLE, GIB, new_figure
+from trainplan.reports._target import Target
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["EstimateInfo", "LayoutChoice", "SummaryInfo", "get_estimate_info", "get_estimate_plot",
+           "get_summary_info", "layout_choice"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutChoice:
+    """One planned layout for the full run, ready to launch."""
+
+    label: str
+    """``fastest``, ``cheapest`` or ``planned``."""
+    plan: dict[str, Any]
+    """The planner's ``Plan.to_dict()``."""
+    launch_command: str
+    """The deepspeed launch of the full run (``spec.json`` and ``ds_config.json`` beside it)."""
+    spec: dict[str, Any]
+    """The run's ``spec.json``: the best trial's config with this layout and the full step count."""
+    ds_config: dict[str, Any]
+    """The run's ``ds_config.json``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SummaryInfo:
+    """Everything the decision summary shows."""
+
+    study_name: str
+    """Study name (escape before showing)."""
+    counts: dict[str, int]
+    """Trials per display category."""
+    objectives: dict[str, str]
+    """Objective name -> direction."""
+    best_number: int | None
+    """The best trial (None before any trial completed)."""
+    best_params: dict[str, Any] = field(default_factory=dict)
+    """Its sampled hyperparameters."""
+    best_metrics: dict[str, float | None] = field(default_factory=dict)
+    """Objective values and measurements (tokens, tokens_per_s, peak_mem_bytes, elapsed_s, gpu_hours)."""
+    best_trial_dir: str = ""
+    """Its folder."""
+    best_command: str = ""
+    """Its ``cmd.txt`` (how to rerun it by hand), when readable."""
+    best_ds_config: dict[str, Any] = field(default_factory=dict)
+    """Its ``ds_config.json``, when readable."""
+    choices: list[LayoutChoice] = field(default_factory=list)
+    """Recommended layouts on the target GPU (fastest first)."""
+    message: str = ""
+    """Why there is no recommendation (empty otherwise)."""
+
+
+def _launch_command(layout: Any) -> str:
+    # The runner's entry (docs/protocol.md): the deepspeed launcher starts
+    # `-m trainplan.runners.train --spec spec.json` on every rank; --module is the launcher's flag
+    # for a module entry (https://www.deepspeed.ai/getting-started/#launching-deepspeed-training).
+    per_node = min(layout.gpus, layout.gpus_per_node)
+    argv = ["deepspeed"]
+    if layout.nodes > 1:
+        argv += ["--hostfile", "hostfile", "--num_nodes", str(layout.nodes)]
+    argv += ["--num_gpus", str(per_node), "--module", "trainplan.runners.train", "--spec", "spec.json"]
+    return shlex.join(argv)
+
+
+def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
+    """A :class:`LayoutChoice` for a planner ``Plan`` of the target's model."""
+    from dataclasses import replace
+
+    from trainplan.planner import deepspeed_config
+
+    hp = replace(target.hyperparams, total_steps=plan.steps,
+                 warmup_steps=min(plan.steps, round(target.hyperparams.warmup_steps * plan.steps
+                                                   / max(1, target.hyperparams.total_steps))))
+    # "params" is the search's record of the sampled values, not a TrialSpec key.
+    spec = {**{k: v for k, v in target.spec.items() if k != "params"}, "layout": plan.layout.to_dict(), "steps": plan.steps,
+            "hyperparams": {**hp.to_dict(), "betas": list(hp.betas)}, "gpu": target.gpu.key}
+    return LayoutChoice(label=label, plan=plan.to_dict(), launch_command=_launch_command(plan.layout), spec=spec,
+                        ds_config=deepspeed_config(plan.layout, hp))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
+    """``target`` is the resolved target or the sentence saying why there is none."""
+    best = study.best
+    counts = {c: n for c in CATEGORIES if (n := len(study.by_category(c)))}
+    objectives = dict(zip(study.objective_names, study.directions))
+    if best is None:
+        return SummaryInfo(study_name=study.name, counts=counts, objectives=objectives, best_number=None,
+                           message=target if isinstance(target, str) else "no completed trial")
+    metrics: dict[str, float | None] = dict(zip(study.objective_names, best.values or ()))
+    metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
+                   elapsed_s=best.elapsed_s, gpu_hours=best.gpu_hours)
+    folder = Path(best.trial_dir) if best.trial_dir else None
+    ds_text = _read(folder / "ds_config.json") if folder else ""
+    choices: list[LayoutChoice] = []
+    message = target if isinstance(target, str) else ""
+    if isinstance(target, Target):
+        from trainplan.planner import LayoutSpace, recommend
+
+        # The runner trains data-parallel (ZeRO) layouts only, so recommend what it can launch.
+        rec = recommend(target.model, target.gpu, target.layout, global_batch=target.layout.global_batch,
+                        tokens=target.tokens, optimize="time", space=LayoutSpace(tp=(1,), pp=(1,)))
+        ranked = list(getattr(rec, "ranked", rec))
+        if ranked:
+            cheapest = min(ranked, key=lambda p: (p.cost_usd, p.hours, p.layout.gpus))
+            choices.append(layout_choice("fastest", ranked[0], target))
+            if cheapest is not ranked[0]:
+                choices.append(layout_choice("cheapest", cheapest, target))
+        else:
+            message = f"no data-parallel layout of up to 64 {target.gpu.key} GPUs fits this model"
+    return SummaryInfo(
+        study_name=study.name, counts=counts, objectives=objectives, best_number=best.number,
+        best_params=dict(best.params), best_metrics=metrics, best_trial_dir=best.trial_dir,
+        best_command=_read(folder / "cmd.txt") if folder else "",
+        best_ds_config=json.loads(ds_text) if ds_text.startswith("{") else {}, choices=choices, message=message,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EstimateInfo:
+    """Planner estimate beside measurement, per trial that measured something."""
+
+    rows: list[dict[str, Any]]
+    """``trial, category, est_memory_bytes, peak_mem_bytes, est_tokens_per_s, tokens_per_s``."""
+
+
+def get_estimate_info(study: StudyRecord) -> EstimateInfo:
+    rows = []
+    for t in study.trials:
+        est_mem, est_tps = t.estimate.get("memory_bytes"), t.estimate.get("tokens_per_s")
+        if t.peak_mem_bytes is None and t.tokens_per_s is None and est_mem is None:
+            continue
+        rows.append({"trial": t.number, "category": t.category, "est_memory_bytes": est_mem,
+                     "peak_mem_bytes": t.peak_mem_bytes, "est_tokens_per_s": est_tps, "tokens_per_s": t.tokens_per_s})
+    return EstimateInfo(rows=rows)
+
+
+def get_estimate_plot(info: EstimateInfo) -> go.Figure:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("memory per rank (GiB)", "throughput (tokens/s)"))
+    fig.update_layout(new_figure("Planner estimate (x) against measurement (y); the diagonal is a perfect estimate").layout)
+    for col, (est, meas, scale) in enumerate((("est_memory_bytes", "peak_mem_bytes", GIB),
+                                              ("est_tokens_per_s", "tokens_per_s", 1.0)), start=1):
+        pts = [r for r in info.rows if r[est] is not None and r[meas] is not None]
+        for cat in dict.fromkeys(r["category"] for r in pts):
+            sel = [r for r in pts if r["category"] == cat]
+            fig.add_trace(go.Scatter(x=[r[est] / scale for r in sel], y=[r[meas] / scale for r in sel], mode="markers",
+                                     name=cat, legendgroup=cat, showlegend=col == 1, text=[f"trial {r['trial']}" for r in sel],
+                                     marker={"color": CATEGORY_STYLE[cat]["color"], "size": 8}), row=1, col=col)
+        if pts:
+            hi = max(max(r[est], r[meas]) for r in pts) / scale
+            fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", showlegend=False, hoverinfo="skip",
+                                     line={"color": "#888", "dash": "dot"}), row=1, col=col)
+    fig.update_xaxes(title_text="planner estimate", gridcolor="#e5e5e5")
+    fig.update_yaxes(title_text="measured", gridcolor="#e5e5e5")
+    return fig
