@@ -102,7 +102,7 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
                     max_position_embeddings=131072, tie_word_embeddings=False, num_local_experts=8,
                     num_experts_per_tok=2),
     "qwen2": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                  num_key_value_heads=32, head_dim=None, intermediate_size=22016,
+                  num_key_value_heads=32, intermediate_size=22016,
                   max_position_embeddings=32768, tie_word_embeddings=False),
     "gemma": dict(vocab_size=256000, hidden_size=3072, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=16, head_dim=256, intermediate_size=24576,
