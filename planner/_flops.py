@@ -29,20 +29,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from trainplan.errors import UsageError
+from trainplan.planner._layout import CHECKPOINTING
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import count_parameters
 
 __all__ = [
     "ATTENTION_KERNELS",
-    "CHECKPOINTING",
+    "EXPERT_KERNELS",
     "FlopCounts",
     "counted_flops_per_step",
     "flops",
     "hardware_flops_per_token",
     "model_flops_per_token",
 ]
-
-CHECKPOINTING = ("none", "selective", "full")
 
 # How FlopCounterMode sees the attention core (QK^T and AV) of one layer, in multiples of its
 # forward 4 s (h d_head) per token. "matmul": eager attention, or SDPA's math fallback (taken e.g.

@@ -133,3 +133,18 @@ def test_bad_input_names_the_flag(kwargs: dict[str, Any], key: str) -> None:
     with pytest.raises(UsageError) as err:
         flops(**args)
     assert err.value.key == key
+
+
+def test_fused_kernel_multiples_follow_torchs_sdpa_formulas() -> None:
+    # No GPU here, so check the "fused" weights against the formulas FlopCounterMode registers
+    # for the flash / memory-efficient / cuDNN kernels, on a GQA shape.
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    from trainplan.planner._flops import ATTENTION_KERNELS
+
+    b, heads, kv_heads, s, head_dim = 2, 8, 2, 96, 16
+    q, kv = (b, heads, s, head_dim), (b, kv_heads, s, head_dim)
+    core = b * s * 4 * s * heads * head_dim  # 4 s (h d_head) per token, full square
+    fwd, bwd = ATTENTION_KERNELS["fused"]
+    assert sdpa_flop_count(q, kv, kv) == fwd * core
+    assert sdpa_backward_flop_count(q, q, kv, kv) == bwd * core
