@@ -12,10 +12,11 @@ from trainplan.runners._launch import (
     TrialHandle, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
 )
 from trainplan.runners._result import METRIC_KEYS, STATUSES, build_result, read_metrics
-from trainplan.runners._spec import DEFAULT_DATA, DEFAULT_LAYOUT, TrialSpec
+from trainplan.runners._spec import DEFAULT_DATA, DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT, TrialSpec
 
 __all__ = [
     "DEFAULT_DATA",
+    "DEFAULT_HYPERPARAMS",
     "DEFAULT_LAYOUT",
     "METRIC_KEYS",
     "STATUSES",

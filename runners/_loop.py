@@ -19,15 +19,13 @@ from typing import Any
 
 from trainplan.runners._data import Corpus, load_corpus
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
-from trainplan.runners._spec import TrialSpec
+from trainplan.runners._spec import TrialSpec, is_checkpoint
 
 __all__ = ["Outcome", "build_model", "train"]
 
 # Config fields that hold a dropout probability in the Hugging Face families the planner knows.
 _DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
                  "summary_first_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob")
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
 _ATTENTION = {"eager": "eager", "sdpa": "sdpa", "flash": "flash_attention_2"}
 
 
@@ -43,12 +41,6 @@ class Outcome:
     """Every metrics record written."""
     diverged_at_step: int | None = None
     """The step whose loss was NaN/inf or exploded (``diverged`` only)."""
-
-
-def is_checkpoint(ref: str) -> bool:
-    """A folder holding ``config.json`` and weights is fine-tuned; anything else trains from scratch."""
-    path = Path(os.path.expanduser(ref))
-    return path.is_dir() and (path / "config.json").is_file() and any((path / f).exists() for f in _WEIGHT_FILES)
 
 
 def build_model(spec: TrialSpec, vocab_size: int) -> Any:

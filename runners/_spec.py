@@ -14,21 +14,31 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError, close_matches
-from trainplan.planner import Hyperparams, Layout, deepspeed_config
+from trainplan.planner import Hyperparams, Layout, deepspeed_config, load_model
 
-__all__ = ["TrialSpec", "DEFAULT_LAYOUT", "DEFAULT_DATA"]
+__all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "is_checkpoint"]
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                 "pytorch_model.bin.index.json")
 
 DEFAULT_DATA = "stdlib"
 """The built-in corpus: the running interpreter's standard-library sources, as bytes."""
 
 DEFAULT_LAYOUT = Layout(gpus=1, micro_batch=16, grad_accum=1, seq_len=128, precision="fp32")
 """The default task's layout: 16 x 128 byte tokens per step on one rank, fp32 (the CPU default)."""
+
+
+def is_checkpoint(ref: str) -> bool:
+    """A folder holding ``config.json`` and weights is fine-tuned; anything else trains from scratch."""
+    path = Path(os.path.expanduser(ref))
+    return path.is_dir() and (path / "config.json").is_file() and any((path / f).exists() for f in _WEIGHT_FILES)
 
 
 def _layout(value: Layout | Mapping[str, Any]) -> Layout:
@@ -41,6 +51,10 @@ def _layout(value: Layout | Mapping[str, Any]) -> Layout:
     return dataclasses.replace(DEFAULT_LAYOUT, **dict(value))
 
 
+DEFAULT_HYPERPARAMS = Hyperparams(lr=3e-3, warmup_steps=5, total_steps=100)
+"""The default task's optimizer: a peak lr that suits a sub-million-parameter model, short warm-up."""
+
+
 def _hyperparams(value: Hyperparams | Mapping[str, Any]) -> Hyperparams:
     if isinstance(value, Hyperparams):
         return value
@@ -51,7 +65,7 @@ def _hyperparams(value: Hyperparams | Mapping[str, Any]) -> Hyperparams:
             raise UsageError(f"hyperparams.{key}", "unknown hyperparameter" + close_matches(key, known))
     if "betas" in values:
         values["betas"] = tuple(float(b) for b in values["betas"])
-    return Hyperparams(**values)
+    return dataclasses.replace(DEFAULT_HYPERPARAMS, **values)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +89,7 @@ class TrialSpec:
     """Optimizer steps to run; also the learning-rate schedule's horizon."""
     layout: Layout = DEFAULT_LAYOUT
     """Parallel, batch and precision layout (``gpus`` is the rank count; on the CPU, processes)."""
-    hyperparams: Hyperparams = field(default_factory=lambda: Hyperparams(lr=3e-3, warmup_steps=10, total_steps=100))
+    hyperparams: Hyperparams = DEFAULT_HYPERPARAMS
     """Optimizer and schedule; ``total_steps`` is always set to ``steps``."""
     dropout: float = 0.0
     """Dropout probability written into every dropout field the model config has."""
@@ -115,7 +129,10 @@ class TrialSpec:
             raise UsageError("--timeout", f"must be a positive number of seconds, got {self.timeout_s}")
         if self.eval_tokens < self.layout.seq_len:
             raise UsageError("--eval-tokens", f"{self.eval_tokens} is less than one sequence (--seq-len {self.layout.seq_len})")
-        self.layout.validate()
+        if not is_checkpoint(self.model):
+            self.layout.validate(load_model(self.model))  # unknown presets fail here, before a launch
+        else:
+            self.layout.validate()
         if self.layout.tp > 1 or self.layout.pp > 1:
             raise UsageError("--tp" if self.layout.tp > 1 else "--pp",
                              "the runner trains data-parallel (ZeRO) layouts only; tensor/pipeline degree must be 1")
