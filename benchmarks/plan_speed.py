@@ -41,7 +41,7 @@ def _recommend() -> tuple[float, int]:
 
     model, gpu = load_model("llama-2-70b"), load_gpu("h100-sxm")
     base = Layout(seq_len=4096, precision="bf16")
-    space = LayoutSpace(max_gpus=512, micro_batch=(1, 2, 4, 8, 16, 32, 64))
+    space = LayoutSpace(max_gpus=2048, pp=(1, 2, 4, 8, 16), micro_batch=(1, 2, 4, 8, 16, 32, 64))
     t0 = time.perf_counter()
     rec = recommend(model, gpu, base, global_batch=1024, tokens=2e12, optimize="cost", space=space)
     return time.perf_counter() - t0, rec.evaluated

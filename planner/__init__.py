@@ -1,26 +1,29 @@
 """Analytic estimates for training a transformer: parameters, FLOPs, memory, time, cost, layouts.
 
-Pure Python and instant: nothing here imports torch, transformers or deepspeed.
+Pure Python and instant: nothing here imports torch, transformers or deepspeed. Every number is an
+estimate; ``trainplan run`` measures.
 """
 
 from __future__ import annotations
 
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
 from trainplan.planner._dsconfig import SCHEDULES, Hyperparams, deepspeed_config
-from trainplan.planner._layout import Layout
+from trainplan.planner._flops import FlopCounts, flops
+from trainplan.planner._layout import ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout
+from trainplan.planner._memory import MemoryEstimate, estimate_memory
 from trainplan.planner._model import SUPPORTED_FAMILIES, ModelSpec, from_hf_config, load_model
+from trainplan.planner._params import ParamCounts, count_parameters
+from trainplan.planner._perf import Perf, default_efficiency, estimate_perf
+from trainplan.planner._plan import Plan, plan
+from trainplan.planner._recommend import OBJECTIVES, LayoutSpace, Recommendation, recommend
+from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
 __all__ = [
-    "GPUSpec",
-    "Hyperparams",
-    "Layout",
-    "ModelSpec",
-    "SCHEDULES",
+    "ATTENTION", "CHECKPOINTING", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
     "SUPPORTED_FAMILIES",
-    "deepspeed_config",
-    "from_hf_config",
-    "gpu_catalog",
-    "load_gpu",
-    "load_model",
-    "model_presets",
+    "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
+    "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
+    "chinchilla", "count_parameters", "deepspeed_config", "default_efficiency", "estimate_memory",
+    "estimate_perf", "flops", "from_hf_config", "gpu_catalog", "load_gpu", "load_model",
+    "model_presets", "plan", "recommend",
 ]

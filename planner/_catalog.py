@@ -35,6 +35,8 @@ class GPUSpec:
     """GPU-to-GPU bandwidth inside a node, GB/s per direction (NVLink / Infinity Fabric / PCIe)."""
     inter_node_gbps: float
     """Network bandwidth per GPU between nodes, GB/s per direction (typical cluster fabric)."""
+    compute_efficiency: float
+    """Share of the dense peak that training matmuls typically reach on this GPU (``--mfu`` overrides)."""
     price_per_hour: float
     """Default on-demand USD per GPU-hour; override with ``--price``."""
     source: str = ""

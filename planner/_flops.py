@@ -27,6 +27,7 @@ Three figures, all per token of training (forward + backward) unless a name says
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from trainplan.errors import UsageError
 from trainplan.planner._layout import CHECKPOINTING
@@ -178,6 +179,7 @@ def counted_flops_per_step(
     return per_token * seq_len * batch
 
 
+@lru_cache(maxsize=1024)  # pure; --recommend asks the same few questions thousands of times
 def flops(model: ModelSpec, seq_len: int, tokens_per_step: int, checkpointing: str = "none") -> FlopCounts:
     """All three FLOP figures for training ``model`` at ``seq_len``, per token and per step."""
     _check(seq_len, checkpointing)

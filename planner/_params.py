@@ -19,6 +19,7 @@ Conventions (stated once, used by the memory and FLOP estimates):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from trainplan.planner._model import ModelSpec
 
@@ -102,6 +103,7 @@ def _block(model: ModelSpec) -> _Block:
     )
 
 
+@lru_cache(maxsize=256)  # pure in a frozen spec; --recommend asks thousands of times
 def count_parameters(model: ModelSpec) -> ParamCounts:
     """Exact parameter counts of ``model`` as its Hugging Face implementation builds it."""
     d, layers = model.hidden_size, model.num_layers

@@ -5,9 +5,10 @@ Every figure here is an estimate from a simple model whose assumptions are state
 ``Perf.assumptions``; ``trainplan run`` measures the real thing.
 
 - Compute: hardware FLOPs per step / (GPUs x peak x efficiency). The default efficiency (the
-  share of peak the matmuls reach) grows with model width, from ~0.3 for d=768 to ~0.55 for
-  d>=8192, in line with the MFU that llm-foundry's benchmark table and the Megatron-LM paper
-  (Narayanan et al. 2021, Table 1: 44-52% of A100 peak) report; ``--mfu`` overrides it.
+  share of peak the matmuls reach) is the GPU's ``compute_efficiency`` from the catalog (fitted
+  for A100 and H100 to published MFUs: llm-foundry, torchtitan, Megatron-LM, Llama 3), lowered
+  for narrow models whose matmuls are too small to fill the GPU: x (d/4096)**0.15 below
+  d=4096 (0.90 at d=2048, 0.78 at d=768); ``--mfu`` overrides it.
 - Data-parallel collectives use ring algorithms: an all-reduce moves 2(n-1)/n of the buffer per
   GPU, a reduce-scatter or all-gather (n-1)/n (Patarasuk & Yuan 2009). ZeRO stages 1-2 move what an
   all-reduce moves; stage 3 moves 1.5x that, once per micro-batch (Rajbhandari et al. 2020, Sec. 7).
@@ -69,9 +70,9 @@ class Perf:
     """The compute efficiency assumed (share of peak the matmuls reach)."""
 
 
-def default_efficiency(model: ModelSpec) -> float:
-    """Share of peak FLOP/s the matmuls reach, by model width (see module docstring)."""
-    return round(0.55 * min(1.0, model.hidden_size / 8192) ** 0.25, 3)
+def default_efficiency(model: ModelSpec, gpu: GPUSpec) -> float:
+    """Share of peak FLOP/s the matmuls reach, by GPU and model width (see module docstring)."""
+    return round(gpu.compute_efficiency * min(1.0, model.hidden_size / 4096) ** 0.15, 3)
 
 
 def _ring(n: int, factor: float, nbytes: float, gbps: float) -> float:
@@ -92,7 +93,7 @@ def estimate_perf(
     efficiency: float | None = None,
 ) -> Perf:
     """Estimate step time and throughput of ``layout`` on ``gpu`` (see module docstring)."""
-    eff = efficiency if efficiency is not None else default_efficiency(model)
+    eff = efficiency if efficiency is not None else default_efficiency(model, gpu)
     peak = gpu.peak_flops(layout.precision)
     compute = hardware_flops_per_step / (layout.gpus * peak * eff)
 

@@ -103,7 +103,7 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--gpu", default="h100-sxm", show_default=True, help="GPU from the catalog (see `trainplan gpus`).")
 @click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Total GPUs.")
 @click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
 @click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per GPU per step.")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Micro-batches per optimizer step [1].")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step (sets --grad-accum).")
@@ -131,6 +131,7 @@ def plan(**o: Any) -> None:
     model = load_model(o["model"])
     gpu = load_gpu(o["gpu"])
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
+    o["seq_len"] = o["seq_len"] or min(2048, model.max_position_embeddings)
     layout, global_batch = _layout(o)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
     rec = None
