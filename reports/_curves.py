@@ -107,12 +107,10 @@ def _trace(s: CurveSeries, idx: list[int], y: list[float | None], row: int, show
         "type": "scatter", "mode": "lines+markers" if len(idx) < 30 else "lines",
         "x": np.array([s.step[i] for i in idx], dtype=np.int32),
         "y": np.array([np.nan if v is None else v for v in y], dtype=np.float32),
-        "customdata": custom, "name": f"trial {s.number}", "legendgroup": s.category, "showlegend": False,
+        "customdata": custom, "name": f"trial {s.number}", "legendgroup": s.category,
         "line": {"color": style["color"], "width": style["width"], "dash": style["dash"]},
-        "marker": {"size": 4}, "opacity": style["opacity"], "visible": shown, "meta": s.number,
-        "hovertemplate": (f"trial {s.number} ({s.category})<br>step %{{x}}<br>tokens %{{customdata[0]:.4s}}"
-                          "<br>%{customdata[1]:.1f} s<br>loss %{y:.4f}<extra></extra>"),
-        "xaxis": "x" if row == 1 else "x2", "yaxis": "y" if row == 1 else "y2",
+        "opacity": style["opacity"], "visible": shown, "meta": s.number,
+        **({} if row == 1 else {"xaxis": "x2", "yaxis": "y2"}),
     }
 
 
@@ -134,8 +132,14 @@ def get_curves_plot(info: CurvesInfo) -> go.Figure:
     for cat in present:
         style = CATEGORY_STYLE[cat]
         traces.append({"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": style["label"],
-                       "legendgroup": cat, "line": {"color": style["color"], "width": 2, "dash": style["dash"]}})
+                       "legendgroup": cat, "showlegend": True, "hoverinfo": "skip",
+                       "line": {"color": style["color"], "width": 2, "dash": style["dash"]}})
     fig.add_traces([go.Scatter(**{k: v for k, v in t.items() if k != "type"}) for t in traces])
+    # What every trial trace shares lives once in the template, not 2 x trials times in the page.
+    fig.update_layout(template={"data": {"scatter": [{
+        "showlegend": False, "marker": {"size": 4},
+        "hovertemplate": ("trial %{meta}<br>step %{x}<br>tokens %{customdata[0]:.4s}<br>%{customdata[1]:.1f} s"
+                          "<br>loss %{y:.4f}<extra></extra>")}]}})
     fig.update_layout(
         xaxis={"domain": [0, 1], "anchor": "y", "matches": "x2", "showticklabels": False},
         yaxis={"domain": [0.53, 1.0], "title": {"text": "eval loss"}, "gridcolor": "#e5e5e5"},

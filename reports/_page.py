@@ -8,6 +8,7 @@ fixed strings, so the same study gives the same bytes.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,19 +42,29 @@ def _choices_html(choices: list[_summary.LayoutChoice]) -> str:
         cells = (c.label, lay["gpus"], lay["nodes"], lay["zero"], lay["offload"], lay["micro_batch"],
                  lay["grad_accum"], lay["checkpointing"], f"{fmt_num(p['time']['tokens'])} ({p['time']['tokens_source']})",
                  fmt_seconds(p["time"]["hours"] * 3600), fmt_num(p["time"]["gpu_hours"]),
-                 f"{p['cost']['usd']:,.2f}", fmt_bytes(p["memory"]["per_gpu"]["total_bytes"]),
+                 f"{p['cost']['usd']:,.2f}" if p["cost"]["usd"] >= 100 else fmt_num(p["cost"]["usd"], 3), fmt_bytes(p["memory"]["per_gpu"]["total_bytes"]),
                  fmt_num(p["throughput"]["tokens_per_s"]), f"{p['throughput']['mfu']:.1%}")
         rows.append("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in cells) + "</tr>")
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
 
 
-def _launch_html(choice: _summary.LayoutChoice) -> list[str]:
+def _launch_html(choice: _summary.LayoutChoice, folder: str) -> list[str]:
     e = html.escape
     return [f"<h3>Launch the {e(choice.label)} layout</h3>",
-            "<p>Save the two files below as <code>spec.json</code> and <code>ds_config.json</code>, then run:</p>",
+            f"<p>The two files below are written to <code>{e(folder)}/</code> beside this page; from there run:</p>",
             f"<pre>{e(choice.launch_command)}</pre>", "<h3>spec.json</h3>", pre_json(choice.spec),
             "<h3>ds_config.json</h3>", pre_json(choice.ds_config)]
+
+
+def _write_launch(out_dir: Path, choice: _summary.LayoutChoice) -> str:
+    """Write spec.json, ds_config.json and cmd.txt of ``choice`` to ``out_dir/recommended``."""
+    folder = out_dir / "recommended"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(choice.spec, indent=2, sort_keys=True) + "\n")
+    (folder / "ds_config.json").write_text(json.dumps(choice.ds_config, indent=2, sort_keys=True) + "\n")
+    (folder / "cmd.txt").write_text(choice.launch_command + "\n")
+    return folder.name
 
 
 def _summary_section(page: Page, info: _summary.SummaryInfo) -> None:
@@ -72,7 +83,7 @@ def _summary_section(page: Page, info: _summary.SummaryInfo) -> None:
         parts += ["<p>Rerun it by hand (from the repository root):</p>", f"<pre>{html.escape(info.best_command)}</pre>"]
     if info.choices:
         parts += ["<h3>Recommended layouts on the target hardware</h3>", _choices_html(info.choices),
-                  *_launch_html(info.choices[0])]
+                  *_launch_html(info.choices[0], _write_launch(page.out_dir, info.choices[0]))]
     else:
         parts.append(_empty(f"No recommendation: {info.message}"))
 
@@ -205,7 +216,7 @@ def build_plan_report(plan_result: Any, recommendations: Any, out_path: str | Pa
     if ranked:
         choices = [_summary.layout_choice(f"#{i + 1}", r, target) for i, r in enumerate(ranked[:10])]
         page.write_data("recommendations", {"rows": [c.plan for c in choices]})
-        parts += [_choices_html(choices), *_launch_html(choices[0])]
+        parts += [_choices_html(choices), *_launch_html(choices[0], _write_launch(page.out_dir, choices[0]))]
     else:
         parts.append(_empty("No recommendation was requested (pass --recommend) or none fits."))
     _scaling_section(page, page.section("scaling", "Scaling trade-offs"), target, None)

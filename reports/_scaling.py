@@ -82,6 +82,7 @@ def get_memory_plot(info: GpuScalingInfo) -> go.Figure:
     fig.add_hline(y=info.gpu_memory_bytes / GIB, line={"color": "#D55E00", "dash": "dash"},
                   annotation_text=f"{info.gpu_name} memory", annotation_position="top left")
     fig.update_xaxes(type="log", tickvals=list(GPU_COUNTS), ticktext=[str(g) for g in GPU_COUNTS])
+    fig.update_yaxes(type="log")  # small models sit orders of magnitude under the GPU's memory
     return fig
 
 

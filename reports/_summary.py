@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainplan.errors import UsageError
 from trainplan.reports._records import CATEGORIES, StudyRecord
 from trainplan.reports._style import CATEGORY_STYLE, GIB, new_figure
 from trainplan.reports._target import Target
@@ -93,8 +94,15 @@ def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
     # "params" is the search's record of the sampled values, not a TrialSpec key.
     spec = {**{k: v for k, v in target.spec.items() if k != "params"}, "layout": plan.layout.to_dict(), "steps": plan.steps,
             "hyperparams": {**hp.to_dict(), "betas": list(hp.betas)}, "gpu": target.gpu.key}
+    try:
+        # The runner derives the config it really uses from the spec (it adjusts the scheduler).
+        from trainplan.runners import TrialSpec
+
+        ds_config = TrialSpec.from_dict(spec).ds_config()
+    except UsageError:  # a spec from a foreign sweep the runner would not take: the planner's config
+        ds_config = deepspeed_config(plan.layout, hp)
     return LayoutChoice(label=label, plan=plan.to_dict(), launch_command=_launch_command(plan.layout), spec=spec,
-                        ds_config=deepspeed_config(plan.layout, hp))
+                        ds_config=ds_config)
 
 
 def _read(path: Path) -> str:
