@@ -45,8 +45,21 @@ def make_sampler(sweep: SweepSpec) -> optuna.samplers.BaseSampler:
                                             consider_pruned_trials=True)
     if cfg.type == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    grid = {p.name: list(p.choices) for p in sweep.space}
-    return optuna.samplers.GridSampler(grid, seed=cfg.seed)
+    return _GridSampler({p.name: list(p.choices) for p in sweep.space}, seed=cfg.seed)
+
+
+class _GridSampler:
+    """Optuna's grid sampler without its ``study.stop()`` at exhaustion, which only works inside
+    ``Study.optimize``; the search caps the budget at the grid size instead."""
+
+    def __new__(cls, grid: dict[str, list[Any]], seed: int | None) -> Any:
+        import optuna
+
+        class GridSampler(optuna.samplers.GridSampler):
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                return None
+
+        return GridSampler(grid, seed=seed)
 
 
 def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
@@ -90,6 +103,12 @@ def open_storage(storage: str | None, run_dir: Path, sweep: SweepSpec) -> optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+    import warnings
+
+    # Heartbeats with ask/tell and the retry callback are deliberate; Optuna flags them as
+    # experimental on every call, which would bury the progress bar.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     url = storage_url(storage, run_dir)
     journal = _journal_path(url)
     if journal is not None:

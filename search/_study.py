@@ -9,6 +9,7 @@ command against the same storage.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -71,7 +72,9 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
 
     from trainplan.search._optuna import make_pruner, make_sampler, open_storage
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(sweep.storage, run_dir, sweep)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, load_if_exists=True,
                                 directions=sweep.directions, sampler=make_sampler(sweep),
                                 pruner=make_pruner(sweep))
@@ -103,13 +106,13 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int
             continue  # the worker lives
         if worker.get("pgid"):
             kill_group(int(worker["pgid"]))
-        try:
+        try:  # attributes first: a finished trial can no longer be written
+            study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
+            study._storage.set_trial_user_attr(t._trial_id, "reason", "its worker died; retried")
             if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
-        study._storage.set_trial_user_attr(t._trial_id, "reason", "its worker died; retried")
+            continue  # another worker reclaimed it first
         RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries)(study, study._storage.get_trial(t._trial_id))
         out.append(t.number)
     return out
@@ -129,9 +132,12 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
         trials = study.get_trials(deepcopy=False)
         if any(t.state == states.WAITING for t in trials):
             return study.ask()  # a retried trial: its budget slot is already counted
+        limit = sweep.budget.n_trials
+        if sweep.sampler.type == "grid":  # a grid has only so many points; it never repeats one
+            limit = min(limit, math.prod(len(p.choices) for p in sweep.space))
         spent = sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
         over_hours = sweep.budget.max_gpu_hours is not None and spent >= sweep.budget.max_gpu_hours
-        if budget_count(trials) < sweep.budget.n_trials and not over_hours:
+        if budget_count(trials) < limit and not over_hours:
             return study.ask()
         # Budget spent; a trial still RUNNING elsewhere may yet die and be queued again.
         return False if any(t.state == states.RUNNING for t in trials) and not over_hours else None
@@ -207,15 +213,6 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
     from trainplan.search._optuna import storage_url
     from trainplan.search._progress import SearchProgress
 
-    import warnings
-
-    import optuna
-
-    # Heartbeats with ask/tell and the retry callback are deliberate; Optuna flags them as
-    # experimental on every call, which would bury the progress bar.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir = run_dir or search_dir(sweep)
     run_dir.mkdir(parents=True, exist_ok=True)
     study = open_study(sweep, run_dir, command)

@@ -87,8 +87,10 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
     click.echo(f"study {result.study_name} ({result.storage}): {counts}")
     if not result.best:
-        click.echo("no trial completed; see the trial table: trainplan trials" + (f" {sweep_file}" if sweep_file else ""))
-        raise click.exceptions.Exit(1)
+        from trainplan.errors import TrainplanError
+
+        raise TrainplanError("no trial completed; see why in the trial table: trainplan trials"
+                             + (f" {sweep_file}" if sweep_file else ""))
     for best in result.best:
         values = ", ".join(f"{name}={value:.6g}" for name, value in zip(sweep.objectives, best["values"]))
         click.echo(f"best trial #{best['number']}: {values}")

@@ -1,0 +1,135 @@
+"""Optuna plumbing against real storages: factories, storage rules, the exact budget under
+concurrency, resume accounting of retried trials, and dead-worker reclaim."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from trainplan.search import budget_count, load_sweep, make_pruner, make_sampler, open_study, storage_url, sweep_from_dict
+from trainplan.search._study import _claim, reclaim_dead_local_trials
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.mark.parametrize(("kind", "cls"), [("tpe", optuna.samplers.TPESampler), ("gp", optuna.samplers.GPSampler),
+                                           ("cmaes", optuna.samplers.CmaEsSampler), ("random", optuna.samplers.RandomSampler)])
+def test_sampler_factory(kind: str, cls: type) -> None:
+    assert isinstance(make_sampler(load_sweep(None, {"sampler.type": kind})), cls)
+
+
+def test_grid_sampler_enumerates_the_choices() -> None:
+    sweep = load_sweep(None, {"sampler.type": "grid", "space": {"global_batch": {"choices": [8, 16]},
+                                                                "schedule": {"choices": ["cosine", "constant"]}}})
+    study = optuna.create_study(sampler=make_sampler(sweep))
+    from trainplan.search import suggest
+
+    seen = set()
+    for _ in range(4):
+        trial = study.ask()
+        seen.add(tuple(sorted(suggest(trial, sweep).items())))
+        study.tell(trial, 1.0)
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize(("kind", "cls"), [("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+                                           ("hyperband", optuna.pruners.HyperbandPruner),
+                                           ("median", optuna.pruners.MedianPruner), ("none", optuna.pruners.NopPruner)])
+def test_pruner_factory(kind: str, cls: type) -> None:
+    assert isinstance(make_pruner(load_sweep(None, {"pruner.type": kind})), cls)
+
+
+def test_storage_rules(tmp_path: Path) -> None:
+    assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/study.db"
+    assert storage_url("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
+    assert storage_url("sweeps/s.log", tmp_path) == "sweeps/s.log"
+    assert storage_url("my.db", tmp_path).startswith("sqlite:///") and storage_url("my.db", tmp_path).endswith("/my.db")
+
+
+def _run_claims(sweep, run_dir: Path, threads: int) -> optuna.Study:
+    study = open_study(sweep, run_dir)
+    url = storage_url(sweep.storage, run_dir)
+
+    def worker() -> None:
+        while True:
+            trial = _claim(study, sweep, url)
+            if trial is None:
+                return
+            if trial is False:
+                time.sleep(0.05)
+                continue
+            time.sleep(0.01)
+            study.tell(trial, float(trial.number))
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return study
+
+
+@pytest.mark.parametrize("storage", [None, "journal.log"])
+def test_concurrent_workers_never_exceed_n_trials(tmp_path: Path, storage: str | None) -> None:
+    sweep = load_sweep(None, {"budget.n_trials": 7, "storage": str(tmp_path / storage) if storage else None,
+                              "sampler.type": "random"})
+    study = _run_claims(sweep, tmp_path, threads=4)
+    trials = study.get_trials()
+    assert len(trials) == 7 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # Running again (a resume) finds the budget spent and creates nothing.
+    assert len(_run_claims(sweep, tmp_path, threads=2).get_trials()) == 7
+
+
+def test_dead_local_worker_is_reclaimed_and_its_retry_keeps_the_budget(tmp_path: Path) -> None:
+    sweep = load_sweep(None, {"budget.n_trials": 2, "sampler.type": "random"})
+    study = open_study(sweep, tmp_path)
+    done = study.ask()
+    study.tell(done, 1.0)
+    # A worker that died mid-trial: its pid is gone and its process group still runs.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    running = study.ask()
+    running.suggest_float("lr", 1e-4, 1e-2, log=True)
+    running.set_user_attr("worker", {"host": os.uname().nodename, "pid": dead.pid, "start": -1, "pgid": orphan.pid})
+    assert reclaim_dead_local_trials(study, sweep) == [running.number]
+    assert orphan.wait(timeout=10) is not None  # its process group was ended
+    trials = study.get_trials()
+    retry = trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == study.trials[running.number].params
+    assert budget_count(trials) == 2  # the failed original and its retry use one slot
+    # The retry is what the next claim returns, although the budget looks spent.
+    url = storage_url(None, tmp_path)
+    claimed = _claim(study, sweep, url)
+    assert claimed is not None and claimed is not False and claimed.number == retry.number
+    study.tell(claimed, 0.5)
+    assert _claim(study, sweep, url) is None
+
+
+def test_live_local_worker_is_left_alone(tmp_path: Path) -> None:
+    from trainplan.search._guard import process_start_ticks
+
+    sweep = load_sweep(None, {"sampler.type": "random"})
+    study = open_study(sweep, tmp_path)
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": os.uname().nodename, "pid": os.getpid(),
+                                   "start": process_start_ticks(os.getpid()), "pgid": None})
+    assert reclaim_dead_local_trials(study, sweep) == []
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+
+
+def test_a_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
+    from trainplan.errors import UsageError
+
+    open_study(load_sweep(), tmp_path)
+    raw = {"objectives": ["eval_loss", "gpu_hours"]}
+    with pytest.raises(UsageError) as info:
+        open_study(sweep_from_dict(raw), tmp_path)
+    assert info.value.key == "objectives"
