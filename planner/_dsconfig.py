@@ -83,13 +83,14 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
         zero["offload_optimizer"] = dict(target)
         if layout.zero == 3:
             zero["offload_param"] = dict(target)
+    # DeepSpeed 0.19 rejects warmup_num_steps=0; one step of warm-up is the nearest it allows.
     if hp.schedule == "cosine":
         scheduler = {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": hp.total_steps, "warmup_num_steps": hp.warmup_steps,
+            "total_num_steps": hp.total_steps, "warmup_num_steps": max(hp.warmup_steps, 1),
             "warmup_min_ratio": 0.0, "cos_min_ratio": hp.min_lr_ratio}}
     elif hp.schedule == "linear":
         scheduler = {"type": "WarmupDecayLR", "params": {
-            "total_num_steps": hp.total_steps, "warmup_num_steps": hp.warmup_steps,
+            "total_num_steps": hp.total_steps, "warmup_num_steps": max(hp.warmup_steps, 1),
             "warmup_min_lr": 0.0, "warmup_max_lr": hp.lr, "warmup_type": "linear"}}
     else:
         scheduler = {"type": "WarmupLR", "params": {
