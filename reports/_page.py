@@ -77,7 +77,8 @@ def _summary_section(page: Page, info: _summary.SummaryInfo) -> None:
     if info.best_number is None:
         parts.append(_empty(info.message))
         return
-    parts += [f"<h3>Best trial: #{info.best_number}</h3>", kv_table(info.best_params),
+    params = {k: fmt_num(v) if isinstance(v, float) else v for k, v in info.best_params.items()}
+    parts += [f"<h3>Best trial: #{info.best_number}</h3>", kv_table(params),
               kv_table({k: fmt_num(v, 6) if k != "peak_mem_bytes" else fmt_bytes(v) for k, v in info.best_metrics.items()})]
     if info.best_command:
         parts += ["<p>Rerun it by hand (from the repository root):</p>", f"<pre>{html.escape(info.best_command)}</pre>"]

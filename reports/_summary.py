@@ -93,6 +93,9 @@ def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
                                                    / max(1, target.hyperparams.total_steps))))
     # "params" is the search's record of the sampled values, not a TrialSpec key.
     spec = {**{k: v for k, v in target.spec.items() if k != "params"}, "layout": plan.layout.to_dict(), "steps": plan.steps,
+            # as many evaluations over the full run as the trial made over its own
+            **({"eval_every": max(1, round(target.spec["eval_every"] * plan.steps / max(1, target.spec.get("steps") or 1)))}
+               if isinstance(target.spec.get("eval_every"), int) else {}),
             "hyperparams": {**hp.to_dict(), "betas": list(hp.betas)}, "gpu": target.gpu.key}
     try:
         # The runner derives the config it really uses from the spec (it adjusts the scheduler).
