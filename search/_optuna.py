@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import threading
 import zlib
 from collections.abc import Iterator
@@ -45,21 +46,20 @@ def make_sampler(sweep: SweepSpec) -> optuna.samplers.BaseSampler:
                                             consider_pruned_trials=True)
     if cfg.type == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
-    return _GridSampler({p.name: list(p.choices) for p in sweep.space}, seed=cfg.seed)
+    return _grid_sampler_class()({p.name: list(p.choices) for p in sweep.space}, seed=cfg.seed)
 
 
-class _GridSampler:
-    """Optuna's grid sampler without its ``study.stop()`` at exhaustion, which only works inside
-    ``Study.optimize``; the search caps the budget at the grid size instead."""
+@functools.cache
+def _grid_sampler_class() -> type:
+    """Optuna's grid sampler without its ``study.stop()`` at exhaustion, which works only inside
+    ``Study.optimize``; the search caps the budget at the grid size instead (``_study._claim``)."""
+    import optuna
 
-    def __new__(cls, grid: dict[str, list[Any]], seed: int | None) -> Any:
-        import optuna
+    class GridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
 
-        class GridSampler(optuna.samplers.GridSampler):
-            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
-                return None
-
-        return GridSampler(grid, seed=seed)
+    return GridSampler
 
 
 def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
@@ -75,8 +75,7 @@ def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
                                               reduction_factor=cfg.reduction_factor)
     if cfg.type == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
-                                           n_warmup_steps=0, interval_steps=1,
-                                           n_min_trials=1)
+                                           n_warmup_steps=0, interval_steps=1, n_min_trials=1)
     return optuna.pruners.NopPruner()
 
 

@@ -127,8 +127,9 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
 
     states = optuna.trial.TrialState
     with claim_lock(study._storage, url, sweep.study_name):
-        optuna.storages.fail_stale_trials(study)
+        # Local first: it knows the worker died (not just went quiet) and records why.
         reclaim_dead_local_trials(study, sweep)
+        optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == states.WAITING for t in trials):
             return study.ask()  # a retried trial: its budget slot is already counted

@@ -119,8 +119,6 @@ class PrunerConfig:
     """Tokens before the first rung (``None``: Optuna's estimate from the first finished trial)."""
     n_startup_trials: int = 2
     """Median: trials that finish before any is pruned."""
-    n_warmup_evals: int = 1
-    """Median: evaluations of a trial before it can be pruned."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
