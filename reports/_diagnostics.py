@@ -8,11 +8,12 @@ colours and the data can be written out as CSV.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainplan.reports._records import StudyRecord
-from trainplan.reports._style import CATEGORY_STYLE, new_figure
+from trainplan.reports._style import CATEGORY_STYLE, new_figure, plain
 
 if TYPE_CHECKING:
     import optuna
@@ -62,7 +63,8 @@ def get_history_info(study: StudyRecord) -> HistoryInfo:
 def get_history_plot(info: HistoryInfo) -> go.Figure:
     import plotly.graph_objects as go
 
-    fig = new_figure(f"Optimization history ({info.direction} {info.objective})", xaxis="trial", yaxis=info.objective)
+    name = plain(info.objective)
+    fig = new_figure(f"Optimization history ({info.direction} {name})", xaxis="trial", yaxis=name)
     for cat in dict.fromkeys(info.categories):
         idx = [i for i, c in enumerate(info.categories) if c == cat]
         fig.add_trace(go.Scatter(x=[info.numbers[i] for i in idx], y=[info.values[i] for i in idx], mode="markers",
@@ -94,10 +96,15 @@ def get_importance_info(study: optuna.Study) -> ImportanceInfo:
     params = {p for t in done for p in t.params}
     if len(done) < 2 or not params:
         return ImportanceInfo(importances={}, message=f"needs 2 completed trials with parameters, found {len(done)}")
+    target = None
+    if len(study.directions) > 1:  # the first objective; PED-ANOVA ranks low target values as good
+        sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
     try:
-        out = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-            target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the "low target values" note, handled above
+            out = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(), target=target)
     except (ValueError, RuntimeError) as exc:  # e.g. every parameter constant
         return ImportanceInfo(importances={}, message=f"cannot compute importances: {exc}")
     return ImportanceInfo(importances={k: float(v) for k, v in out.items()}, message="")
@@ -108,7 +115,7 @@ def get_importance_plot(info: ImportanceInfo) -> go.Figure:
 
     names = list(info.importances)[::-1]
     fig = new_figure("Parameter importances (PED-ANOVA)", xaxis="importance", height=max(260, 60 + 28 * len(names)))
-    fig.add_trace(go.Bar(x=[info.importances[n] for n in names], y=names, orientation="h",
+    fig.add_trace(go.Bar(x=[info.importances[n] for n in names], y=[plain(n) for n in names], orientation="h",
                          marker={"color": "#0072B2"}, text=[f"{info.importances[n]:.2f}" for n in names]))
     return fig
 
@@ -155,11 +162,11 @@ def _dimension(name: str, values: list[Any], log: bool) -> dict[str, Any]:
             logs = [math.log10(v) if v is not None else None for v in values]
             lo, hi = math.floor(min(x for x in logs if x is not None)), math.ceil(max(x for x in logs if x is not None))
             ticks = list(range(lo, hi + 1))
-            return {"label": name, "values": logs, "tickvals": ticks, "ticktext": [f"1e{t}" for t in ticks]}
-        return {"label": name, "values": values}
+            return {"label": plain(name), "values": logs, "tickvals": ticks, "ticktext": [f"1e{t}" for t in ticks]}
+        return {"label": plain(name), "values": values}
     choices = sorted({str(v) for v in values})
-    return {"label": name, "values": [choices.index(str(v)) for v in values],
-            "tickvals": list(range(len(choices))), "ticktext": choices}
+    return {"label": plain(name), "values": [choices.index(str(v)) for v in values],
+            "tickvals": list(range(len(choices))), "ticktext": [plain(c) for c in choices]}
 
 
 def get_parallel_plot(info: ScatterInfo) -> go.Figure:
@@ -168,7 +175,7 @@ def get_parallel_plot(info: ScatterInfo) -> go.Figure:
     fig = new_figure("Parallel coordinates (completed trials)")
     if not info.numbers:
         return fig
-    dims = [{"label": info.objective, "values": info.values}]
+    dims = [{"label": plain(info.objective), "values": info.values}]
     dims += [_dimension(p, info.columns[p], p in info.log_params) for p in info.params]
     fig.add_trace(go.Parcoords(dimensions=dims, line={"color": info.values, "colorscale": "Viridis_r",
                                                       "showscale": True}))
@@ -183,13 +190,13 @@ def get_slice_plot(info: ScatterInfo) -> go.Figure:
     fig = make_subplots(rows=1, cols=n, shared_yaxes=True, horizontal_spacing=min(0.05, 0.4 / n))
     fig.update_layout(new_figure("Slices: objective against each parameter").layout, showlegend=False)
     for i, p in enumerate(info.params, start=1):
-        x = [str(v) if isinstance(v, (str, bool)) else v for v in info.columns[p]]
+        x = [plain(str(v)) if isinstance(v, (str, bool)) else v for v in info.columns[p]]
         fig.add_trace(go.Scatter(x=x, y=info.values, mode="markers", name=p, text=[f"trial {k}" for k in info.numbers],
                                  marker={"color": [CATEGORY_STYLE[c]["color"] for c in info.categories], "size": 7}),
                       row=1, col=i)
-        fig.update_xaxes(title_text=p, type="log" if p in info.log_params else None, row=1, col=i,
+        fig.update_xaxes(title_text=plain(p), type="log" if p in info.log_params else None, row=1, col=i,
                          gridcolor="#e5e5e5")
-    fig.update_yaxes(title_text=info.objective, row=1, col=1)
+    fig.update_yaxes(title_text=plain(info.objective), row=1, col=1)
     return fig
 
 
@@ -269,7 +276,7 @@ def get_pareto_info(study: StudyRecord) -> ParetoInfo | None:
 def get_pareto_plot(info: ParetoInfo) -> go.Figure:
     import plotly.graph_objects as go
 
-    a, b = info.objectives
+    a, b = (plain(o) for o in info.objectives)
     fig = new_figure(f"Pareto front ({info.directions[0]} {a}, {info.directions[1]} {b})", xaxis=a, yaxis=b)
     for front, name, color in ((False, "dominated", "#0072B2"), (True, "Pareto-optimal", "#D55E00")):
         idx = [i for i, f in enumerate(info.on_front) if f == front]

@@ -6,12 +6,13 @@ embedded plotly.js should not pay that twelve times, so figures use the small la
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["CATEGORY_STYLE", "fmt_bytes", "fmt_num", "fmt_seconds", "new_figure", "GIB"]
+__all__ = ["CATEGORY_STYLE", "GIB", "fmt_bytes", "fmt_num", "fmt_seconds", "new_figure", "plain"]
 
 GIB = 2**30
 
@@ -48,6 +49,13 @@ def new_figure(title: str, *, xaxis: str = "", yaxis: str = "", **layout: Any) -
     fig.update_xaxes(**_AXIS, title_text=xaxis)
     fig.update_yaxes(**_AXIS, title_text=yaxis)
     return fig
+
+
+def plain(text: str) -> str:
+    """``text`` for a plotly title, label or tick: plotly.js reads those as a subset of HTML
+    (https://plotly.com/chart-studio-help/adding-HTML-and-links-to-charts/), so a user's
+    ``<b>`` or ``<script>`` must arrive as entities to be shown literally."""
+    return html.escape(text, quote=False)
 
 
 def fmt_num(value: float | None, digits: int = 4) -> str:

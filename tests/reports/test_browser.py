@@ -55,7 +55,17 @@ def test_report_renders_every_figure_without_errors(study: optuna.Study, tmp_pat
 def test_hostile_study_name_is_shown_not_run(storage: str, tmp_path: Path) -> None:
     evil = "<script>alert(1)</script>"
     study = build_study(storage, evil, param_name=evil)
-    seen = open_page(build_report(study, tmp_path / "out"))
+    probe = ("['fig-slices', 'fig-parallel-coordinates', 'fig-importances'].map("
+             "id => document.getElementById(id).textContent.includes('<script>alert(1)</script>'))")
+    seen = open_page(build_report(study, tmp_path / "out"), probe=probe)
     assert seen.alerts == [] and seen.errors == []
     assert f"Study {evil}" in seen.text  # the text itself, visible
     assert seen.text.count(evil) >= 2  # the study name and the parameter's column
+    assert seen.probe == [True, True, True]  # figures show the parameter name literally too
+
+
+def test_multi_objective_page_shows_the_pareto_front(storage: str, tmp_path: Path) -> None:
+    page = build_report(build_study(storage, "multi", multi=True), tmp_path / "out")
+    seen = open_page(page, probe="document.getElementById('fig-pareto-front').querySelectorAll('.point').length")
+    assert seen.errors == [] and seen.rendered_plots == page.read_text().count('class="plotly-graph-div"')
+    assert seen.probe == 4  # the four completed trials
