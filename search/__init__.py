@@ -18,6 +18,7 @@ from trainplan.search._study import (
     run_search,
     search_dir,
     status_counts,
+    worker_devices,
 )
 from trainplan.search._sweep import (
     OBJECTIVES,
@@ -42,5 +43,5 @@ __all__ = [
     "claim_lock", "default_sweep_path", "export_trials", "load_sweep", "make_pruner", "make_sampler",
     "open_storage", "open_study", "reclaim_dead_local_trials", "resolve_trial", "run_search", "run_trial_for",
     "screen", "search_dir", "status_counts", "storage_url", "suggest", "sweep_from_dict", "trial_records",
-    "trials_frame",
+    "trials_frame", "worker_devices",
 ]

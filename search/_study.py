@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainplan.search._sweep import SweepSpec
 
 __all__ = ["SearchResult", "best_trials", "open_study", "reclaim_dead_local_trials", "run_search", "search_dir",
-           "status_counts"]
+           "status_counts", "worker_devices"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,11 +144,28 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
         return False if any(t.state == states.RUNNING for t in trials) and not over_hours else None
 
 
+def worker_devices(index: int, sweep: SweepSpec) -> dict[str, str] | None:
+    """The launch environment of worker ``index`` when several share a machine: its own slice of
+    the visible GPUs (``CUDA_VISIBLE_DEVICES``, which the deepspeed launcher's local ranks index
+    into). One worker leaves the environment alone; on a CPU machine the variable is inert."""
+    if sweep.workers == 1:
+        return None
+    per = sweep.hardware.gpus_per_trial
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(sweep.workers * per)]
+    mine = devices[index * per:(index + 1) * per]
+    if len(mine) < per:
+        raise UsageError("--workers", f"{sweep.workers} workers x {per} GPUs per trial exceed the "
+                                      f"{len(devices)} visible GPUs ({visible})")
+    return {"CUDA_VISIBLE_DEVICES": ",".join(mine)}
+
+
 def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guard: Any,
-            stop: threading.Event, deadline: float | None, errors: list[BaseException]) -> None:
+            stop: threading.Event, deadline: float | None, errors: list[BaseException], index: int) -> None:
     from trainplan.search._trial import run_trial_for
 
     try:
+        env = worker_devices(index, sweep)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             trial = _claim(study, sweep, url)
             if trial is None:
@@ -157,7 +174,7 @@ def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guar
                 stop.wait(min(sweep.heartbeat_s, 5))
                 continue
             try:
-                run_trial_for(study, trial, sweep, run_dir, guard, stop)
+                run_trial_for(study, trial, sweep, run_dir, guard, stop, env)
             except BaseException as exc:
                 _fail_unfinished(study, trial, exc)
                 raise
@@ -222,7 +239,7 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
     stop, errors = threading.Event(), []
     guard = OrphanGuard()
     threads = [threading.Thread(target=_worker, name=f"trainplan-worker-{i}", daemon=True,
-                                args=(study, sweep, run_dir, url, guard, stop, deadline, errors))
+                                args=(study, sweep, run_dir, url, guard, stop, deadline, errors, i))
                for i in range(sweep.workers)]
     bar = SearchProgress(study, sweep, enabled=progress)
     try:

@@ -108,8 +108,9 @@ def _tell_infeasible(study: optuna.Study, trial: optuna.Trial, reason: str, esti
 
 
 def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, run_dir: Path,
-                  guard: OrphanGuard | None, stop: threading.Event) -> str:
-    """Run ``trial`` to its end and tell the study; returns the trial's status."""
+                  guard: OrphanGuard | None, stop: threading.Event, env: dict[str, str] | None = None) -> str:
+    """Run ``trial`` to its end and tell the study; returns the trial's status. ``env`` is added
+    to the launch environment (a worker's own ``CUDA_VISIBLE_DEVICES``)."""
     import optuna
 
     from trainplan.runners import free_port, launch_trial
@@ -142,7 +143,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         return _tell_infeasible(study, trial, reason, estimate)
 
     try:
-        handle = launch_trial(spec, trial_dir, master_port=free_port())
+        handle = launch_trial(spec, trial_dir, master_port=free_port(), env=env)
     except UsageError as exc:  # e.g. a data path the runner cannot read: no process started
         trial.set_user_attr("status", "crashed")
         trial.set_user_attr("reason", f"launch refused: {exc}")

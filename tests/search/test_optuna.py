@@ -133,3 +133,19 @@ def test_a_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         open_study(sweep_from_dict(raw), tmp_path)
     assert info.value.key == "objectives"
+
+
+def test_each_local_worker_gets_its_own_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainplan.errors import UsageError
+    from trainplan.search import worker_devices
+
+    sweep = sweep_from_dict({"workers": 2, "hardware": {"gpu": "a100-80gb", "gpus_per_trial": 2}})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert [worker_devices(i, sweep) for i in (0, 1)] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert worker_devices(1, sweep) == {"CUDA_VISIBLE_DEVICES": "6,7"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    with pytest.raises(UsageError) as info:
+        worker_devices(1, sweep)
+    assert info.value.key == "--workers"
+    assert worker_devices(0, sweep_from_dict({})) is None

@@ -1,5 +1,5 @@
-"""Two worker processes share one study on a real PostgreSQL server (started here, loopback only):
-every trial runs exactly once and the overall ``n_trials`` holds."""
+"""Two worker processes (one running two trials at once) share one study on a real PostgreSQL server
+(started here, loopback only): every trial runs exactly once and the overall ``n_trials`` holds."""
 
 from __future__ import annotations
 
@@ -60,8 +60,10 @@ def test_two_workers_share_one_study(tmp_path: Path, postgres_url: str, make_swe
     env = {**os.environ, "TRAINPLAN_RUNS": str(tmp_path / "runs")}
     cmd = [sys.executable, "-m", "trainplan", "search", str(path), "--storage", postgres_url, "--no-progress"]
     workers = []
-    for _ in range(2):
-        workers.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    # One process with two worker threads, one with a single worker: like two machines, one bigger.
+    for extra in (["--workers", "2"], []):
+        workers.append(subprocess.Popen(cmd + extra, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
         time.sleep(1.0)
     outputs = [w.communicate(timeout=400) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
@@ -72,4 +74,6 @@ def test_two_workers_share_one_study(tmp_path: Path, postgres_url: str, make_swe
     assert len(set(dirs)) == 3
     for d in dirs:  # each trial folder holds one launch
         assert len((d / "cmd.txt").read_text().splitlines()) == 1 and (d / "result.json").is_file()
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2, "both workers should have run trials"
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2, "both processes should have run trials"
+    ports = [(d / "cmd.txt").read_text().split("--master_port ")[1].split()[0] for d in dirs]
+    assert len(set(ports)) == 3  # every launch has its own master port
