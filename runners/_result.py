@@ -81,20 +81,22 @@ def planner_estimate(spec: Any) -> dict[str, Any] | None:
     except ImportError:  # the planner's plan() is not available in this build
         return None
     try:
-        from trainplan.planner import load_gpu
+        from trainplan.planner import estimate_memory, load_gpu
 
         model = load_model(spec.model)
-        gpu = load_gpu(spec.gpu) if spec.gpu else None
-        if gpu is None:
-            from trainplan.planner import estimate_memory
-
-            memory = estimate_memory(model, spec.layout)
-            return {"memory_bytes": int(memory.total_bytes), "tokens_per_s": None, "gpu": None}
-        result = make_plan(model, spec.layout, gpu, tokens=spec.steps * spec.tokens_per_step)
-        return {"memory_bytes": int(result.memory.total_bytes),
-                "tokens_per_s": float(result.throughput.tokens_per_s), "gpu": spec.gpu}
+        if not spec.gpu:
+            return {"memory_bytes": _total(estimate_memory(model, spec.layout)), "tokens_per_s": None, "gpu": None}
+        result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.steps * spec.tokens_per_step)
+        # docs/protocol.md names memory.total_bytes and throughput.tokens_per_s; the planner as
+        # built calls them memory.total and perf.tokens_per_s: accept either.
+        perf = getattr(result, "throughput", None) or result.perf
+        return {"memory_bytes": _total(result.memory), "tokens_per_s": float(perf.tokens_per_s), "gpu": spec.gpu}
     except Exception as exc:  # an estimate is a side note: never fail the trial over it
         return {"memory_bytes": None, "tokens_per_s": None, "gpu": spec.gpu, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _total(memory: Any) -> int:
+    return int(getattr(memory, "total_bytes", None) or memory.total)
 
 
 def build_result(records: list[dict[str, Any]], *, status: str, reason: str = "",

@@ -108,8 +108,11 @@ class TrialSpec:
         # Accept plain dicts (from JSON or the search) and keep the schedule horizon == steps.
         layout = _layout(self.layout)
         hp = _hyperparams(self.hyperparams)
-        if hp.total_steps != self.steps and isinstance(self.steps, int) and self.steps >= 1:
-            hp = dataclasses.replace(hp, total_steps=self.steps)
+        if isinstance(self.steps, int) and self.steps >= 1:
+            if hp.total_steps != self.steps:
+                hp = dataclasses.replace(hp, total_steps=self.steps)
+            if hp.warmup_steps == DEFAULT_HYPERPARAMS.warmup_steps > self.steps:
+                hp = dataclasses.replace(hp, warmup_steps=self.steps)  # the default warm-up fits any run
         object.__setattr__(self, "layout", layout)
         object.__setattr__(self, "hyperparams", hp)
 
@@ -133,6 +136,13 @@ class TrialSpec:
             self.layout.validate(load_model(self.model))  # unknown presets fail here, before a launch
         else:
             self.layout.validate()
+        if self.gpu is not None:
+            from trainplan.planner import load_gpu
+
+            try:
+                load_gpu(self.gpu)
+            except UsageError as exc:
+                raise UsageError("--estimate-gpu", exc.message) from None
         if self.layout.tp > 1 or self.layout.pp > 1:
             raise UsageError("--tp" if self.layout.tp > 1 else "--pp",
                              "the runner trains data-parallel (ZeRO) layouts only; tensor/pipeline degree must be 1")

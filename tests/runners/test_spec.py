@@ -1,0 +1,67 @@
+"""TrialSpec: the resolved trial a user, the CLI and the search hand to the runner (no launch)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainplan.errors import UsageError
+from trainplan.runners import DEFAULT_LAYOUT, TrialSpec
+
+
+def test_json_round_trip_keeps_every_value(tmp_path):
+    spec = TrialSpec(steps=40, seed=3, dropout=0.1, layout={"gpus": 2, "zero": 2, "micro_batch": 4},
+                     hyperparams={"lr": 1e-3, "betas": [0.8, 0.99], "schedule": "linear"})
+    again = TrialSpec.from_json(spec.to_json(tmp_path / "spec.json"))
+    assert again == spec
+    assert again.layout.zero == 2 and again.hyperparams.betas == (0.8, 0.99)
+
+
+def test_partial_dicts_merge_onto_the_default_task():
+    spec = TrialSpec.from_dict({"layout": {"zero": 1}, "hyperparams": {"lr": 1e-2}, "steps": 30})
+    assert spec.layout.seq_len == DEFAULT_LAYOUT.seq_len and spec.layout.zero == 1
+    assert spec.hyperparams.lr == 1e-2
+    assert spec.hyperparams.total_steps == 30  # the schedule's horizon is the run's length
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"stepz": 3}, "spec.stepz"),
+    ({"layout": {"zer": 1}}, "layout.zer"),
+    ({"hyperparams": {"learning_rate": 1}}, "hyperparams.learning_rate"),
+])
+def test_unknown_keys_are_named(data, key):
+    with pytest.raises(UsageError) as err:
+        TrialSpec.from_dict(data)
+    assert err.value.key == key
+
+
+@pytest.mark.parametrize(("changes", "flag"), [
+    ({"steps": 0}, "--steps"),
+    ({"dropout": 1.0}, "--dropout"),
+    ({"timeout_s": -1.0}, "--timeout"),
+    ({"layout": {"zero": 4}}, "--zero"),
+    ({"layout": {"micro_batch": 0}}, "--micro-batch"),
+    ({"hyperparams": {"lr": 0.0}}, "--lr"),
+    ({"model": "no-such-model"}, "--model"),
+    ({"gpu": "no-such-gpu"}, "--estimate-gpu"),
+    ({"layout": {"tp": 2, "gpus": 2}}, "--tp"),
+])
+def test_validate_names_the_flag(changes, flag):
+    with pytest.raises(UsageError) as err:
+        TrialSpec.from_dict(changes).validate()
+    assert err.value.key == flag
+
+
+def test_ds_config_follows_layout_and_hyperparams():
+    spec = TrialSpec(steps=20, layout={"gpus": 2, "micro_batch": 4, "grad_accum": 3, "zero": 3},
+                     hyperparams={"lr": 2e-3, "warmup_steps": 0, "grad_clip": 0.5})
+    cfg = spec.ds_config()
+    assert cfg["train_batch_size"] == 24 and cfg["gradient_accumulation_steps"] == 3
+    assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_clipping"] == 0.5
+    assert cfg["optimizer"]["params"]["lr"] == 2e-3
+    sched = cfg["scheduler"]["params"]
+    # DeepSpeed rejects warmup_num_steps=0 and would warm up on a log curve by default.
+    assert sched["warmup_num_steps"] == 1 and sched["warmup_type"] == "linear"
+    assert sched["total_num_steps"] == 20
+    json.dumps(cfg)

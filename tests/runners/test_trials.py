@@ -1,0 +1,174 @@
+"""Real trials through the real ``deepspeed`` launcher on the CPU (gloo): what a user would see.
+
+Kept cheap: tiny batches, a few steps, 300 kB of data, except the default task's 100 steps. The
+first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s); nothing here times out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import psutil
+import pytest
+
+from trainplan.cli import main
+from trainplan.runners import METRIC_KEYS, TrialSpec, launch_trial, run_trial
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(eval_tokens=2048, max_data_bytes=300_000, eval_every=3)
+SMALL_LAYOUT = dict(micro_batch=4, seq_len=64)
+
+
+def _metrics(folder) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _trial_processes(folder) -> list[psutil.Process]:
+    needle = str(folder / "spec.json")
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.info["pid"] != os.getpid() and needle in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+def test_default_task_learns(tmp_path, capsys):
+    folder = tmp_path / "default"
+    code = main(["run", "--out", str(folder), "--log-every", "10", "--eval-every", "50"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    result = json.loads(out)
+    assert result == json.loads((folder / "result.json").read_text()) | {}
+    assert {p.name for p in folder.iterdir()} >= {"spec.json", "ds_config.json", "cmd.txt", "metrics.jsonl",
+                                                  "result.json", "stdout.log", "stderr.log"}
+    assert f"trial folder: {folder}" in err
+    records = _metrics(folder)
+    assert all(set(METRIC_KEYS) <= set(r) for r in records)
+    start, end = records[0]["eval_loss"], result["final_eval_loss"]
+    assert records[0]["step"] == 0 and abs(start - math.log(256)) < 0.2  # untrained: ~uniform over bytes
+    assert result["status"] == "completed" and result["steps"] == 100 and result["tokens"] == 100 * 16 * 128
+    assert end < 3.0 < start, (start, end)
+    assert result["tokens_per_s"] > 0 and result["peak_mem_bytes"] > 0
+    assert result["estimate"]["memory_bytes"] > 0  # the planner's number beside the measured one
+
+
+@pytest.fixture(scope="module")
+def one_rank_curve(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ref")
+    spec = TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=1, grad_accum=2))
+    result = run_trial(spec, folder)
+    assert result["status"] == "completed", result["reason"]
+    return _metrics(folder)
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, one_rank_curve, zero):
+    spec = TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=2, grad_accum=1, zero=zero))
+    result = run_trial(spec, tmp_path)
+    assert result["status"] == "completed", result["reason"]
+    curve = _metrics(tmp_path)
+    assert [r["step"] for r in curve] == [r["step"] for r in one_rank_curve]
+    for mine, ref in zip(curve, one_rank_curve):
+        for key in ("train_loss", "eval_loss"):
+            if ref[key] is None:
+                assert mine[key] is None
+            else:
+                assert mine[key] == pytest.approx(ref[key], abs=2e-3), (zero, mine["step"], key)
+    assert curve[-1]["train_loss"] < curve[1]["train_loss"] - 0.3  # and it is learning
+
+
+def test_huge_learning_rate_diverges_early(tmp_path, capsys):
+    code = main(["run", "--quiet", "--out", str(tmp_path), "--lr", "10", "--schedule", "constant",
+                 "--warmup-steps", "0", "--steps", "60", "--micro-batch", "4", "--seq-len", "64",
+                 "--eval-tokens", "2048", "--max-data-bytes", "300000"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["status"] == "diverged" and code == 3 == result["exit_code"]
+    assert result["diverged_at_step"] is not None and result["diverged_at_step"] < 20
+    assert _metrics(tmp_path)[-1]["step"] == result["diverged_at_step"] == result["steps"]
+
+
+def test_sigterm_ends_as_terminated_with_metrics_intact_and_no_orphans(tmp_path):
+    spec = TrialSpec(steps=100_000, **SMALL | {"eval_every": 1000}, layout=dict(SMALL_LAYOUT, gpus=2))
+    handle = launch_trial(spec, tmp_path)
+    seen: list[dict] = []
+    while not any(r["step"] >= 3 for r in seen):
+        assert handle.wait(0.2) is None, (tmp_path / "stderr.log").read_text()[-2000:]
+        seen += handle.new_metrics()
+    assert len(_trial_processes(tmp_path)) >= 3  # the launcher, launch.py and two ranks
+    handle.stop(grace_s=30)
+    result = handle.finalize()
+    records = _metrics(tmp_path)  # every line parses: nothing half-written
+    assert result["status"] == "terminated", result
+    assert [r["step"] for r in records] == list(range(records[-1]["step"] + 1))
+    assert result["steps"] == records[-1]["step"] >= 3
+    assert _trial_processes(tmp_path) == []
+
+
+def test_timeout_stops_the_trial(tmp_path, capsys):
+    code = main(["run", "--quiet", "--out", str(tmp_path), "--steps", "100000", "--timeout", "15",
+                 "--micro-batch", "4", "--seq-len", "64", "--eval-tokens", "2048", "--max-data-bytes", "300000"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 124 and result["status"] == "timeout" and "15 s" in result["reason"]
+    assert _trial_processes(tmp_path) == []
+
+
+def test_broken_model_config_crashes_with_the_error_recorded(tmp_path):
+    config = _tiny_config()
+    config["hidden_act"] = "no-such-activation"
+    (tmp_path / "broken.json").write_text(json.dumps(config))
+    spec = TrialSpec(model=str(tmp_path / "broken.json"), steps=3, **SMALL, layout=SMALL_LAYOUT)
+    result = run_trial(spec, tmp_path / "trial")
+    assert result["status"] == "crashed" and result["exit_code"] == 1
+    assert "no-such-activation" in result["reason"] and "no-such-activation" in result["stderr_tail"]
+
+
+def _tiny_config() -> dict:
+    from trainplan.planner import load_model
+
+    return dict(load_model("trainplan-tiny").hf_config)
+
+
+def test_checkpoint_folder_fine_tunes_on_local_jsonl(tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trainplan.runners._data import stdlib_text
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**_tiny_config()))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # a recognisable checkpoint: uniform predictions, loss ln 256
+    model.save_pretrained(tmp_path / "ckpt")
+    text = stdlib_text(200_000).decode()
+    with (tmp_path / "docs.jsonl").open("w") as fh:
+        for i in range(0, len(text), 2000):
+            fh.write(json.dumps({"text": text[i:i + 2000]}) + "\n")
+    spec = TrialSpec(model=str(tmp_path / "ckpt"), data=str(tmp_path / "docs.jsonl"), steps=4, **SMALL,
+                     layout=SMALL_LAYOUT)
+    result = run_trial(spec, tmp_path / "trial")
+    assert result["status"] == "completed", result["reason"]
+    records = _metrics(tmp_path / "trial")
+    assert records[0]["eval_loss"] == pytest.approx(math.log(256), abs=1e-4)  # the saved weights were loaded
+    assert result["final_eval_loss"] < records[0]["eval_loss"]
+
+
+def test_local_text_with_a_local_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainplan.runners._data import stdlib_text
+
+    text = stdlib_text(300_000).decode()
+    (tmp_path / "corpus.txt").write_text(text)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    bpe.train_from_iterator([text[:100_000]], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"]))
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>").save_pretrained(tmp_path / "tok")
+    spec = TrialSpec(data=str(tmp_path / "corpus.txt"), tokenizer=str(tmp_path / "tok"), steps=4, **SMALL,
+                     layout=SMALL_LAYOUT)
+    result = run_trial(spec, tmp_path / "trial")
+    assert result["status"] == "completed", result["reason"]
+    start = _metrics(tmp_path / "trial")[0]["eval_loss"]
+    assert abs(start - math.log(300)) < 0.3  # the model took the tokenizer's 300-token vocabulary
