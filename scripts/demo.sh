@@ -15,3 +15,10 @@ echo
 echo "== 2. trainplan plan --recommend: cheapest layouts for llama-3.1-70b on H100s"
 $TP plan --model llama-3.1-70b --gpu h100-sxm --seq-len 8192 --global-batch 512 --tokens 1T \
   --recommend --max-gpus 256 --optimize cost --ds-config "$TRAINPLAN_RUNS/ds_config.llama-3.1-70b.json"
+echo
+echo "== 3. trainplan search: the default sweep, real DeepSpeed trials of the tiny Llama on the CPU"
+echo "   (the first DeepSpeed launch on a fresh machine compiles a few C++ ops: about 100 s, once)"
+$TP search --run-dir "$TRAINPLAN_RUNS/search-default"
+echo
+echo "== 4. trainplan report: one offline HTML page for the decision"
+$TP report --storage "sqlite:///$TRAINPLAN_RUNS/search-default/study.db"
