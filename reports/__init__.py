@@ -30,9 +30,12 @@ from trainplan.reports._html import DATA_DIR
 from trainplan.reports._page import build_plan_report, build_report
 from trainplan.reports._records import CATEGORIES, CurvePoint, StudyRecord, TrialRecord, read_study
 from trainplan.reports._scaling import (
+    BreakdownInfo,
     ComputeInfo,
     GpuScalingInfo,
     MicroBatchInfo,
+    get_breakdown_info,
+    get_breakdown_plot,
     get_compute_info,
     get_compute_plot,
     get_gpu_scaling_info,
@@ -53,10 +56,10 @@ from trainplan.reports._table import EnvironmentInfo, TableInfo, get_environment
 from trainplan.reports._target import Target, resolve_target
 
 __all__ = [
-    "CATEGORIES", "ComputeInfo", "CurvePoint", "CurveSeries", "CurvesInfo", "DATA_DIR", "EnvironmentInfo",
+    "BreakdownInfo", "CATEGORIES", "ComputeInfo", "CurvePoint", "CurveSeries", "CurvesInfo", "DATA_DIR", "EnvironmentInfo",
     "EstimateInfo", "GpuScalingInfo", "HistoryInfo", "ImportanceInfo", "LayoutChoice", "MicroBatchInfo",
     "ParetoInfo", "ScatterInfo", "StudyRecord", "SummaryInfo", "TableInfo", "Target", "TimelineInfo",
-    "TrialRecord", "build_plan_report", "build_report", "get_compute_info", "get_compute_plot",
+    "TrialRecord", "build_plan_report", "build_report", "get_breakdown_info", "get_breakdown_plot", "get_compute_info", "get_compute_plot",
     "get_curves_info", "get_curves_plot", "get_environment_info", "get_estimate_info", "get_estimate_plot",
     "get_gpu_scaling_info", "get_history_info", "get_history_plot", "get_importance_info",
     "get_importance_plot", "get_memory_plot", "get_microbatch_info", "get_microbatch_plot",

@@ -207,10 +207,8 @@ def build_plan_report(plan_result: Any, recommendations: Any, out_path: str | Pa
     parts.append(f"<p>The layout {verdict}: {html.escape(fmt_bytes(d['memory']['per_gpu']['total_bytes']))} per GPU "
                  f"of {html.escape(fmt_bytes(d['memory']['gpu_capacity_bytes']))}.</p>")
     parts.append(_choices_html([_summary.layout_choice("planned", p, target)]))
-    mem = d["memory"]["per_gpu"]
-    breakdown = {k.removesuffix("_bytes"): v for k, v in mem.items() if k != "total_bytes"}
-    parts.append(page.figure("memory-breakdown", _memory_plot(breakdown, d["memory"]["gpu_capacity_bytes"]),
-                             {"rows": [{"part": k, "bytes": v} for k, v in breakdown.items()]}))
+    breakdown = _scaling.get_breakdown_info(p)
+    parts.append(page.figure("memory-breakdown", _scaling.get_breakdown_plot(breakdown), breakdown))
     parts.append("<h3>Plan (JSON)</h3>" + pre_json(d))
     ranked = _recommendations(recommendations)
     parts = page.section("recommend", "Recommended layouts")
@@ -223,14 +221,3 @@ def build_plan_report(plan_result: Any, recommendations: Any, out_path: str | Pa
     _scaling_section(page, page.section("scaling", "Scaling trade-offs"), target, None)
     return page.write(out_path.name)
 
-
-def _memory_plot(breakdown: dict[str, float], capacity: float) -> Any:
-    import plotly.graph_objects as go
-
-    from trainplan.reports._style import GIB, new_figure
-
-    fig = new_figure("Memory per GPU by part", xaxis="GiB", height=max(260, 60 + 30 * len(breakdown)))
-    names = list(breakdown)[::-1]
-    fig.add_trace(go.Bar(x=[breakdown[n] / GIB for n in names], y=names, orientation="h", marker={"color": "#0072B2"}))
-    fig.add_vline(x=capacity / GIB, line={"color": "#D55E00", "dash": "dash"}, annotation_text="GPU memory")
-    return fig

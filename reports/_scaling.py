@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = [
-    "ComputeInfo", "GpuScalingInfo", "MicroBatchInfo", "get_compute_info", "get_compute_plot",
+    "BreakdownInfo", "get_breakdown_info", "get_breakdown_plot", "ComputeInfo", "GpuScalingInfo", "MicroBatchInfo", "get_compute_info", "get_compute_plot",
     "get_gpu_scaling_info", "get_memory_plot", "get_microbatch_info", "get_microbatch_plot", "get_time_cost_plot",
 ]
 
@@ -181,4 +181,35 @@ def get_compute_plot(info: ComputeInfo) -> go.Figure:
                                  name=cat, text=[f"trial {r['trial']}" for r in rows],
                                  marker={"color": CATEGORY_STYLE[cat]["color"], "size": 9}))
     fig.update_xaxes(type="log")
+    return fig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakdownInfo:
+    """Where one plan's per-GPU memory goes."""
+
+    gpu_name: str
+    """The plan's GPU."""
+    gpu_memory_bytes: int
+    """Its memory."""
+    rows: list[dict[str, Any]]
+    """``part, bytes`` in the planner's order (weights, gradients, optimizer states, ...)."""
+
+
+def get_breakdown_info(plan: Any) -> BreakdownInfo:
+    """From a planner ``Plan`` (its ``to_dict()`` memory block)."""
+    d = plan.to_dict()["memory"]
+    rows = [{"part": k.removesuffix("_bytes"), "bytes": v} for k, v in d["per_gpu"].items() if k != "total_bytes"]
+    return BreakdownInfo(gpu_name=plan.gpu.key, gpu_memory_bytes=int(d["gpu_capacity_bytes"]), rows=rows)
+
+
+def get_breakdown_plot(info: BreakdownInfo) -> go.Figure:
+    import plotly.graph_objects as go
+
+    fig = new_figure("Memory per GPU by part", xaxis="GiB", height=max(260, 60 + 30 * len(info.rows)))
+    rows = info.rows[::-1]
+    fig.add_trace(go.Bar(x=[r["bytes"] / GIB for r in rows], y=[r["part"].replace("_", " ") for r in rows],
+                         orientation="h", marker={"color": "#0072B2"}))
+    fig.add_vline(x=info.gpu_memory_bytes / GIB, line={"color": "#D55E00", "dash": "dash"},
+                  annotation_text=f"{info.gpu_name} memory")
     return fig

@@ -122,6 +122,8 @@ def test_plan_report_page(tmp_path: Path) -> None:
     assert page == tmp_path / "plan.html" and text.count("* plotly.js") == 1
     for fid in ("memory-breakdown", "memory-vs-gpus", "time-cost-vs-gpus", "throughput-vs-microbatch"):
         assert f'id="fig-{fid}"' in text
+    breakdown = json.loads((tmp_path / "report_data" / "memory-breakdown.json").read_text())
+    assert sum(r["bytes"] for r in breakdown["rows"]) == p.memory.total
     data = json.loads((tmp_path / "report_data" / "plan.json").read_text())
     assert data["layout"]["gpus"] == 8 and data["time"]["tokens"] == 2e12
     assert json.loads((tmp_path / "recommended" / "spec.json").read_text())["model"] == "llama-2-7b"

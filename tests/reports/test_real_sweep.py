@@ -43,6 +43,7 @@ def test_report_of_a_real_default_sweep(tmp_path: Path) -> None:
     sweep["budget"] = {"n_trials": 2}
     sweep["sampler"] = {"type": "random", "seed": 0}
     sweep["pruner"] = {"type": "none"}
+    sweep["workers"] = 2  # both trials at once: most of a short trial is process start-up
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     runs = tmp_path / "runs"
