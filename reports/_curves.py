@@ -149,7 +149,9 @@ def get_curves_plot(info: CurvesInfo) -> go.Figure:
     )
     n_legend = len(present)
     buttons = []
-    for k in (None, *[k for k in TOP_K_CHOICES if k < len(info.series)]):
+    # The page's own --top-k is one of the choices, so the dropdown always names what is shown.
+    choices = sorted({*TOP_K_CHOICES, *([info.top_k] if info.top_k else [])})
+    for k in (None, *[k for k in choices if k < len(info.series)]):
         keep = set(info.visible(k))
         buttons.append({"label": "all trials" if k is None else f"top {k}", "method": "restyle",
                         "args": [{"visible": [n in keep for n in owners] + [True] * n_legend}]})

@@ -62,7 +62,7 @@ def test_curves_plot_starts_with_the_top_k_and_offers_the_filter(study: optuna.S
     shown = sorted({t.meta for t in per_trial if t.visible})
     assert shown == [0, 1]
     labels = [b.label for b in fig.layout.updatemenus[0].buttons]
-    assert labels == ["all trials", "top 5"] and fig.layout.updatemenus[0].active == 0
+    assert labels == ["all trials", "top 2", "top 5"] and fig.layout.updatemenus[0].active == 1
     # x is steps; customdata carries tokens and seconds for the page's axis selector
     eval0 = next(t for t in per_trial if t.meta == 0 and t.yaxis in (None, "y"))
     assert list(eval0.x) == [10, 20, 30, 40] and eval0.customdata.shape == (4, 2)
