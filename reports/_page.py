@@ -51,7 +51,13 @@ def _choices_html(choices: list[_summary.LayoutChoice]) -> str:
 
 def _launch_html(choice: _summary.LayoutChoice, folder: str) -> list[str]:
     e = html.escape
-    return [f"<h3>Launch the {e(choice.label)} layout</h3>",
+    lay = choice.plan["layout"]
+    note = []
+    if lay["tp"] > 1 or lay["pp"] > 1:
+        note = [_empty(f"This layout uses tensor/pipeline parallelism (tp {lay['tp']}, pp {lay['pp']}); the "
+                       "trainplan runner trains data-parallel layouts only, so launch it with a Megatron-DeepSpeed "
+                       "style trainer and take the batch and ZeRO settings from ds_config.json.")]
+    return [f"<h3>Launch the {e(choice.label)} layout</h3>", *note,
             f"<p>The two files below are written to <code>{e(folder)}/</code> beside this page; from there run:</p>",
             f"<pre>{e(choice.launch_command)}</pre>", "<h3>spec.json</h3>", pre_json(choice.spec),
             "<h3>ds_config.json</h3>", pre_json(choice.ds_config)]
