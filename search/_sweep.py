@@ -159,7 +159,8 @@ class SweepSpec:
         out = asdict(self)
         out["base"] = dict(self.base)
         out["space"] = {p["name"]: {k: (list(v) if k == "choices" else v) for k, v in p.items()
-                                    if k != "name" and v not in (None, (), False)} for p in out["space"]}
+                                    if k != "name" and v is not None and v != () and (k != "log" or v)}
+                        for p in out["space"]}
         out["objectives"] = list(self.objectives)
         return out
 

@@ -193,7 +193,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     if pruned:
         reason = f"pruned at {curve[-1][1] if curve else 0} tokens: eval loss not among the best at this rung"
     if interrupted:
-        status, reason = "terminated", "the search was interrupted"
+        status, reason = "terminated", "the search was interrupted; queued again for the next run"
     elapsed = float(result.get("elapsed_s") or 0.0)
     attrs = {
         "status": status, "reason": reason, "curve": curve,
@@ -220,5 +220,11 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     elif status in ("pruned", "oom", "diverged"):
         study.tell(trial, state=state.PRUNED)
     else:
-        study.tell(trial, state=state.FAIL)
+        frozen = study.tell(trial, state=state.FAIL)
+        if interrupted:
+            # Not the configuration's fault: queue it again, so the next run of the same command
+            # retries it in this budget slot (as for a dead worker).
+            from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+            RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries)(study, frozen)
     return status

@@ -124,3 +124,25 @@ def test_multi_objective_study_has_a_pareto_front(tmp_path: Path, monkeypatch: p
     result = run_search(sweep, run_dir=tmp_path, progress=False)
     # (2.8, 30 s) is dominated by (2.5, 20 s); the other two form the front.
     assert sorted(b["values"][0] for b in result.best) == [2.5, 3.0]
+
+
+class _RunningTrial(_DeadTrial):
+    def poll(self) -> int | None:
+        return None
+
+
+def test_an_interrupted_trial_is_queued_again(tmp_path: Path, make_sweep, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainplan.search import budget_count
+
+    result = {"status": "terminated", "reason": "", "tokens": 0, "elapsed_s": 1.0, "final_eval_loss": None,
+              "tokens_per_s": None, "peak_mem_bytes": None}
+    monkeypatch.setattr(trainplan.runners, "launch_trial", lambda *a, **k: _RunningTrial(result))
+    sweep = _sweep(tmp_path, make_sweep, budget={"n_trials": 2})
+    study = open_study(sweep, tmp_path)
+    stop = threading.Event()
+    stop.set()  # Ctrl-C arrived while the trial ran
+    assert run_trial_for(study, study.ask(), sweep, tmp_path, None, stop) == "terminated"
+    first, retry = study.get_trials()
+    assert first.state == optuna.trial.TrialState.FAIL and "interrupted" in first.user_attrs["reason"]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == first.params
+    assert budget_count(study.get_trials()) == 1

@@ -97,3 +97,9 @@ def test_unreadable_sweep_names_the_flag(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("space: [unclosed\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         load_sweep(tmp_path / "bad.yaml")
+
+
+def test_the_resolved_sweep_round_trips() -> None:
+    # The study stores sweep.to_dict(); a report or a rerun must be able to read it back.
+    sweep = load_sweep()
+    assert sweep_from_dict(sweep.to_dict()) == sweep
