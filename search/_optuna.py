@@ -62,17 +62,28 @@ def _grid_sampler_class() -> type:
     return GridSampler
 
 
+def _first_eval_tokens(sweep: SweepSpec) -> int:
+    from trainplan.search._space import resolve_trial
+
+    spec = resolve_trial(sweep, {})
+    return spec.eval_every * spec.tokens_per_step
+
+
 def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
-    """The pruner the sweep names. Steps are training tokens, so rungs compare equal data."""
+    """The pruner the sweep names. Steps are training tokens, so rungs compare equal data.
+
+    The first rung defaults to the base trial's first evaluation (in tokens), not Optuna's "auto"
+    estimate, which waits for a finished trial and never records rungs for the trials before it.
+    """
     import optuna
 
     cfg = sweep.pruner
+    min_resource = cfg.min_resource or _first_eval_tokens(sweep)
     if cfg.type == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=cfg.min_resource or "auto", reduction_factor=cfg.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                      reduction_factor=cfg.reduction_factor)
     if cfg.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=cfg.min_resource or 1,
-                                              reduction_factor=cfg.reduction_factor)
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=cfg.reduction_factor)
     if cfg.type == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
                                            n_warmup_steps=0, interval_steps=1, n_min_trials=1)

@@ -116,7 +116,7 @@ class PrunerConfig:
     reduction_factor: int = 3
     """Successive halving / Hyperband: keep the best 1/rf of the trials at each rung."""
     min_resource: int | None = None
-    """Tokens before the first rung (``None``: Optuna's estimate from the first finished trial)."""
+    """Tokens before the first rung (``None``: the base trial's first evaluation)."""
     n_startup_trials: int = 2
     """Median: trials that finish before any is pruned."""
 
