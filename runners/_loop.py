@@ -41,6 +41,8 @@ class Outcome:
     """Every metrics record written."""
     diverged_at_step: int | None = None
     """The step whose loss was NaN/inf or exploded (``diverged`` only)."""
+    loop_started: float = 0.0
+    """``time.perf_counter()`` when the first step began: what came before is startup."""
 
 
 def build_model(spec: TrialSpec, vocab_size: int) -> Any:
@@ -193,10 +195,11 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         if diverged:
             what = "NaN/inf" if not math.isfinite(train_loss) else f"{train_loss:.3g} > {explode_at:.3g} (4 ln V)"
             return Outcome(status="diverged", reason=f"training loss {what} at step {step}",
-                           records=records, diverged_at_step=step)
+                           records=records, diverged_at_step=step, loop_started=start)
         if stop:
-            return Outcome(status="terminated", reason=f"stopped by a signal after step {step}", records=records)
-    return Outcome(status="completed", reason="", records=records)
+            return Outcome(status="terminated", reason=f"stopped by a signal after step {step}",
+                           records=records, loop_started=start)
+    return Outcome(status="completed", reason="", records=records, loop_started=start)
 
 
 def _total_norm(module: Any) -> float:

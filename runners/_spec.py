@@ -83,7 +83,7 @@ class TrialSpec:
     """Local Hugging Face tokenizer folder; ``None`` means byte-level tokens (vocabulary 256)."""
     max_data_bytes: int = 4_000_000
     """Cap on the text read (bytes), so startup stays fast on a large corpus."""
-    eval_tokens: int = 32_768
+    eval_tokens: int = 16_384
     """Held-out tokens at the end of the corpus, the same for every trial whatever its batch layout."""
     steps: int = 100
     """Optimizer steps to run; also the learning-rate schedule's horizon."""

@@ -58,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     spec: TrialSpec | None = None
     records: list[dict[str, Any]] = []
 
-    def finish(status: str, reason: str, records: list[dict[str, Any]], **extra: Any) -> int:
+    def finish(status: str, reason: str, records: list[dict[str, Any]], startup_s: float | None = None,
+               **extra: Any) -> int:
         if rank == 0:
             result = build_result(records, status=status, reason=reason, exit_code=EXIT_CODES[status],
                                   estimate=planner_estimate(spec) if spec is not None else None,
                                   spec_path=str(spec_path), **extra)
-            result["wall_s"] = round(time.perf_counter() - began, 3)
+            # Seconds from this process's start to the first step: imports, data, model, engine.
+            result["startup_s"] = startup_s
             write_json(trial_dir / "result.json", result)
         return EXIT_CODES[status]
 
@@ -78,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             emit(record)
 
         outcome = train(spec, ds_config, stop_requested=lambda: _stop, emit=tracked)
+        startup = round(outcome.loop_started - began, 3)
         code = finish(outcome.status, outcome.reason, outcome.records,
-                      diverged_at_step=outcome.diverged_at_step)
+                      diverged_at_step=outcome.diverged_at_step, startup_s=startup)
     except BaseException as exc:  # classified and recorded, then the traceback goes to stderr
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

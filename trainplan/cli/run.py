@@ -116,7 +116,7 @@ def resolve_spec(options: dict[str, Any]) -> Any:
 @click.option("--hostfile", type=click.Path(dir_okay=False), help="Passed to deepspeed --hostfile.")
 @click.option("--seed", type=int, help="Seed for init, data order and RNG. [default: 0]")
 @click.option("--eval-every", type=int, help="Evaluate every N steps (and after the last). [default: 25]")
-@click.option("--eval-tokens", type=int, help="Held-out tokens at the end of the data. [default: 32768]")
+@click.option("--eval-tokens", type=int, help="Held-out tokens at the end of the data. [default: 16384]")
 @click.option("--log-every", type=int, help="Write a metrics record every N steps. [default: 1]")
 @click.option("--max-data-bytes", type=int, help="Cap on the text read. [default: 4000000]")
 @click.option("--timeout", type=float, help="Stop the trial after this many seconds (status timeout).")
