@@ -14,7 +14,6 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from trainplan.runners._data import Corpus, load_corpus

@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     trial_dir = spec_path.parent
     rank = int(os.environ.get("RANK", "0"))
     began = time.perf_counter()
-    metrics = open(trial_dir / "metrics.jsonl", "a") if rank == 0 else None
+    metrics = None
+    if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record, not an appended one
+        (trial_dir / "result.json").unlink(missing_ok=True)
+        metrics = open(trial_dir / "metrics.jsonl", "w")
 
     def emit(record: dict[str, Any]) -> None:
         assert metrics is not None
