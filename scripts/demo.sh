@@ -9,12 +9,12 @@ TP=.venv/bin/trainplan
 export TRAINPLAN_RUNS="${TRAINPLAN_RUNS:-runs}"
 
 mkdir -p "$TRAINPLAN_RUNS"
-echo "== 1. trainplan plan: llama-2-7b on 8 x A100-80GB, ZeRO-3, 2T tokens (estimates)"
-$TP plan --model llama-2-7b --gpu a100-80gb --gpus 8 --zero 3 --micro-batch 4 --global-batch 1024 --seq-len 4096 --tokens 2T
+echo "== 1. trainplan plan: llama-2-7b on 64 x A100-80GB, ZeRO-3, full checkpointing, 2T tokens (estimates)"
+$TP plan --model llama-2-7b --gpu a100-80gb --gpus 64 --zero 3 --micro-batch 4 --checkpointing full --global-batch 1024 --seq-len 4096 --tokens 2T
 echo
-echo "== 2. trainplan plan --recommend: cheapest layouts for llama-3.1-70b on H100s"
+echo "== 2. trainplan plan --recommend: fastest layouts for llama-3.1-70b on up to 512 H100s"
 $TP plan --model llama-3.1-70b --gpu h100-sxm --seq-len 8192 --global-batch 512 --tokens 1T \
-  --recommend --max-gpus 256 --optimize cost --ds-config "$TRAINPLAN_RUNS/ds_config.llama-3.1-70b.json"
+  --recommend --max-gpus 512 --optimize time --ds-config "$TRAINPLAN_RUNS/ds_config.llama-3.1-70b.json"
 echo
 echo "== 3. trainplan search: the default sweep, real DeepSpeed trials of the tiny Llama on the CPU"
 echo "   (the first DeepSpeed launch on a fresh machine compiles a few C++ ops: about 100 s, once)"
