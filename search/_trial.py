@@ -43,7 +43,8 @@ def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
     ``capacity_bytes``, ``tokens_per_s`` (the ``estimate`` record) and the plan as JSON.
 
     When the planner cannot estimate the trial (a model family it does not model, a planner
-    error) ``fits`` is None and ``error`` says why: the trial runs unscreened, as the runner does.
+    error) ``fits`` is None and ``plan["error"]`` (plan.json) says why: the trial runs unscreened,
+    as the runner does.
     """
     from trainplan.planner import load_gpu
 
@@ -54,12 +55,9 @@ def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
         from trainplan.planner import load_model, plan
 
         result = plan(load_model(spec.model), spec.layout, gpu, tokens=spec.steps * spec.tokens_per_step)
-        memory = result.memory
-        # docs/protocol.md names memory.total_bytes and throughput.tokens_per_s.
-        total = getattr(memory, "total_bytes", None) or memory.total
-        throughput = getattr(result, "throughput", None) or result.perf
-        return {"fits": total <= gpu.memory_bytes, "memory_bytes": int(total), "capacity_bytes": int(gpu.memory_bytes),
-                "tokens_per_s": float(throughput.tokens_per_s), "plan": result.to_dict()}
+        return {"fits": bool(result.fits), "memory_bytes": int(result.memory.total),
+                "capacity_bytes": int(gpu.memory_bytes), "tokens_per_s": float(result.perf.tokens_per_s),
+                "plan": result.to_dict()}
     except Exception as exc:  # noqa: BLE001 - an unscreened trial beats no trial; the reason is kept
         return {"fits": None, "memory_bytes": None, "capacity_bytes": int(gpu.memory_bytes),
                 "tokens_per_s": None, "plan": {"error": f"{type(exc).__name__}: {exc}"}}
