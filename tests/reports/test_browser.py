@@ -8,8 +8,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _browser import find_chromium, open_page
-from conftest import build_study
+from tests.reports._browser import find_chromium, open_page
+from tests.reports.conftest import build_study
 
 from trainplan.reports import build_report
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import optuna
-from conftest import build_study
+from tests.reports.conftest import build_study
 
 from trainplan.reports import DATA_DIR, build_report
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import build_study
+from tests.reports.conftest import build_study
 
 from trainplan.errors import UsageError
 from trainplan.planner import Layout, LayoutSpace, load_gpu, load_model, plan, recommend

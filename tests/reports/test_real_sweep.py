@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _browser import find_chromium, open_page
+from tests.reports._browser import find_chromium, open_page
 
 from trainplan.search import default_sweep_path
 

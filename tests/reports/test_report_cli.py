@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import build_study
+from tests.reports.conftest import build_study
 
 from trainplan.cli import main
 

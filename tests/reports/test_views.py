@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import attrs, build_study
+from tests.reports.conftest import attrs, build_study
 from optuna.trial import TrialState
 
 from trainplan.reports import (
