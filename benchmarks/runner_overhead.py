@@ -30,11 +30,13 @@ TRAINPLAN = str(Path(sys.executable).with_name("trainplan"))
 
 INIT_ONLY = """
 import deepspeed, torch
+deepspeed.init_distributed()
 from transformers import AutoConfig, AutoModelForCausalLM
 from trainplan.planner import load_model
 from trainplan.runners import TrialSpec
 model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**dict(load_model("trainplan-tiny").hf_config)))
 deepspeed.initialize(model=model, model_parameters=model.parameters(), config=TrialSpec().ds_config())
+torch.distributed.destroy_process_group()  # without it the rank lingers ~100 s at exit (gloo)
 """
 
 
@@ -50,8 +52,8 @@ def _bare(script: str, work: Path, repeats: int) -> float:
     return statistics.median(_wall([DEEPSPEED, "--num_gpus", "1", str(path)], work) for _ in range(repeats))
 
 
-def plain_loop(steps: int, micro_batch: int = 16, seq_len: int = 128) -> float:
-    """Tokens/s of a plain PyTorch loop on the default task's model and batch (same data path)."""
+def plain_loop(steps: int, micro_batch: int = 16, seq_len: int = 128) -> list[float]:
+    """Per-step tokens/s of a plain PyTorch loop on the default task's model, batch and data path."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -64,17 +66,17 @@ def plain_loop(steps: int, micro_batch: int = 16, seq_len: int = 128) -> float:
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**dict(load_model("trainplan-tiny").hf_config)),
                                              attn_implementation="sdpa")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    warm = 3
-    for step in range(steps + warm):
-        if step == warm:
-            t0 = time.perf_counter()
+    speeds = []
+    for step in range(steps + 1):
+        t0 = time.perf_counter()
         ids = corpus.train_batch(step * micro_batch, micro_batch)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return steps * micro_batch * seq_len / (time.perf_counter() - t0)
+        speeds.append(micro_batch * seq_len / (time.perf_counter() - t0))
+    return speeds[1:]  # the first step pays for warm-up
 
 
 def main() -> None:
@@ -93,11 +95,18 @@ def main() -> None:
     wall = time.perf_counter() - t0
     plain_after = plain_loop(args.steps)
     result = json.loads((work / "trial" / "result.json").read_text())
+    records = [json.loads(line) for line in (work / "trial" / "metrics.jsonl").read_text().splitlines()]
+    # Per-step speeds of the runner, bar step 0 (no training), step 1 (warm-up) and eval steps.
+    runner = [r["tokens_per_s"] for r in records if r["step"] > 1 and r["eval_loss"] is None]
     loop_s = result["elapsed_s"]
     overhead = wall - loop_s
     b0 = _bare("", work, args.repeats)
     b1 = _bare(INIT_ONLY, work, args.repeats)
-    plain = (plain_before + plain_after) / 2
+    plain = plain_before + plain_after
+    # The cores are shared with other jobs whose load comes in bursts: the median step and the
+    # fastest step (the machine's uncontended speed) are steadier than a mean over the run.
+    median_ratio = statistics.median(runner) / statistics.median(plain)
+    best_ratio = max(runner) / max(plain)
 
     lines = [
         "# runner overhead (benchmarks/runner_overhead.py)",
@@ -119,10 +128,12 @@ def main() -> None:
         "|---|---|---|",
         f"| (a) R / B0 | {overhead / b0:.2f} | <= 1.3 |",
         f"| (a') R / B1 | {overhead / b1:.2f} | <= 1.3 |",
-        f"| (b) runner tokens/s / plain PyTorch tokens/s | {result['tokens_per_s'] / plain:.2f} | >= 0.9 |",
+        f"| (b) runner / plain PyTorch tokens/s, median step | {median_ratio:.2f} | >= 0.9 |",
+        f"| (b') runner / plain PyTorch tokens/s, fastest step | {best_ratio:.2f} | >= 0.9 |",
         "",
-        f"runner {result['tokens_per_s']:,.0f} tok/s; plain PyTorch {plain_before:,.0f} (before) and "
-        f"{plain_after:,.0f} (after) tok/s.",
+        f"runner steps: median {statistics.median(runner):,.0f}, fastest {max(runner):,.0f} tok/s "
+        f"(result.json mean {result['tokens_per_s']:,.0f}); plain PyTorch steps (run before and after the trial): "
+        f"median {statistics.median(plain):,.0f}, fastest {max(plain):,.0f} tok/s.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -58,14 +58,25 @@ def build_command(spec_path: str | Path, *, gpus: int, master_port: int, include
     return cmd
 
 
-def ops_compiled() -> bool:
-    """Whether DeepSpeed's C++ Adam op is already built in the torch extensions cache.
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops live for this environment: ``$TORCH_EXTENSIONS_DIR`` or
+    ``<venv>/torch_extensions``.
 
-    The first DeepSpeed run on a machine JIT-compiles it (about 100 s on a 2-core CPU); torch keeps
-    builds under ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions/py<XY>_<cu|cpu>/``
+    One cache per virtual environment: two environments sharing torch's default
+    ``~/.cache/torch_extensions`` rebuild each other's ops (their build files name different
+    include paths) and can leave a trial waiting on the other's build lock.
+    """
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+
+
+def ops_compiled() -> bool:
+    """Whether DeepSpeed's C++ Adam op is already built in :func:`extensions_dir`.
+
+    The first DeepSpeed run in an environment JIT-compiles it (about 100 s on a 2-core CPU); torch
+    keeps builds under ``$TORCH_EXTENSIONS_DIR[/py<XY>_<cu|cpu>]/<op>/``
     (torch/utils/cpp_extension.py, ``_get_build_directory``).
     """
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    root = extensions_dir()
     tag = f"py{sys.version_info.major}{sys.version_info.minor}"
     return any(root.glob(f"{tag}*/fused_adam/*.so")) or any(root.glob("fused_adam/*.so"))
 
@@ -220,6 +231,7 @@ def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | N
     stderr = open(trial_dir / "stderr.log", "wb")
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    full_env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                env=full_env, start_new_session=True)
     return TrialHandle(spec=spec, trial_dir=trial_dir, process=process, command=command, logs=(stdout, stderr))
