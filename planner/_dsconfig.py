@@ -87,7 +87,7 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
     if hp.schedule == "cosine":
         scheduler = {"type": "WarmupCosineLR", "params": {
             "total_num_steps": hp.total_steps, "warmup_num_steps": max(hp.warmup_steps, 1),
-            "warmup_min_ratio": 0.0, "cos_min_ratio": hp.min_lr_ratio}}
+            "warmup_min_ratio": 0.0, "cos_min_ratio": hp.min_lr_ratio, "warmup_type": "linear"}}
     elif hp.schedule == "linear":
         scheduler = {"type": "WarmupDecayLR", "params": {
             "total_num_steps": hp.total_steps, "warmup_num_steps": max(hp.warmup_steps, 1),

@@ -81,6 +81,30 @@ def ops_compiled() -> bool:
     return any(root.glob(f"{tag}*/fused_adam/*.so")) or any(root.glob("fused_adam/*.so"))
 
 
+STALE_LOCK_S = 900.0
+"""A build lock older than this is left over from a killed build (a build takes ~100 s here)."""
+
+
+def clear_stale_build_locks() -> list[Path]:
+    """Remove build locks that a killed JIT build left behind; return what was removed.
+
+    torch waits, without a time limit, for a ``lock`` file in an op's build folder to disappear
+    (torch/utils/file_baton.py, ``FileBaton.wait``), so one build killed mid-way (a timeout, a
+    Ctrl-C) would hang every later DeepSpeed launch in this environment.
+    """
+    removed = []
+    for lock in extensions_dir().glob("**/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # another process finished its build meanwhile
+            continue
+    for lock in removed:
+        print(f"trainplan: removed a stale DeepSpeed build lock {lock} (left by a killed build)", file=sys.stderr)
+    return removed
+
+
 class TrialHandle:
     """A running trial: poll it, tail its metrics, stop it, and collect its ``result.json``."""
 
@@ -232,6 +256,7 @@ def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | N
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    clear_stale_build_locks()
     process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                env=full_env, start_new_session=True)
     return TrialHandle(spec=spec, trial_dir=trial_dir, process=process, command=command, logs=(stdout, stderr))

@@ -154,15 +154,7 @@ class TrialSpec:
     # Derived ----------------------------------------------------------------------------------
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed config of this trial (what ``ds_config.json`` holds)."""
-        config = deepspeed_config(self.layout, self.hyperparams)
-        params = config.get("scheduler", {}).get("params", {})
-        # DeepSpeed's Warmup* schedulers reject warmup_num_steps=0 and WarmupCosineLR warms up
-        # on a log curve unless told otherwise (deepspeed/runtime/lr_schedules.py, WarmupCosineLR).
-        # TODO(lead): move both into planner.deepspeed_config; harmless once it emits them.
-        if "warmup_num_steps" in params:
-            params["warmup_num_steps"] = max(1, params["warmup_num_steps"])
-            params.setdefault("warmup_type", "linear")
-        return config
+        return deepspeed_config(self.layout, self.hyperparams)
 
     @property
     def tokens_per_step(self) -> int:

@@ -65,3 +65,21 @@ def test_ds_config_follows_layout_and_hyperparams():
     assert sched["warmup_num_steps"] == 1 and sched["warmup_type"] == "linear"
     assert sched["total_num_steps"] == 20
     json.dumps(cfg)
+
+
+def test_stale_build_lock_is_removed_and_fresh_one_kept(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from trainplan.runners import _launch
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cpu" / "fused_adam" / "lock"
+    fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - _launch.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert _launch.clear_stale_build_locks() == [stale]
+    assert not stale.exists() and fresh.exists()

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="trainplan", standalone_mode=False)
+        # With standalone_mode=False click returns (not raises) a command's Exit code.
+        rc = cli.main(args=args, prog_name="trainplan", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         return 2
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"trainplan: error: {exc}", err=True)
         return 1
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover
