@@ -151,9 +151,9 @@ def test_each_local_worker_gets_its_own_gpus(monkeypatch: pytest.MonkeyPatch) ->
     assert worker_devices(0, sweep_from_dict({})) is None
 
 
-def test_first_rung_is_the_first_evaluation_in_tokens() -> None:
-    # The default trial evaluates 8 times over 262144 tokens: the first rung is at 32768 tokens,
-    # whatever global batch a trial samples.
+def test_first_rung_is_a_quarter_of_the_trial_in_tokens() -> None:
+    # The default trial evaluates 8 times over 262144 tokens: the first rung is at its second
+    # evaluation (65536 tokens, a quarter of the run), whatever global batch a trial samples.
     pruner = make_pruner(load_sweep())
-    assert pruner._min_resource == 32768
+    assert pruner._min_resource == 65536
     assert make_pruner(load_sweep(None, {"pruner.min_resource": 1000}))._min_resource == 1000
