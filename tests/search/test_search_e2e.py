@@ -27,7 +27,9 @@ PROTOCOL_ATTRS = {"status", "reason", "trial_dir", "curve", "tokens", "tokens_pe
 def sweep_run(tmp_path_factory: pytest.TempPathFactory, make_sweep, run_cli) -> dict:
     tmp = tmp_path_factory.mktemp("e2e")
     runs = tmp / "runs"
-    path = make_sweep(tmp, "e2e", space={"lr": {"low": 1e-5, "high": 20.0, "log": True}},
+    # 128 steps (a few seconds): long enough that the search sees the pruned trial's first
+    # evaluation and stops it well before its end (it polls metrics.jsonl twice a second).
+    path = make_sweep(tmp, "e2e", base_changes={"tokens": 65536}, space={"lr": {"low": 1e-5, "high": 20.0, "log": True}},
                       budget={"n_trials": 3})
     sweep = load_sweep(path)
     run_dir = runs / "search-e2e"
