@@ -30,9 +30,34 @@ __all__ = ["TrialHandle", "build_command", "free_port", "launch_trial", "ops_com
 _TRIAL_FILES = ("metrics.jsonl", "result.json", "stdout.log", "stderr.log")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default range starts here
+
+
 def free_port() -> int:
-    """A TCP port nothing listens on now (bind to port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port for the rendezvous that nothing listens on now, chosen below the kernel's
+    ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` lies in the ephemeral range, where every outgoing
+    connection on the machine (gloo's among them) also takes ports: between our check and the
+    rank's bind it can be taken (EADDRINUSE, seen with a trial running beside another). Below the
+    range only explicit binds compete.
+    """
+    import random
+
+    high = max(_ephemeral_low() - 1, 20001)
+    for _ in range(100):
+        port = random.randint(20000, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # everything there is busy
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 

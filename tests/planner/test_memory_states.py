@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from trainplan.planner import Layout, from_hf_config, load_model
+from trainplan.runners import free_port
 from trainplan.planner._memory import estimate_memory
 
 # Every weight matrix above stage3_param_persistence_threshold (1e5 elements), as in real models,
@@ -30,12 +30,6 @@ PROBE_MODEL = {"model_type": "llama", "vocab_size": 4096, "hidden_size": 384, "i
 CASES = [(zero, prec) for zero in (0, 1, 2, 3) for prec in ("fp32", "bf16")]
 STATES = ("weights", "gradients", "optimizer", "master_weights")
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "memory_vs_deepspeed_cpu.md"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int, str
         print("first DeepSpeed run on this machine: JIT-compiling its C++ ops (~100 s)", file=sys.stderr)
     for world in (1, 2):
         folder = tmp_path_factory.mktemp(f"probe{world}")
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(_free_port()),
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
                "--num_gpus", str(world), str(repo / "tests" / "planner" / "memory_probe.py"),
                "--out", str(folder), "--model", json.dumps(PROBE_MODEL),
                "--cases", ",".join(f"{z}:{p}" for z, p in CASES)]

@@ -83,3 +83,15 @@ def test_stale_build_lock_is_removed_and_fresh_one_kept(tmp_path, monkeypatch):
     os.utime(stale, (old, old))
     assert _launch.clear_stale_build_locks() == [stale]
     assert not stale.exists() and fresh.exists()
+
+
+def test_master_port_is_free_and_below_the_ephemeral_range():
+    import socket
+
+    from trainplan.runners._launch import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < _ephemeral_low() for p in ports)
+    for port in ports:  # each one can really be bound
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
