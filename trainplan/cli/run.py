@@ -202,7 +202,7 @@ def _summary(result: dict[str, Any], trial_dir: Path) -> str:
     loss = result.get("final_eval_loss")
     text = f"{result['status']} after {result['steps']} steps"
     if loss is not None:
-        text += f", eval loss {loss:.4f}"
+        text += f", measured eval loss {loss:.4f}"
     if result.get("reason"):
         text += f" ({result['reason']})"
     return f"{text}; trial folder: {trial_dir}"

@@ -97,8 +97,8 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
         click.echo("  params: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                             for k, v in best["params"].items()))
         tps = best.get("tokens_per_s")
-        click.echo(f"  tokens {best.get('tokens')}, {tps:.0f} tokens/s, {best.get('elapsed_s', 0):.1f} s, "
-                   f"{best.get('gpu_hours', 0):.4f} GPU-hours" if tps else f"  tokens {best.get('tokens')}")
+        click.echo(f"  measured: tokens {best.get('tokens')}, {tps:.0f} tokens/s, {best.get('elapsed_s', 0):.1f} s, "
+                   f"{best.get('gpu_hours', 0):.4f} GPU-hours" if tps else f"  measured: tokens {best.get('tokens')}")
         click.echo(f"  rerun: trainplan run --spec {Path(best['trial_dir']) / 'spec.json'}")
 
 
