@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainplan.runners._data import Corpus, load_corpus
+from trainplan.runners._dist import init_distributed
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
 from trainplan.runners._spec import TrialSpec, is_checkpoint
 
@@ -116,7 +117,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     import torch
     import torch.distributed as dist
 
-    deepspeed.init_distributed()
+    init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     layout = spec.layout
     if world != layout.dp:

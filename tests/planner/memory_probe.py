@@ -161,9 +161,9 @@ def main() -> None:
     parser.add_argument("--cases", required=True, help="comma-separated stage:precision, e.g. 0:fp32,2:bf16")
     args, _ = parser.parse_known_args()  # the launcher adds --local_rank
 
-    import deepspeed
+    from trainplan.runners._dist import init_distributed
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    init_distributed("gloo")
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     args.out.mkdir(parents=True, exist_ok=True)
     for case in args.cases.split(","):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests._proc import run_group
 
 from trainplan.planner import Layout, from_hf_config, load_model
 from trainplan.runners import free_port
@@ -46,7 +47,7 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int, str
                "--num_gpus", str(world), str(repo / "tests" / "planner" / "memory_probe.py"),
                "--out", str(folder), "--model", json.dumps(PROBE_MODEL),
                "--cases", ",".join(f"{z}:{p}" for z, p in CASES)]
-        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=900)
+        proc = run_group(cmd, cwd=repo, timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         for zero, prec in CASES:
             out[world, zero, prec] = [json.loads((folder / f"z{zero}_{prec}_r{r}.json").read_text())

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tests._proc import trainplan
 from tests.reports._browser import find_chromium, open_page
 
 from trainplan.search import default_sweep_path
@@ -23,14 +22,6 @@ pytestmark = pytest.mark.slow
 
 SECTIONS = ("Decision summary", "Estimated vs measured", "Learning curves", "Search diagnostics",
             "Scaling trade-offs", "Trials", "Environment")
-
-
-def _trainplan(*args: str, runs: Path, cwd: Path) -> str:
-    env = {**os.environ, "TRAINPLAN_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "trainplan", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=400)
-    assert proc.returncode == 0, f"trainplan {' '.join(args)}: {proc.stdout}\n{proc.stderr[-3000:]}"
-    return proc.stdout
 
 
 def test_report_of_a_real_default_sweep(tmp_path: Path) -> None:
@@ -47,9 +38,9 @@ def test_report_of_a_real_default_sweep(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     runs = tmp_path / "runs"
-    _trainplan("search", str(path), "--no-progress", runs=runs, cwd=tmp_path)
+    trainplan("search", str(path), "--no-progress", runs=runs, cwd=tmp_path, timeout=400)
 
-    page = Path(_trainplan("report", runs=runs, cwd=tmp_path).strip())
+    page = Path(trainplan("report", runs=runs, cwd=tmp_path).stdout.strip())
     assert page == runs / "search-default" / "report.html"
     html = page.read_text()
     for section in SECTIONS:

@@ -1,7 +1,8 @@
 """Real trials through the real ``deepspeed`` launcher on the CPU (gloo): what a user would see.
 
 Kept cheap: tiny batches, a few steps, 300 kB of data, except the default task's 100 steps. The
-first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s); nothing here times out.
+first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s); pytest-timeout's
+per-test limit (pyproject.toml) is far above that.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import psutil
 import pytest
@@ -33,6 +35,13 @@ def _trial_processes(folder) -> list[psutil.Process]:
         if proc.info["pid"] != os.getpid() and needle in " ".join(proc.info["cmdline"] or ()):
             found.append(proc)
     return found
+
+
+def _shm_segments(folder) -> list:
+    """DeepSpeed's CPU all-reduce segments (``/dev/shm/deepspeed_allreduce_buffer_*``) of this trial's
+    rendezvous port; trainplan switches that op off, so there must be none (runners/_dist.py)."""
+    port = (folder / "cmd.txt").read_text().split("--master_port ")[1].split()[0]
+    return [p for p in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*") if f"_{port}_" in p.name]
 
 
 def test_default_task_learns(tmp_path, capsys):
@@ -78,6 +87,7 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, one_rank_cu
             else:
                 assert mine[key] == pytest.approx(ref[key], abs=2e-3), (zero, mine["step"], key)
     assert curve[-1]["train_loss"] < curve[1]["train_loss"] - 0.3  # and it is learning
+    assert _shm_segments(tmp_path) == []  # nothing left in RAM-backed /dev/shm
 
 
 def test_huge_learning_rate_diverges_early(tmp_path, capsys):

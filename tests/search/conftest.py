@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests._proc import trainplan
 
 TINY_BASE: dict[str, Any] = {
     "model": "trainplan-tiny",
@@ -36,18 +35,6 @@ def tiny_sweep(tmp: Path, name: str = "tiny", base_changes: dict[str, Any] | Non
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
-
-
-def cli_env(runs: Path) -> dict[str, str]:
-    return {**os.environ, "TRAINPLAN_RUNS": str(runs), "PYTHONUNBUFFERED": "1"}
-
-
-def trainplan(*args: str, runs: Path, cwd: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "trainplan", *args], cwd=cwd, env=cli_env(runs),
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        pytest.fail(f"trainplan {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -63,9 +64,14 @@ def test_two_workers_share_one_study(tmp_path: Path, postgres_url: str, make_swe
     # One process with two worker threads, one with a single worker: like two machines, one bigger.
     for extra in (["--workers", "2"], []):
         workers.append(subprocess.Popen(cmd + extra, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True))
+                                        stderr=subprocess.PIPE, text=True, start_new_session=True))
         time.sleep(1.0)
-    outputs = [w.communicate(timeout=400) for w in workers]
+    try:
+        outputs = [w.communicate(timeout=400) for w in workers]
+    finally:  # past the limit: end both workers and their trials, not only the two leaders
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGKILL)
     assert [w.returncode for w in workers] == [0, 0], [o[1][-2000:] for o in outputs]
     trials = optuna.load_study(study_name="shared", storage=postgres_url).get_trials()
     assert len(trials) == 3
