@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _arm(name: str, seed: int, n_trials: int, tokens: int | None, root: Path) -> dict[str, Any]:
+def _arm(name: str, seed: int, n_trials: int, tokens: int | None, root: Path,
+         changes: dict[str, Any] | None = None) -> dict[str, Any]:
     import optuna
 
     from trainplan.search import load_sweep, run_search
@@ -35,6 +36,8 @@ def _arm(name: str, seed: int, n_trials: int, tokens: int | None, root: Path) ->
     overrides: dict[str, Any] = {"study_name": f"{name}-{seed}", "budget.n_trials": n_trials, "sampler.seed": seed}
     if name == "baseline":
         overrides.update({"sampler.type": "random", "pruner.type": "none"})
+    else:
+        overrides.update(changes or {})
     sweep = load_sweep(None, overrides)
     if tokens is not None:
         from trainplan.search._sweep import sweep_from_dict
@@ -60,7 +63,14 @@ def main() -> None:
     parser.add_argument("--n-trials", type=int, default=None, help="Trials per study (default: the sweep's).")
     parser.add_argument("--tokens", type=int, default=None, help="Tokens per trial (default: the sweep's).")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search_efficiency.md")
+    parser.add_argument("--arms", nargs="+", choices=("trainplan", "baseline"), default=["trainplan", "baseline"],
+                        help="Run only some arms (for trying settings; the table needs both).")
+    parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                        help="Change a sweep key of the trainplan arm, e.g. pruner.n_startup_trials=3.")
     args = parser.parse_args()
+    import yaml
+
+    changes = {k: yaml.safe_load(v) for k, v in (c.split("=", 1) for c in args.changes)}
 
     from trainplan.search import load_sweep
 
@@ -68,11 +78,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="trainplan-bench-") as tmp:
         for seed in args.seeds:
-            for arm in ("trainplan", "baseline"):
-                row = _arm(arm, seed, n_trials, args.tokens, Path(tmp))
+            for arm in args.arms:
+                row = _arm(arm, seed, n_trials, args.tokens, Path(tmp), changes)
                 rows.append(row)
                 print(f"seed {seed} {arm:9s} best {row['best']:.4f}  tokens {row['tokens']:>9d}  "
                       f"cpu {row['cpu_s']:8.1f} s  wall {row['wall_s']:6.1f} s  {row['counts']}", flush=True)
+
+    if len(args.arms) < 2:
+        return
 
     def mean(arm: str, key: str) -> float:
         return statistics.fmean(r[key] for r in rows if r["arm"] == arm)
@@ -84,7 +97,8 @@ def main() -> None:
         "",
         f"Built-in task, {n_trials} trials per study, tokens per trial: {args.tokens or 'sweep default'}, "
         f"seeds {args.seeds}. Command: `python benchmarks/search_efficiency.py"
-        + (f" --n-trials {args.n_trials}" if args.n_trials else "") + (f" --tokens {args.tokens}" if args.tokens else "") + "`",
+        + (f" --n-trials {args.n_trials}" if args.n_trials else "") + (f" --tokens {args.tokens}" if args.tokens else "")
+        + "".join(f" --set {c}" for c in args.changes) + "`",
         "",
         "| seed | arm | best eval loss | tokens trained | CPU-seconds | wall s | trials |",
         "|---|---|---|---|---|---|---|",

@@ -81,21 +81,44 @@ def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
 
     The first rung defaults to the base trial's evaluation nearest a quarter of its tokens, not
     Optuna's "auto" estimate, which waits for a finished trial and never records rungs for the
-    trials before it.
+    trials before it. The study's first ``pruner.n_startup_trials`` trials are never pruned.
     """
     import optuna
 
     cfg = sweep.pruner
     min_resource = cfg.min_resource or _first_rung_tokens(sweep)
-    if cfg.type == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
-                                                      reduction_factor=cfg.reduction_factor)
-    if cfg.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=cfg.reduction_factor)
     if cfg.type == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials,
                                            n_warmup_steps=0, interval_steps=1, n_min_trials=1)
-    return optuna.pruners.NopPruner()
+    if cfg.type == "successive_halving":
+        rungs = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                       reduction_factor=cfg.reduction_factor)
+    elif cfg.type == "hyperband":
+        rungs = optuna.pruners.HyperbandPruner(min_resource=min_resource, reduction_factor=cfg.reduction_factor)
+    else:
+        return optuna.pruners.NopPruner()
+    return _startup_guard(rungs, cfg.n_startup_trials) if cfg.n_startup_trials else rungs
+
+
+def _startup_guard(pruner: optuna.pruners.BasePruner, n_startup: int) -> optuna.pruners.BasePruner:
+    """``pruner`` that lets the study's first ``n_startup`` trials run to the end.
+
+    With few trials, successive halving promotes only the best trial at a rung until three or more
+    have reached it (optuna/pruners/_successive_halving.py, ``_is_trial_promotable_to_next_rung``),
+    so the second trial of a study survives only if it beats the first. The guarded trials still go
+    through the wrapped pruner, which records their rung values: they set the bar for later trials
+    instead of being judged against each other, and the sampler learns from whole curves.
+    """
+    import optuna
+
+    class StartupGuard(optuna.pruners.BasePruner):
+        wrapped, n_startup_trials = pruner, n_startup
+
+        def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+            decision = self.wrapped.prune(study, trial)
+            return decision and trial.number >= self.n_startup_trials
+
+    return StartupGuard()
 
 
 def _journal_path(storage: str) -> Path | None:

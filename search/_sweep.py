@@ -118,7 +118,8 @@ class PrunerConfig:
     min_resource: int | None = None
     """Tokens before the first rung (``None``: the base trial's first evaluation)."""
     n_startup_trials: int = 2
-    """Median: trials that finish before any is pruned."""
+    """Trials that run to the end before any is pruned (successive halving and Hyperband: the
+    study's first N trials; median: Optuna's count of finished trials)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -337,6 +338,8 @@ def _check_sections(hardware: Hardware, budget: Budget, sampler: SamplerConfig, 
         raise UsageError("pruner.type", f"{pruner.type!r} is not one of {', '.join(PRUNERS)}" + close_matches(pruner.type, PRUNERS))
     if not isinstance(pruner.reduction_factor, int) or pruner.reduction_factor < 2:
         raise UsageError("pruner.reduction_factor", f"must be an integer >= 2, got {pruner.reduction_factor!r}")
+    if not isinstance(pruner.n_startup_trials, int) or pruner.n_startup_trials < 0:
+        raise UsageError("pruner.n_startup_trials", f"must be a non-negative integer, got {pruner.n_startup_trials!r}")
     if pruner.min_resource is not None and (not isinstance(pruner.min_resource, int) or pruner.min_resource < 1):
         raise UsageError("pruner.min_resource", f"must be a positive number of tokens, got {pruner.min_resource!r}")
     for p in space:

@@ -152,6 +152,9 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         guard.watch(pgid)
     trial.set_user_attr("worker", {**worker, "pgid": pgid})
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
+    # A rung that falls on the last evaluation (e.g. reduction factor 2 from a quarter) must not
+    # mark a trial that has already trained to the end as pruned: it is judged by its final value.
+    last_tokens = spec.steps * spec.tokens_per_step
     curve: list[list[Any]] = []
     cpu: dict[int, int] = {}
     pruned = interrupted = False
@@ -164,7 +167,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
                 curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
                               rec.get("train_loss"), rec.get("eval_loss")])
                 loss = rec.get("eval_loss")
-                if can_prune and not pruned and _finite(loss) and rec.get("tokens"):
+                if can_prune and not pruned and _finite(loss) and 0 < (rec.get("tokens") or 0) < last_tokens:
                     trial.report(float(loss), step=int(rec["tokens"]))
                     pruned = trial.should_prune()
             if pruned or finished:

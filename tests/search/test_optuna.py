@@ -43,7 +43,36 @@ def test_grid_sampler_enumerates_the_choices() -> None:
                                            ("hyperband", optuna.pruners.HyperbandPruner),
                                            ("median", optuna.pruners.MedianPruner), ("none", optuna.pruners.NopPruner)])
 def test_pruner_factory(kind: str, cls: type) -> None:
-    assert isinstance(make_pruner(load_sweep(None, {"pruner.type": kind})), cls)
+    assert isinstance(_unguarded(make_pruner(load_sweep(None, {"pruner.type": kind}))), cls)
+
+
+def _unguarded(pruner: optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
+    return getattr(pruner, "wrapped", pruner)
+
+
+def test_startup_trials_run_to_the_end_and_set_the_bar() -> None:
+    # Rungs at 100 and 300 tokens (rf 3); the first two trials are guarded.
+    sweep = load_sweep(None, {"pruner.type": "successive_halving", "pruner.min_resource": 100,
+                              "pruner.n_startup_trials": 2})
+    study = optuna.create_study(pruner=make_pruner(sweep))
+
+    def pruned_at(curve: list[float]) -> int | None:
+        trial = study.ask()
+        for step, value in zip((100, 200, 300, 400), curve):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return step
+        study.tell(trial, curve[-1])
+        return None
+
+    assert pruned_at([3.0, 2.8, 2.6, 2.5]) is None
+    assert pruned_at([4.0, 3.9, 3.8, 3.7]) is None  # worse everywhere, but a start-up trial
+    assert "completed_rung_1" in study.trials[1].system_attrs  # its rungs were still recorded
+    assert pruned_at([3.5, 3.0, 2.9, 2.8]) == 100  # not the best 1/3 of three at the first rung
+    assert pruned_at([2.9, 2.7, 2.5, 2.4]) is None  # the best at both rungs
+    unguarded = make_pruner(load_sweep(None, {"pruner.n_startup_trials": 0}))
+    assert isinstance(unguarded, optuna.pruners.SuccessiveHalvingPruner)  # no guard when none asked
 
 
 def test_storage_rules(tmp_path: Path) -> None:
@@ -154,6 +183,6 @@ def test_each_local_worker_gets_its_own_gpus(monkeypatch: pytest.MonkeyPatch) ->
 def test_first_rung_is_a_quarter_of_the_trial_in_tokens() -> None:
     # The default trial evaluates 8 times over 262144 tokens: the first rung is at its second
     # evaluation (65536 tokens, a quarter of the run), whatever global batch a trial samples.
-    pruner = make_pruner(load_sweep())
+    pruner = _unguarded(make_pruner(load_sweep()))
     assert pruner._min_resource == 65536
-    assert make_pruner(load_sweep(None, {"pruner.min_resource": 1000}))._min_resource == 1000
+    assert _unguarded(make_pruner(load_sweep(None, {"pruner.min_resource": 1000})))._min_resource == 1000
