@@ -86,7 +86,7 @@ def planner_estimate(spec: Any) -> dict[str, Any] | None:
         model = load_model(spec.model)
         if not spec.gpu:
             return {"memory_bytes": _total(estimate_memory(model, spec.layout)), "tokens_per_s": None, "gpu": None}
-        result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.steps * spec.tokens_per_step)
+        result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.total_tokens)
         # docs/protocol.md names memory.total_bytes and throughput.tokens_per_s; the planner as
         # built calls them memory.total and perf.tokens_per_s: accept either.
         perf = getattr(result, "throughput", None) or result.perf

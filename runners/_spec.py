@@ -160,6 +160,11 @@ class TrialSpec:
     def tokens_per_step(self) -> int:
         return self.layout.tokens_per_step
 
+    @property
+    def total_tokens(self) -> int:
+        """Training tokens of the whole trial (``steps`` x tokens per step)."""
+        return self.steps * self.tokens_per_step
+
     # Serialization ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -112,10 +112,11 @@ def _startup_guard(pruner: optuna.pruners.BasePruner, n_startup: int) -> optuna.
     import optuna
 
     class StartupGuard(optuna.pruners.BasePruner):
-        wrapped, n_startup_trials = pruner, n_startup
+        def __init__(self) -> None:
+            self.wrapped, self.n_startup_trials = pruner, n_startup
 
         def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-            decision = self.wrapped.prune(study, trial)
+            decision = self.wrapped.prune(study, trial)  # always asked: it records the rung values
             return decision and trial.number >= self.n_startup_trials
 
     return StartupGuard()

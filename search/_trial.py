@@ -54,7 +54,7 @@ def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
     try:
         from trainplan.planner import load_model, plan
 
-        result = plan(load_model(spec.model), spec.layout, gpu, tokens=spec.steps * spec.tokens_per_step)
+        result = plan(load_model(spec.model), spec.layout, gpu, tokens=spec.total_tokens)
         return {"fits": bool(result.fits), "memory_bytes": int(result.memory.total),
                 "capacity_bytes": int(gpu.memory_bytes), "tokens_per_s": float(result.perf.tokens_per_s),
                 "plan": result.to_dict()}
@@ -152,9 +152,6 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         guard.watch(pgid)
     trial.set_user_attr("worker", {**worker, "pgid": pgid})
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
-    # A rung that falls on the last evaluation (e.g. reduction factor 2 from a quarter) must not
-    # mark a trial that has already trained to the end as pruned: it is judged by its final value.
-    last_tokens = spec.steps * spec.tokens_per_step
     curve: list[list[Any]] = []
     cpu: dict[int, int] = {}
     pruned = interrupted = False
@@ -167,7 +164,9 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
                 curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
                               rec.get("train_loss"), rec.get("eval_loss")])
                 loss = rec.get("eval_loss")
-                if can_prune and not pruned and _finite(loss) and 0 < (rec.get("tokens") or 0) < last_tokens:
+                # Not at the last evaluation: a rung falling there (e.g. reduction factor 2 from a
+                # quarter) must not mark a trial that trained to the end as pruned.
+                if can_prune and not pruned and _finite(loss) and 0 < (rec.get("tokens") or 0) < spec.total_tokens:
                     trial.report(float(loss), step=int(rec["tokens"]))
                     pruned = trial.should_prune()
             if pruned or finished:
