@@ -147,6 +147,10 @@ class TrialHandle:
         self._logs = logs
         self._offset = 0
         self._stopped_as: str | None = None
+        self.reaped_cpu_s: float | None = None
+        """User + system CPU-seconds of the launcher and every descendant that was waited for
+        (wait4(2)); set once the launcher has exited. Exact for a trial that ends by itself; a
+        killed trial's ranks may die unwaited-for, so it can then fall short."""
 
     @property
     def pid(self) -> int:
@@ -154,14 +158,30 @@ class TrialHandle:
 
     def poll(self) -> int | None:
         """The launcher's exit code, or None while it runs."""
-        return self.process.poll()
+        return self._reap(block=False)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the launcher exits (its exit code) or ``timeout`` seconds pass (None)."""
+        if timeout is None:
+            return self._reap(block=True)
+        deadline = time.monotonic() + timeout
+        while (code := self._reap(block=False)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
+
+    def _reap(self, *, block: bool) -> int | None:
+        # wait4 instead of Popen's waitpid, to keep the launcher tree's resource usage.
+        if self.process.returncode is not None:
+            return self.process.returncode
         try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+            pid, status, usage = os.wait4(self.process.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere; Popen then reports what it can
+            return self.process.poll()
+        if pid == 0:
             return None
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        self.reaped_cpu_s = usage.ru_utime + usage.ru_stime
+        return self.process.returncode
 
     def new_metrics(self) -> list[dict[str, Any]]:
         """The ``metrics.jsonl`` records appended since the previous call."""
@@ -189,16 +209,16 @@ class TrialHandle:
         ``status`` (``terminated`` or ``timeout``) is what :meth:`finalize` records if the trial
         was still running when stopped.
         """
-        if self.process.poll() is None and self._stopped_as is None:
+        if self.poll() is None and self._stopped_as is None:
             self._stopped_as = status
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (self.process.poll() is None or self._group_alive()):
+        while time.monotonic() < deadline and (self.poll() is None or self._group_alive()):
             time.sleep(0.05)
         if self._group_alive():
             self._signal_group(signal.SIGKILL)
         try:
-            return self.process.wait(timeout=10)
+            return self.wait(timeout=10)
         finally:
             self._reap_group()
 
@@ -216,7 +236,7 @@ class TrialHandle:
         classifies the death from the exit code and stderr (``oom`` or ``crashed``). A trial stopped
         for its time limit is ``timeout`` whatever rank 0 managed to write.
         """
-        code = self.process.wait()
+        code = self.wait()
         self._reap_group()
         for log in self._logs:
             log.close()

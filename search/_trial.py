@@ -200,7 +200,10 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         "tokens": int(result.get("tokens") or (curve[-1][1] if curve else 0) or 0),
         "tokens_per_s": result.get("tokens_per_s"), "peak_mem_bytes": result.get("peak_mem_bytes"),
         "elapsed_s": elapsed, "gpu_hours": elapsed * sweep.hardware.gpus_per_trial / 3600,
-        "cpu_seconds": sum(cpu.values()) / _CLK_TCK,
+        # Two lower bounds of the trial's CPU time; the larger is kept. Sampling misses what a
+        # process used after its last sample; the launcher's wait4 total misses ranks that a
+        # stop killed before anyone waited for them. For a trial that ends by itself, it is exact.
+        "cpu_seconds": max(sum(cpu.values()) / _CLK_TCK, handle.reaped_cpu_s or 0.0),
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)

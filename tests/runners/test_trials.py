@@ -115,6 +115,8 @@ def test_sigterm_ends_as_terminated_with_metrics_intact_and_no_orphans(tmp_path)
     assert [r["step"] for r in records] == list(range(records[-1]["step"] + 1))
     assert result["steps"] == records[-1]["step"] >= 3
     assert _trial_processes(tmp_path) == []
+    # wait4 kept the launcher tree's CPU time: at least its own torch + DeepSpeed import
+    assert handle.reaped_cpu_s is not None and handle.reaped_cpu_s > 1.0
 
 
 def test_timeout_stops_the_trial(tmp_path, capsys):

@@ -59,6 +59,7 @@ class _DeadTrial:
 
     def __init__(self, result: dict[str, Any]) -> None:
         self.pid, self._result = 2**22 + 12345, result  # a pid no process has
+        self.reaped_cpu_s = 0.5
 
     def poll(self) -> int:
         return 1
@@ -91,6 +92,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, make_s
     for trial in study.get_trials():
         assert trial.state == state and trial.user_attrs["reason"] == f"simulated {status}"
         assert trial.user_attrs["gpu_hours"] == pytest.approx(3.0 / 3600)
+        assert trial.user_attrs["cpu_seconds"] == 0.5  # the launcher's wait4 total (no samples)
         if constraint:
             assert trial.constraints[constraint] > 0
 
