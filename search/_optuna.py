@@ -6,6 +6,8 @@ prefixed ``journal:``) -> a journal file; any other path -> a SQLite file. RDB s
 Optuna's heartbeat (``heartbeat_interval``, ``grace_period``) with
 ``RetryHeartbeatStaleTrialCallback``, so a trial left RUNNING by a dead worker is failed and queued
 again (https://optuna.readthedocs.io/en/stable/reference/generated/optuna.storages.RDBStorage.html).
+Journal storages have no heartbeat in Optuna; trials there write a ``beat`` attribute instead
+(:func:`heartbeat_writer`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import contextlib
 import fcntl
 import functools
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from trainplan.search._sweep import SweepSpec
 
-__all__ = ["claim_lock", "make_pruner", "make_sampler", "open_storage", "storage_url"]
+__all__ = ["claim_lock", "heartbeat_writer", "make_pruner", "make_sampler", "open_storage", "storage_url"]
 
 
 def make_sampler(sweep: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -172,6 +175,20 @@ def open_storage(storage: str | None, run_dir: Path, sweep: SweepSpec) -> optuna
         )
     except Exception as exc:  # bad URL, missing driver, refused connection: the user's to fix
         raise UsageError("--storage", f"cannot open {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def heartbeat_writer(storage: optuna.storages.BaseStorage, sweep: SweepSpec) -> Callable[[int], None] | None:
+    """How a running trial says it is alive, given its trial id: Optuna's heartbeat where the
+    storage has one (RDB); otherwise (journal files, which machines share over NFS) a ``beat``
+    user attribute holding the wall-clock time, which ``reclaim_silent_trials`` reads. None when
+    ``heartbeat_s`` is 0."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not sweep.heartbeat_s:
+        return None
+    if is_heartbeat_enabled(storage):
+        return storage.record_heartbeat  # type: ignore[attr-defined]
+    return lambda trial_id: storage.set_trial_user_attr(trial_id, "beat", round(time.time(), 1))
 
 
 _thread_lock = threading.Lock()

@@ -2,9 +2,10 @@
 
 Running the same command again continues the study: finished trials are kept and never rerun,
 RUNNING trials of a dead worker are failed and queued again (Optuna's heartbeat on RDB storages;
-on this machine also at once, by checking the worker's pid), and the budget counts every trial of
-the study across restarts and machines. Several machines join one study by running the same
-command against the same storage.
+on a journal file, which has none, trainplan's own ``beat`` attribute; on this machine also at
+once, by checking the worker's pid), and the budget counts every trial of the study across restarts
+and machines. Several machines join one study by running the same command against the same
+storage.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from trainplan.search._sweep import SweepSpec
 
-__all__ = ["SearchResult", "best_trials", "open_study", "reclaim_dead_local_trials", "run_search", "search_dir",
-           "status_counts", "worker_devices"]
+__all__ = ["SearchResult", "best_trials", "open_study", "reclaim_dead_local_trials", "reclaim_silent_trials",
+           "run_search", "search_dir", "status_counts", "worker_devices"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +94,6 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int
     """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end any process
     group of theirs still alive. Returns the numbers reclaimed."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     from trainplan.search._guard import kill_group, process_start_ticks
 
@@ -106,16 +106,52 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int
             continue  # the worker lives
         if worker.get("pgid"):
             kill_group(int(worker["pgid"]))
-        try:  # attributes first: a finished trial can no longer be written
-            study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
-            study._storage.set_trial_user_attr(t._trial_id, "reason", "its worker died; retried")
-            if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker reclaimed it first
-        RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries)(study, study._storage.get_trial(t._trial_id))
-        out.append(t.number)
+        if _fail_and_retry(study, sweep, t, "its worker died; retried"):
+            out.append(t.number)
     return out
+
+
+def reclaim_silent_trials(study: optuna.Study, sweep: SweepSpec, now: float | None = None) -> list[int]:
+    """Fail and requeue RUNNING trials of other hosts whose ``beat`` attribute (wall-clock seconds,
+    written every ``heartbeat_s`` by :func:`trainplan.search._optuna.heartbeat_writer` where the
+    storage has no heartbeat of its own, i.e. journal files) is older than 3 heartbeats. Their
+    processes, on another machine, are not touched. Machines sharing a journal need clocks that
+    agree to well within that grace (NTP does). Returns the numbers reclaimed."""
+    import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not sweep.heartbeat_s or is_heartbeat_enabled(study._storage):
+        return []
+    now = time.time() if now is None else now
+    host, out = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") == host:
+            continue  # this host knows for sure (reclaim_dead_local_trials)
+        beat = t.user_attrs.get("beat") or (t.datetime_start.timestamp() if t.datetime_start else None)
+        if beat is None or now - float(beat) <= 3 * sweep.heartbeat_s:
+            continue
+        reason = f"its worker on {worker.get('host', 'an unknown host')} went silent for {now - float(beat):.0f} s; retried"
+        if _fail_and_retry(study, sweep, t, reason):
+            out.append(t.number)
+    return out
+
+
+def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Mark a RUNNING trial failed with ``reason`` and queue its parameters again (within
+    ``max_retries``); False when another worker got there first."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    try:  # attributes first: a finished trial can no longer be written
+        study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
+        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker reclaimed it first
+    RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries)(study, study._storage.get_trial(t._trial_id))
+    return True
 
 
 def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | None | bool:
@@ -129,6 +165,7 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
     with claim_lock(study._storage, url, sweep.study_name):
         # Local first: it knows the worker died (not just went quiet) and records why.
         reclaim_dead_local_trials(study, sweep)
+        reclaim_silent_trials(study, sweep)
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == states.WAITING for t in trials):

@@ -113,6 +113,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
 
     from trainplan.runners import free_port, launch_trial
     from trainplan.search._guard import process_start_ticks, session_cpu_ticks
+    from trainplan.search._optuna import heartbeat_writer
     from trainplan.search._space import resolve_trial, suggest
 
     trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
@@ -120,7 +121,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     # Who owns this trial, recorded before anything can die: a restart on this host reclaims it.
     worker = {"host": socket.gethostname(), "pid": os.getpid(), "start": process_start_ticks(os.getpid()), "pgid": None}
     trial.set_user_attr("worker", worker)
-    heartbeat = getattr(study._storage, "record_heartbeat", None) if sweep.heartbeat_s else None
+    heartbeat = heartbeat_writer(study._storage, sweep)
     if heartbeat is not None:
         heartbeat(trial._trial_id)
     values = suggest(trial, sweep)

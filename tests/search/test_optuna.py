@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from trainplan.search import budget_count, load_sweep, make_pruner, make_sampler, open_study, storage_url, sweep_from_dict
-from trainplan.search._study import _claim, reclaim_dead_local_trials
+from trainplan.search._optuna import heartbeat_writer
+from trainplan.search._study import _claim, reclaim_dead_local_trials, reclaim_silent_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -152,6 +153,42 @@ def test_live_local_worker_is_left_alone(tmp_path: Path) -> None:
                                    "start": process_start_ticks(os.getpid()), "pgid": None})
     assert reclaim_dead_local_trials(study, sweep) == []
     assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+
+
+def test_journal_trials_beat_and_a_silent_remote_worker_is_retried(tmp_path: Path) -> None:
+    # Optuna has no heartbeat for journal files; trials there write a wall-clock "beat" instead.
+    sweep = load_sweep(None, {"storage": str(tmp_path / "study.log"), "sampler.type": "random", "budget.n_trials": 2})
+    study = open_study(sweep, tmp_path)
+    beat = heartbeat_writer(study._storage, sweep)
+    silent, alive = study.ask(), study.ask()
+    for trial in (silent, alive):
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.set_user_attr("worker", {"host": "another-machine", "pid": 1, "start": 0, "pgid": 7})
+        beat(trial._trial_id)
+    beats = {t.number: t.user_attrs["beat"] for t in study.get_trials()}
+    assert all(abs(b - time.time()) < 60 for b in beats.values())
+    study._storage.set_trial_user_attr(alive._trial_id, "beat", beats[alive.number] + 25)  # still beating
+    now = beats[silent.number] + 3 * sweep.heartbeat_s + 1  # silent for just over 3 heartbeats
+    assert reclaim_silent_trials(study, sweep, now=now) == [silent.number]
+    trials = study.get_trials()
+    assert trials[silent.number].state == optuna.trial.TrialState.FAIL
+    assert "another-machine went silent" in trials[silent.number].user_attrs["reason"]
+    assert trials[alive.number].state == optuna.trial.TrialState.RUNNING
+    retry = trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == trials[silent.number].params
+    assert budget_count(trials) == 2
+    assert reclaim_silent_trials(study, sweep, now=now) == []  # once only
+
+
+def test_rdb_storages_keep_optunas_heartbeat(tmp_path: Path) -> None:
+    sweep = load_sweep(None, {"sampler.type": "random"})
+    study = open_study(sweep, tmp_path)  # SQLite
+    trial = study.ask()
+    trial.set_user_attr("worker", {"host": "another-machine", "pid": 1, "start": 0, "pgid": None})
+    beat = heartbeat_writer(study._storage, sweep)
+    beat(trial._trial_id)
+    assert "beat" not in study.get_trials()[0].user_attrs  # Optuna's own heartbeat table instead
+    assert reclaim_silent_trials(study, sweep, now=time.time() + 3600) == []  # fail_stale_trials' job
 
 
 def test_a_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
