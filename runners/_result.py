@@ -27,7 +27,15 @@ EXIT_CODES = {"completed": 0, "crashed": 1, "diverged": 3, "oom": 4, "terminated
 METRIC_KEYS = ("step", "tokens", "elapsed_s", "train_loss", "eval_loss", "lr", "grad_norm",
                "tokens_per_s", "peak_mem_bytes")
 
-_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "out of memory")
+OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "out of memory",
+               "DefaultCPUAllocator: can't allocate memory")
+"""Text of an out-of-memory error: torch.cuda.OutOfMemoryError's message, and the CPU allocator's
+``RuntimeError`` (c10/core/impl/alloc_cpu.cpp) when host memory runs out."""
+
+
+def is_oom_message(text: str) -> bool:
+    """Whether an exception message or stderr tail says the trial ran out of memory."""
+    return any(marker in text for marker in OOM_MARKERS)
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -61,8 +69,10 @@ def write_json(path: str | Path, value: dict[str, Any]) -> None:
 
 def classify_exit(exit_code: int | None, stderr_tail: str) -> tuple[str, str]:
     """Status and reason for a trial that ended without writing ``result.json``."""
-    if any(marker in stderr_tail for marker in _OOM_MARKERS):
+    if is_oom_message(stderr_tail):
         return "oom", "out of memory (see stderr_tail)"
+    if exit_code in (-9, 256 - 9):  # the launcher itself, or a rank's -9 passed on as sys.exit(-9)
+        return "crashed", "killed by signal 9 (SIGKILL; often the kernel's out-of-memory killer, see dmesg)"
     if exit_code is not None and exit_code < 0:
         return "crashed", f"killed by signal {-exit_code}"
     last = next((line for line in reversed(stderr_tail.splitlines()) if line.strip()), "")

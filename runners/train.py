@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from trainplan.runners._result import EXIT_CODES, build_result, planner_estimate, write_json
+from trainplan.runners._result import EXIT_CODES, build_result, is_oom_message, planner_estimate, write_json
 from trainplan.runners._spec import TrialSpec
 
 __all__ = ["main"]
@@ -35,7 +35,7 @@ def _request_stop(signum: int, frame: Any) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or is_oom_message(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,11 @@ def test_build_result_summarises_the_curve():
 @pytest.mark.parametrize(("code", "tail", "status", "needle"), [
     (1, "RuntimeError: CUDA out of memory. Tried to allocate", "oom", "out of memory"),
     (1, "Traceback...\nValueError: bad config\n", "crashed", "ValueError: bad config"),
-    (-9, "", "crashed", "signal 9"),
+    (1, "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+        "you tried to allocate 34359738368 bytes. Error code 12 (Cannot allocate memory)", "oom", "out of memory"),
+    (-9, "", "crashed", "out-of-memory killer"),
+    (247, "", "crashed", "signal 9"),  # deepspeed's launch.py passes a rank's -9 on as sys.exit(-9)
+    (-15, "", "crashed", "signal 15"),
 ])
 def test_classify_exit(code, tail, status, needle):
     got_status, reason = classify_exit(code, tail)

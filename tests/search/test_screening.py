@@ -1,12 +1,15 @@
 """Planner screening and the classification of failed trials.
 
 A configuration the planner rejects launches no process and is recorded with the planner's
-numbers; OOM and crashed trials (simulated here: a CPU cannot run out of GPU memory) are recorded
-with their reasons, inform the sampler, and do not stop the study.
+numbers; OOM and crashed trials are recorded with their reasons, inform the sampler, and do not
+stop the study. One OOM is real (a model whose weights the host cannot allocate, passed by a
+planner told the GPU is huge); the other outcomes are simulated with a stand-in trial handle.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,31 @@ def test_screen_uses_the_memory_override(tmp_path: Path, make_sweep) -> None:
     big, small = screen(spec, roomy), screen(spec, tight)
     assert big["fits"] is True and small["fits"] is False
     assert big["memory_bytes"] == small["memory_bytes"] and small["capacity_bytes"] == int(0.0001 * 2**30)
+
+
+@pytest.mark.slow
+def test_a_real_out_of_memory_trial_is_recorded_and_informs_the_sampler(tmp_path: Path, make_sweep) -> None:
+    from trainplan.planner import load_model
+
+    config = dict(load_model("trainplan-tiny").hf_config)
+    config["intermediate_size"] = 2**27  # one 64 GiB MLP weight: the CPU allocator refuses it at once
+    (tmp_path / "huge.json").write_text(json.dumps(config))
+    sweep = _sweep(tmp_path, make_sweep, base_changes={"model": str(tmp_path / "huge.json")},
+                   hardware={"gpu": "a100-80gb", "memory_gib": 10_000_000}, budget={"n_trials": 1})
+    result = run_search(sweep, run_dir=tmp_path / "run", progress=False)
+    assert result.counts == {"oom": 1} and result.best == []
+    (trial,) = optuna.load_study(study_name="screen", storage=result.storage).trials
+    attrs = trial.user_attrs
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.constraints["memory"] > 0
+    assert attrs["status"] == "oom" and "can't allocate memory" in attrs["reason"], attrs["reason"]
+    assert attrs["estimate"]["fits"] is True  # the planner was told the GPU is huge; the host said no
+    assert attrs["cpu_seconds"] > 0 and attrs["tokens"] == 0
+    assert json.loads((Path(attrs["trial_dir"]) / "result.json").read_text())["exit_code"] == 4  # the rank's oom code
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            assert str(tmp_path) not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
 
 
 class _DeadTrial:
