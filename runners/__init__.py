@@ -9,7 +9,7 @@ package is light: torch, transformers and deepspeed load only inside the trainin
 from __future__ import annotations
 
 from trainplan.runners._launch import (
-    TrialHandle, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
+    TrialHandle, adopt_orphans, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
 )
 from trainplan.runners._result import METRIC_KEYS, STATUSES, build_result, read_metrics
 from trainplan.runners._spec import DEFAULT_DATA, DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT, TrialSpec
@@ -22,6 +22,7 @@ __all__ = [
     "STATUSES",
     "TrialHandle",
     "TrialSpec",
+    "adopt_orphans",
     "build_command",
     "build_result",
     "free_port",

@@ -25,7 +25,8 @@ from trainplan.runners._data import check_data
 from trainplan.runners._result import build_result, classify_exit, planner_estimate, read_metrics, write_json
 from trainplan.runners._spec import TrialSpec
 
-__all__ = ["TrialHandle", "build_command", "free_port", "launch_trial", "ops_compiled", "prepare_trial", "run_trial"]
+__all__ = ["TrialHandle", "adopt_orphans", "build_command", "free_port", "launch_trial", "ops_compiled", "prepare_trial",
+           "run_trial"]
 
 _TRIAL_FILES = ("metrics.jsonl", "result.json", "stdout.log", "stderr.log")
 
@@ -149,8 +150,9 @@ class TrialHandle:
         self._stopped_as: str | None = None
         self.reaped_cpu_s: float | None = None
         """User + system CPU-seconds of the launcher and every descendant that was waited for
-        (wait4(2)); set once the launcher has exited. Exact for a trial that ends by itself; a
-        killed trial's ranks may die unwaited-for, so it can then fall short."""
+        (wait4(2)); set once the launcher has exited. Exact for a trial that ends by itself, and
+        for a stopped one where this process adopts orphans (:func:`adopt_orphans`); otherwise
+        the ranks of a stopped trial may die unwaited-for and it falls short."""
 
     @property
     def pid(self) -> int:
@@ -223,11 +225,28 @@ class TrialHandle:
             self._reap_group()
 
     def _reap_group(self) -> None:
-        # Ranks re-parented away from the launcher still carry its process group id.
+        # Ranks re-parented away from the launcher still carry its process group id; where this
+        # process adopts orphans (adopt_orphans), they come back to it and are waited for here.
         deadline = time.monotonic() + 5
-        while self._group_alive() and time.monotonic() < deadline:
+        while True:
+            self._reap_adopted()
+            if not self._group_alive() or time.monotonic() >= deadline:
+                return
             self._signal_group(signal.SIGKILL)
             time.sleep(0.05)
+
+    def _reap_adopted(self) -> None:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.process.pid:
+                continue
+            try:
+                if os.getpgid(int(entry)) != self.process.pid:
+                    continue
+                pid, _, usage = os.wait4(int(entry), os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):  # gone, or not this process's child
+                continue
+            if pid:
+                self.reaped_cpu_s = (self.reaped_cpu_s or 0.0) + usage.ru_utime + usage.ru_stime
 
     def finalize(self) -> dict[str, Any]:
         """Wait for the trial, complete and return its ``result.json``.
@@ -288,6 +307,24 @@ def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | 
                             include=include, hostfile=hostfile)
     (trial_dir / "cmd.txt").write_text(shlex.join(command) + "\n")
     return command
+
+
+def adopt_orphans() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``,
+    prctl(2)); True if it now is.
+
+    When a trial is stopped, its launcher, DeepSpeed's ``launch.py`` and the ranks die together,
+    and a rank whose parent died first is normally waited for by init, its CPU time lost to the
+    trial's account. With this, such processes return to the caller, which
+    :meth:`TrialHandle.finalize` waits for, so a stopped trial's CPU-seconds are exact too. The
+    search calls it once; the setting lasts for the life of the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    pr_set_child_subreaper = 36  # linux/prctl.h
+    return ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
 
 
 def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,

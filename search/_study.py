@@ -264,6 +264,7 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
 def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[str] | None = None,
                progress: bool = True) -> SearchResult:
     """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
+    from trainplan.runners import adopt_orphans
     from trainplan.search._guard import OrphanGuard
     from trainplan.search._optuna import storage_url
     from trainplan.search._progress import SearchProgress
@@ -274,6 +275,7 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
     url = storage_url(sweep.storage, run_dir)
     deadline = time.monotonic() + sweep.budget.timeout_s if sweep.budget.timeout_s else None
     stop, errors = threading.Event(), []
+    adopt_orphans()  # a stopped trial's ranks come back here to be waited for: exact CPU-seconds
     guard = OrphanGuard()
     threads = [threading.Thread(target=_worker, name=f"trainplan-worker-{i}", daemon=True,
                                 args=(study, sweep, run_dir, url, guard, stop, deadline, errors, i))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import psutil
@@ -117,6 +118,41 @@ def test_sigterm_ends_as_terminated_with_metrics_intact_and_no_orphans(tmp_path)
     assert _trial_processes(tmp_path) == []
     # wait4 kept the launcher tree's CPU time: at least its own torch + DeepSpeed import
     assert handle.reaped_cpu_s is not None and handle.reaped_cpu_s > 1.0
+
+
+_STOPPED_TRIAL_CPU = """
+import json, os, sys, time
+from pathlib import Path
+from trainplan.runners import TrialSpec, adopt_orphans, launch_trial
+from trainplan.search._guard import session_cpu_ticks
+adopt = adopt_orphans()
+spec = TrialSpec(steps=100_000, eval_tokens=2048, max_data_bytes=300_000, eval_every=1000,
+                 layout=dict(micro_batch=4, seq_len=64, gpus=2))
+handle = launch_trial(spec, Path(sys.argv[1]))
+ticks = {}
+while not any(r["step"] >= 3 for r in handle.new_metrics()) and handle.poll() is None:
+    ticks.update(session_cpu_ticks([handle.pid]))
+    time.sleep(0.2)
+ticks.update(session_cpu_ticks([handle.pid]))
+handle.stop(grace_s=30)
+result = handle.finalize()
+print(json.dumps({"adopt": adopt, "status": result["status"], "reaped": handle.reaped_cpu_s,
+                  "sampled": sum(ticks.values()) / os.sysconf("SC_CLK_TCK"), "processes": len(ticks)}))
+"""
+
+
+def test_a_stopped_trial_is_waited_for_to_its_last_process(tmp_path):
+    # In a child process: adopting orphans lasts for the life of the process that asks.
+    from tests._proc import run_group
+
+    proc = run_group([sys.executable, "-c", _STOPPED_TRIAL_CPU, str(tmp_path)], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["adopt"] is True and got["status"] == "terminated" and got["processes"] >= 4
+    # Every process of the trial (launcher, launch.py, two ranks) was waited for by someone in
+    # the tree or by the adopter, so the total covers at least what the samples saw.
+    assert got["reaped"] >= got["sampled"] > 0
+    assert _trial_processes(tmp_path) == []
 
 
 def test_timeout_stops_the_trial(tmp_path, capsys):
