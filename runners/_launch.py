@@ -216,6 +216,7 @@ class TrialHandle:
         self._signal_group(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and (self.poll() is None or self._group_alive()):
+            self._reap_adopted()  # an adopted process that died is a zombie of ours until then
             time.sleep(0.05)
         if self._group_alive():
             self._signal_group(signal.SIGKILL)

@@ -134,9 +134,11 @@ while not any(r["step"] >= 3 for r in handle.new_metrics()) and handle.poll() is
     ticks.update(session_cpu_ticks([handle.pid]))
     time.sleep(0.2)
 ticks.update(session_cpu_ticks([handle.pid]))
+started = time.monotonic()
 handle.stop(grace_s=30)
 result = handle.finalize()
 print(json.dumps({"adopt": adopt, "status": result["status"], "reaped": handle.reaped_cpu_s,
+                  "stop_s": time.monotonic() - started,
                   "sampled": sum(ticks.values()) / os.sysconf("SC_CLK_TCK"), "processes": len(ticks)}))
 """
 
@@ -152,6 +154,7 @@ def test_a_stopped_trial_is_waited_for_to_its_last_process(tmp_path):
     # Every process of the trial (launcher, launch.py, two ranks) was waited for by someone in
     # the tree or by the adopter, so the total covers at least what the samples saw.
     assert got["reaped"] >= got["sampled"] > 0
+    assert got["stop_s"] < 15  # adopted processes that died are waited for, not mistaken for live ones
     assert _trial_processes(tmp_path) == []
 
 
