@@ -117,7 +117,7 @@ class PrunerConfig:
     """Successive halving / Hyperband: keep the best 1/rf of the trials at each rung."""
     min_resource: int | None = None
     """Tokens before the first rung (``None``: the base trial's first evaluation)."""
-    n_startup_trials: int = 2
+    n_startup_trials: int = 1
     """Trials that run to the end before any is pruned (successive halving and Hyperband: the
     study's first N trials; median: Optuna's count of finished trials)."""
 
