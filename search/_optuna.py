@@ -106,11 +106,16 @@ def make_pruner(sweep: SweepSpec) -> optuna.pruners.BasePruner:
 def _startup_guard(pruner: optuna.pruners.BasePruner, n_startup: int) -> optuna.pruners.BasePruner:
     """``pruner`` that lets the study's first ``n_startup`` trials run to the end.
 
-    With few trials, successive halving promotes only the best trial at a rung until three or more
-    have reached it (optuna/pruners/_successive_halving.py, ``_is_trial_promotable_to_next_rung``),
-    so the second trial of a study survives only if it beats the first. The guarded trials still go
+    Successive halving promotes only the best trial at a rung until ``2 * reduction_factor`` have
+    reached it (optuna/pruners/_successive_halving.py, ``_is_trial_promotable_to_next_rung``), so
+    the second trial of a study survives only if it beats the first. The guarded trials still go
     through the wrapped pruner, which records their rung values: they set the bar for later trials
     instead of being judged against each other, and the sampler learns from whole curves.
+
+    The default sweep guards one trial. On one worker that is the same as none for successive
+    halving (the first trial is alone at its rungs); with parallel workers it is not. On the
+    built-in task a second guarded trial found the same best loss for more tokens
+    (benchmarks/results/search_efficiency.md).
     """
     import optuna
 
