@@ -72,7 +72,11 @@ def build_model(spec: TrialSpec, vocab_size: int) -> Any:
     config = AutoConfig.for_model(**cfg)
     _set_dropout(config, spec.dropout)
     torch.manual_seed(spec.seed)  # identical initial weights for every layout of the same seed
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
+    # Initialise on the rank's GPU where there is one: the CPU's normal_() takes ~10 s per 150M
+    # parameters, longer than a short trial's training; DeepSpeed then finds the weights in place.
+    where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
+    with torch.device(where):
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
 
 
 def _set_dropout(config: Any, p: float) -> None:
@@ -94,6 +98,13 @@ def _peak_memory(device: Any) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def _peak_reserved(device: Any) -> int | None:
+    import torch
+
+    # What the caching allocator held from the driver (allocated + cached blocks); no CPU equivalent.
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
 
 
 def _evaluate(engine: Any, corpus: Corpus, batch: int) -> float:
@@ -131,6 +142,8 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
                          max_bytes=spec.max_data_bytes, eval_tokens=spec.eval_tokens,
                          seq_len=layout.seq_len, seed=spec.seed)
     model = build_model(spec, corpus.vocab_size)
+    if layout.checkpointing == "full":  # recompute every block in backward (Hugging Face's own hook)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=_param_groups(model, spec.hyperparams.weight_decay), config=ds_config)
     device = engine.device
@@ -146,7 +159,8 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     # Step 0: the untrained model's held-out loss, the start every learning curve is judged from.
     initial = {key: None for key in METRIC_KEYS} | {"step": 0, "tokens": 0, "elapsed_s": 0.0,
                                                    "eval_loss": _evaluate(engine, corpus, micro),
-                                                   "peak_mem_bytes": _peak_memory(device)}
+                                                   "peak_mem_bytes": _peak_memory(device),
+                                                   "peak_reserved_bytes": _peak_reserved(device)}
     records.append(initial)
     if rank == 0:
         emit(initial)
@@ -187,6 +201,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
                 "grad_norm": finite_or_none(own_norm if plain_grads else _grad_norm(engine)),
                 "tokens_per_s": interval_tokens / max(now - interval_start - eval_time, 1e-9),
                 "peak_mem_bytes": _peak_memory(device),
+                "peak_reserved_bytes": _peak_reserved(device),
             }
             interval_start, interval_tokens, eval_time = now, 0, 0.0
             records.append(record)

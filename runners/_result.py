@@ -121,6 +121,7 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
     speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
     speeds = speeds[1:] if len(speeds) > 2 else speeds  # the first interval pays for warm-up
     peaks = [r["peak_mem_bytes"] for r in records if r.get("peak_mem_bytes")]
+    reserved = [r["peak_reserved_bytes"] for r in records if r.get("peak_reserved_bytes")]
     return {
         "status": status,
         "reason": reason,
@@ -133,6 +134,7 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
         # Mean over logged intervals (bar the first), not the last one alone.
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         "peak_mem_bytes": max(peaks) if peaks else None,
+        "peak_reserved_bytes": max(reserved) if reserved else None,  # GPU only
         "elapsed_s": elapsed_s if elapsed_s is not None else last.get("elapsed_s"),
         "diverged_at_step": diverged_at_step,
         "stderr_tail": stderr_tail,
