@@ -5,7 +5,7 @@ Run, from the repository root:
     python benchmarks/gpu_check.py --budget-s 420     # a GPU: writes benchmarks/results/gpu_check.{md,json}
     bash benchmarks/gpu_check.sh                      # the same on a bare device machine (set-up included)
     python benchmarks/gpu_check.py --plan-only        # the grid and the planner's numbers, no trial
-    python benchmarks/gpu_check.py --smoke --out DIR  # CPU: a 2-rank and two 1-rank trials of a tiny model
+    python benchmarks/gpu_check.py --smoke --out DIR  # CPU: a 2-rank and a 1-rank trial of a tiny model
 
 Each row is one real ``trainplan run`` trial (its folder keeps the standard files: spec.json,
 ds_config.json, cmd.txt, metrics.jsonl, result.json, logs) of a Llama-style model with 32k
@@ -103,9 +103,8 @@ GPU_SEQ_LEN, GPU_STEPS, GPU_LR = 2048, 30, 3e-4
 
 SMOKE_GRID: list[Case | str] = [
     Case("trainplan-tiny", 2, 4, gpus=2),  # two CPU ranks (gloo)
-    Case("trainplan-tiny", 0, 4),
+    Case("trainplan-tiny", 0, 4, "full"),  # one rank; checkpointing reaches the model
     PLAIN,
-    Case("trainplan-tiny", 3, 4, "full"),
 ]
 SMOKE_SEQ_LEN, SMOKE_STEPS, SMOKE_LR = 64, 8, 3e-3
 
@@ -134,7 +133,7 @@ else:
 
 def device_info() -> dict[str, Any]:
     """The device, asked in a child process: this one must hold no GPU memory while trials run."""
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, cwd="/")
     info = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"kind": "cpu"}
     if info["kind"] == "cuda":
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -223,8 +222,8 @@ def estimate(spec: Any, gpu: str | None) -> dict[str, Any]:
     model = load_model(spec.model)
     lay = spec.layout
     fl = flops(model, lay.seq_len, lay.tokens_per_step, lay.checkpointing)
-    out: dict[str, Any] = {"parameters": count_parameters(model).total, "model_flops_per_token": fl.model_per_token,
-                           "hardware_flops_per_token": fl.hardware_per_token}
+    out: dict[str, Any] = {"parameters": count_parameters(model).total, "tokens_per_step": lay.tokens_per_step,
+                           "model_flops_per_token": fl.model_per_token, "hardware_flops_per_token": fl.hardware_per_token}
     if gpu is None:
         mem = estimate_memory(model, lay)
         return out | {"memory_bytes": mem.total, "memory": mem.breakdown(), "fits": None, "tokens_per_s": None,
@@ -237,11 +236,14 @@ def estimate(spec: Any, gpu: str | None) -> dict[str, Any]:
 
 
 # Trials -----------------------------------------------------------------------------------------
-def _run_group(argv: list[str], *, timeout: float, log: Path, env: dict[str, str] | None = None) -> int | None:
-    """Run ``argv`` in its own session, output to ``log``; past ``timeout`` kill the whole group (None)."""
+def _run_group(argv: list[str], *, timeout: float, log: Path) -> int | None:
+    """Run ``argv`` in its own session, output to ``log``; past ``timeout`` kill the whole group (None).
+
+    It runs in the log's folder, not the repository root: where trainplan is not installed but
+    imported through PYTHONPATH (gpu_check.sh), ``python -m`` would find the root's own
+    ``trainplan/`` first, which lacks the subpackages that pyproject.toml maps into it."""
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
-                                env=env)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -306,7 +308,7 @@ def measured_row(case: Case, est: dict[str, Any], tps: float | None, timed: int,
         "micro_batch": case.micro_batch, "checkpointing": case.checkpointing,
         "status": result.get("status"), "reason": result.get("reason", ""),
         "measured": {"peak_allocated_bytes": alloc, "peak_reserved_bytes": reserved, "tokens_per_s": tps,
-                     "steps_timed": timed, "step_time_s": (case.micro_batch * case.gpus / tps) if tps else None,
+                     "steps_timed": timed, "step_time_s": (est["tokens_per_step"] / tps) if tps else None,
                      "mfu": mfu, "startup_s": result.get("startup_s"), "loop_s": result.get("elapsed_s")},
         "estimate": est,
         "error_pct": {"memory_vs_allocated": pct(est["memory_bytes"], alloc),
@@ -366,7 +368,7 @@ def plain_loop(spec_path: Path, out: Path) -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            float(loss)  # one host sync per step
+            float(loss.detach())  # one host sync per step
             speeds.append(micro * accum * lay.seq_len / (time.perf_counter() - t0))
         timed = speeds[WARM_STEPS:] if len(speeds) > WARM_STEPS + 2 else speeds
         record.update(status="completed", tokens_per_s=statistics.median(timed), steps_timed=len(timed),
@@ -414,8 +416,8 @@ def run_plain(rows: list[dict[str, Any]], largest: str, work: Path, timeout: flo
 
 
 # Report -----------------------------------------------------------------------------------------
-def _f(value: float | None, fmt: str, scale: float = 1.0) -> str:
-    return "—" if value is None else format(value / scale, fmt)
+def _f(value: float | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    return "—" if value is None else format(value / scale, fmt) + unit
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -486,24 +488,26 @@ def render(report: dict[str, Any]) -> str:
     plain = report.get("plain_loop")
     lines += ["", "| target | result | met |", "|---|---|---|"]
     lines.append(f"| planner memory within 10% of max_memory_allocated, every completed row | "
-                 f"{s['memory_within_10pct']} (worst {_f(s['memory_worst_pct'], '+.1f')}%) | "
+                 f"{s['memory_within_10pct']} (worst {_f(s['memory_worst_pct'], '+.1f', unit=' %')}) | "
                  f"{_met(s['memory_within_10pct'])} |")
     lines.append(f"| planner tokens/s within 15%, every completed row | {s['tokens_per_s_within_15pct']} "
-                 f"(worst {_f(s['tokens_per_s_worst_pct'], '+.1f')}%) | {_met(s['tokens_per_s_within_15pct'])} |")
+                 f"(worst {_f(s['tokens_per_s_worst_pct'], '+.1f', unit=' %')}) | {_met(s['tokens_per_s_within_15pct'])} |")
     best = s["largest_best_mfu"]
     lines.append(f"| runner MFU >= 40%, {report['largest_model']} at its best micro-batch | "
-                 f"{_f(best, '.1f', 0.01)}% ({s['largest_best_trial'] or 'no completed trial'}) | "
+                 f"{_f(best, '.1f', 0.01, ' %')} ({s['largest_best_trial'] or 'no completed trial with an MFU'}) | "
                  f"{'—' if best is None else ('yes' if best >= 0.40 else 'no')} |")
     ratio = s["runner_vs_plain"]
     if plain and plain.get("status") == "completed":
         text = (f"{ratio:.3f}x ({plain['runner_tokens_per_s']:,.0f} vs {plain['tokens_per_s']:,.0f} tok/s, "
-                f"{plain['runner_trial']}; plain loop MFU {_f(plain.get('mfu'), '.1f', 0.01)}%)")
+                f"{plain['runner_trial']}; plain loop MFU {_f(plain.get('mfu'), '.1f', 0.01, ' %')})")
     else:
         text = f"not measured ({(plain or {}).get('status', 'no completed ZeRO-0 trial of the largest model')})"
     lines.append(f"| runner tokens/s >= 0.95x plain PyTorch, same model and batch | {text} | "
                  f"{'—' if ratio is None else ('yes' if ratio >= 0.95 else 'no')} |")
-    lines += ["", "Errors are (estimate - measured) / measured. The plain loop (bf16 autocast over fp32 weights, "
-              "fused torch AdamW, same clipping and checkpointing, one host sync per step) runs in a child "
+    how = f"{plain['precision']}, {plain['optimizer']}" if plain and plain.get("precision") else "bf16 autocast"
+    lines += ["", "Errors are (estimate - measured) / measured; the JSON file also has the memory error against "
+              f"max_memory_reserved. The plain loop ({how}, the same model, data, batch, clipping and "
+              "checkpointing, one host sync per step) runs in a child "
               "process of this script on the same device, right after the trials it is compared with, so that "
               "this process holds no GPU memory while trials run. The full record of every trial (its "
               "result.json and spec.json, the planner's terms) is the JSON file beside this one."]
@@ -595,7 +599,8 @@ def main() -> int:
             if args.plan_only:
                 continue
             big = [r for r in report["trials"] if r["model"] == largest and r["status"] == "completed"]
-            guess = overhead + steps * max((r["measured"]["step_time_s"] or 0) for r in big) * 2 if big else 0
+            # No launcher and no engine: imports, data, model and the steps.
+            guess = 20 + steps * max((r["measured"]["step_time_s"] or 0) for r in big) * 2 if big else 0
             nxt = next((i for i, c in enumerate(pending) if isinstance(c, Case) and c.model == largest), None)
             if not big and nxt is not None:
                 pending.insert(nxt + 1, PLAIN)  # after the next trial of the largest model

@@ -12,10 +12,12 @@
 #    It installs the missing wheels into /tmp/site (no network there), puts this tree on PYTHONPATH
 #    under the trainplan namespace, runs the check with what is left of GPU_CHECK_TOTAL_S (450 s,
 #    set-up included) minus time to copy, and leaves in $OUT: gpu_check.md, gpu_check.json,
-#    trials.tar.gz (every trial folder, the plain loop's record, the logs) and gpu_check.log.
+#    trials.tar.gz (every trial folder, the grid models' config.json, the plain loop's record, the
+#    logs) and gpu_check.log.
 #    Then copy gpu_check.md and gpu_check.json into benchmarks/results/ and commit them.
 #
-# Here, the same path runs on the CPU as a rehearsal: GPU_CHECK_ARGS=--smoke OUT=/tmp/x bash benchmarks/gpu_check.sh
+# Here, the same path runs on the CPU as a rehearsal (GPU_CHECK_TMP keeps its scratch apart):
+#     GPU_CHECK_ARGS=--smoke GPU_CHECK_TMP=/tmp/x OUT=/tmp/x/out bash benchmarks/gpu_check.sh
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -43,6 +45,7 @@ TOTAL_S=${GPU_CHECK_TOTAL_S:-450}
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+tee_pid=$!
 echo "== set-up ($(date -u +%H:%M:%S)); $(nvidia-smi -L 2>/dev/null | head -1)"
 
 # Wheels for what this python lacks: one pip list, then the missing ones only (the image's own
@@ -69,7 +72,9 @@ for p in planner runners search reports; do ln -s "$PWD/$p" "$TMP/tp/trainplan/$
 export PYTHONPATH=$TMP/tp:$TMP/site${PYTHONPATH:+:$PYTHONPATH}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$TMP/torch_extensions} PYTHONUNBUFFERED=1
 export GPU_CHECK_REV=$(cat .whl/REV 2>/dev/null || echo unknown)
-$PY -c "import torch, transformers, deepspeed, trainplan.runners; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)" || exit 1
+# (From $TMP: python -c/-m put the working folder first on sys.path, and the root's trainplan/ lacks
+# the subpackages.)
+(cd "$TMP" && $PY -c "import torch, transformers, deepspeed, trainplan.runners; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)") || exit 1
 
 budget=$(( TOTAL_S - ($(date +%s) - T0) - 20 ))  # 20 s to pack and copy
 echo "== check, budget ${budget} s"
@@ -79,6 +84,8 @@ timeout -k 10 $(( budget + 60 )) $PY benchmarks/gpu_check.py --budget-s "$budget
 code=$?
 echo "== gpu_check.py exit $code; copying to $OUT ($(( $(date +%s) - T0 )) s since start)"
 cp "$TMP/gpu-check-results/gpu_check.md" "$TMP/gpu-check-results/gpu_check.json" "$OUT/" 2>/dev/null
-tar -czf "$OUT/trials.tar.gz" -C "$TMP/gpu-check" trials plain logs specs 2>/dev/null
+tar -czf "$OUT/trials.tar.gz" -C "$TMP/gpu-check" trials plain logs specs models 2>/dev/null
 ls -la "$OUT"
+exec >&- 2>&-
+wait "$tee_pid" 2>/dev/null  # the log complete before the device tool collects $OUT
 exit $code
