@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.safe import mask_argv, mask_url, redact
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -79,12 +80,22 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, load_if_exists=True,
                                 directions=sweep.directions, sampler=make_sampler(sweep),
                                 pruner=make_pruner(sweep))
+    done = len(study.get_trials(deepcopy=False))
+    if done:
+        # A resumed study: a sampler seeded as on the first run would replay its suggestions
+        # (TPE's and random's start-up draws come from the seed alone), so offset it by the trials
+        # already there; the first run, and every rerun with the same history, stay reproducible.
+        study.sampler = make_sampler(sweep, seed_offset=done)
     have = [d.name.lower() for d in study.directions]
     if have != sweep.directions:
         raise UsageError("objectives", f"study {sweep.study_name!r} exists with directions {have}; "
                                        f"these objectives need {sweep.directions} (use another study_name)")
-    study.set_user_attr("sweep", sweep.to_dict())
-    study.set_user_attr("command", list(command or sys.argv))
+    # Reports get shared: a storage password never goes into the study (trainplan.safe).
+    record = sweep.to_dict()
+    if record.get("storage"):
+        record["storage"] = mask_url(record["storage"])
+    study.set_user_attr("sweep", record)
+    study.set_user_attr("command", mask_argv(command or sys.argv))
     study.set_user_attr("environment", _environment())
     study.set_user_attr("objectives", {"names": list(sweep.objectives), "directions": sweep.directions})
     return study
@@ -227,7 +238,7 @@ def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseExceptio
     try:
         if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
             trial.set_user_attr("status", "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed")
-            trial.set_user_attr("reason", f"search error: {type(exc).__name__}: {exc}"[:500])
+            trial.set_user_attr("reason", redact(f"search error: {type(exc).__name__}: {exc}")[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
         pass
@@ -302,5 +313,5 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
         guard.close()
     if errors:
         raise errors[0]
-    return SearchResult(study_name=sweep.study_name, storage=url, run_dir=run_dir,
+    return SearchResult(study_name=sweep.study_name, storage=mask_url(url) or url, run_dir=run_dir,
                         counts=status_counts(study), best=best_trials(study))

@@ -64,14 +64,28 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
            fmt: str, no_progress: bool) -> None:
     """Run (or resume) an Optuna sweep over real DeepSpeed trials; SWEEP_FILE defaults to the
     built-in sweep (a few minutes on a CPU)."""
+    from trainplan.safe import mask_argv, mask_url, remember_url, storage_from_env
     from trainplan.search import export_trials, run_search
 
+    storage = storage_from_env(storage)
     sweep = _load(sweep_file, {
         "study_name": study_name, "storage": storage, "workers": workers, "budget.n_trials": n_trials,
         "budget.timeout_s": timeout_s, "budget.max_gpu_hours": max_gpu_hours, "sampler.type": sampler,
         "pruner.type": pruner, "sampler.seed": seed,
     })
-    result = run_search(sweep, run_dir=run_dir, command=["trainplan", *sys.argv[1:]], progress=not no_progress)
+    remember_url(sweep.storage)  # a password in the sweep file is masked everywhere too
+    _check_workers(sweep)
+    command = ["trainplan", *sys.argv[1:]]
+    try:
+        with _signals_interrupt():
+            result = run_search(sweep, run_dir=run_dir, command=command, progress=not no_progress)
+    except KeyboardInterrupt:
+        # The workers recorded their running trials as terminated and queued them again.
+        import shlex
+
+        click.echo("trainplan: interrupted; the running trials were recorded as terminated and will be retried. "
+                   f"Resume with: {shlex.join(mask_argv(command))}", err=True)
+        raise click.exceptions.Exit(130) from None
     if export_path is not None:
         import optuna
 
@@ -85,7 +99,7 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
                               indent=2, default=str))
         return
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-    click.echo(f"study {result.study_name} ({result.storage}): {counts}")
+    click.echo(f"study {result.study_name} ({mask_url(result.storage)}): {counts}")
     if not result.best:
         from trainplan.errors import TrainplanError
 
@@ -114,19 +128,22 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
     import optuna
 
     from trainplan.errors import UsageError
+    from trainplan.safe import csv_cell, mask_url, remember_url, storage_from_env
     from trainplan.search import export_trials, open_storage, search_dir, storage_url, trials_frame
+    from trainplan.search._optuna import existing_storage_file
 
-    sweep = _load(sweep_file, {"study_name": study_name, "storage": storage})
+    sweep = _load(sweep_file, {"study_name": study_name, "storage": storage_from_env(storage)})
+    remember_url(sweep.storage)
     run_dir = run_dir or search_dir(sweep)
     url = storage_url(sweep.storage, run_dir)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise UsageError("--storage", f"no study database at {url.removeprefix('sqlite:///')}; run `trainplan search` first")
+    existing_storage_file(url, "--storage")  # never create a storage just to read it
     store = open_storage(sweep.storage, run_dir, sweep)
     try:
         study = optuna.load_study(study_name=sweep.study_name, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise UsageError("--study-name", f"no study {sweep.study_name!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
+        raise UsageError("--study-name", f"no study {sweep.study_name!r} in {mask_url(url)}; "
+                                         f"studies there: {', '.join(names) or 'none'}") from None
     if output != "-":
         click.echo(str(export_trials(study, output, fmt)), err=True)
         return
@@ -138,4 +155,36 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
         click.echo(frame.to_json(orient="records", indent=2))
     else:
         frame["curve"] = [json.dumps(c) for c in frame.get("curve", [])]
-        click.echo(frame.to_csv(index=False), nl=False)
+        click.echo(frame.map(csv_cell).to_csv(index=False), nl=False)
+
+
+def _check_workers(sweep: Any) -> None:
+    """On a CPU machine each trial's ranks are processes: more of them than cores only thrash."""
+    import os
+
+    from trainplan.cli.run import gpu_present
+    from trainplan.errors import UsageError
+
+    cores = os.cpu_count() or 1
+    ranks = sweep.workers * sweep.hardware.gpus_per_trial
+    if not gpu_present() and ranks > cores:
+        raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
+                                      f"exceed this machine's {cores} CPU cores (no GPU here)")
+
+
+class _signals_interrupt:
+    """SIGTERM and SIGHUP end the search as Ctrl-C does: trials stopped, recorded, queued again."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        self._old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
