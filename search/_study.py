@@ -101,12 +101,13 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     return study
 
 
-def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int]:
-    """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end any process
-    group of theirs still alive. Returns the numbers reclaimed."""
+def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Path | None = None) -> list[int]:
+    """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end what is left
+    of their processes, verified (and, given ``run_dir``, only trials whose folder lies in it).
+    Returns the numbers reclaimed."""
     import optuna
 
-    from trainplan.search._guard import kill_group, process_start_ticks
+    from trainplan.search._guard import kill_trial_processes, process_start_ticks
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -115,11 +116,19 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int
             continue
         if process_start_ticks(worker["pid"]) == worker.get("start"):
             continue  # the worker lives
-        if worker.get("pgid"):
-            kill_group(int(worker["pgid"]))
+        # The stored record is not trusted: only processes that verifiably are this trial's (the
+        # leader's start time, the trial's own spec path on each command line) are ended.
+        folder = t.user_attrs.get("trial_dir")
+        if run_dir is not None and folder and not _inside(folder, run_dir):
+            folder = None  # a record naming another run's folder is not this search's to end
+        kill_trial_processes(worker, folder)
         if _fail_and_retry(study, sweep, t, "its worker died; retried"):
             out.append(t.number)
     return out
+
+
+def _inside(folder: str, run_dir: Path) -> bool:
+    return Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(run_dir))
 
 
 def reclaim_silent_trials(study: optuna.Study, sweep: SweepSpec, now: float | None = None) -> list[int]:
@@ -165,7 +174,7 @@ def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.Froze
     return True
 
 
-def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | None | bool:
+def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None = None) -> optuna.Trial | None | bool:
     """A trial to run, ``None`` when the budget is spent, ``False`` to wait (others still run)."""
     import optuna
 
@@ -175,7 +184,7 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
     states = optuna.trial.TrialState
     with claim_lock(study._storage, url, sweep.study_name):
         # Local first: it knows the worker died (not just went quiet) and records why.
-        reclaim_dead_local_trials(study, sweep)
+        reclaim_dead_local_trials(study, sweep, run_dir)
         reclaim_silent_trials(study, sweep)
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -215,7 +224,7 @@ def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guar
     try:
         env = worker_devices(index, sweep)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            trial = _claim(study, sweep, url)
+            trial = _claim(study, sweep, url, run_dir)
             if trial is None:
                 return
             if trial is False:
@@ -304,6 +313,10 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                 bar.refresh()
             bar.refresh()
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            from trainplan.cli._signals import ignore_signals
+
+            ignore_signals()  # a second Ctrl-C must not cut the workers' cleanup short
         stop.set()  # each worker stops its trial's process group and records it as terminated
         for thread in threads:
             thread.join(timeout=30)

@@ -76,8 +76,11 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
     remember_url(sweep.storage)  # a password in the sweep file is masked everywhere too
     _check_workers(sweep)
     command = ["trainplan", *sys.argv[1:]]
+    from trainplan.cli._signals import interrupt_on_signals
+
+    signals = interrupt_on_signals()
     try:
-        with _signals_interrupt():
+        with signals:
             result = run_search(sweep, run_dir=run_dir, command=command, progress=not no_progress)
     except KeyboardInterrupt:
         # The workers recorded their running trials as terminated and queued them again.
@@ -85,7 +88,7 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
 
         click.echo("trainplan: interrupted; the running trials were recorded as terminated and will be retried. "
                    f"Resume with: {shlex.join(mask_argv(command))}", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(signals.exit_code) from None
     if export_path is not None:
         import optuna
 
@@ -171,20 +174,3 @@ def _check_workers(sweep: Any) -> None:
         raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
                                       f"exceed this machine's {cores} CPU cores (no GPU here)")
 
-
-class _signals_interrupt:
-    """SIGTERM and SIGHUP end the search as Ctrl-C does: trials stopped, recorded, queued again."""
-
-    def __enter__(self) -> None:
-        import signal
-
-        def interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-
-        self._old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-    def __exit__(self, *exc: Any) -> None:
-        import signal
-
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
