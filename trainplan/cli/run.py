@@ -132,6 +132,10 @@ def run(**options: Any) -> None:
     spec = resolve_spec(options)
     if options["hostfile"] and not Path(options["hostfile"]).is_file():
         raise UsageError("--hostfile", f"{options['hostfile']} does not exist")
+    if options["out"]:
+        _check_out(Path(options["out"]))
+    if not (options["hostfile"] or options["include"]):  # other hosts have their own cores
+        _check_ranks(spec)
     trial_dir = Path(options["out"]) if options["out"] else new_run_dir("run")
     launch = dict(include=options["include"], hostfile=options["hostfile"])
     if options["dry_run"]:
@@ -145,14 +149,38 @@ def run(**options: Any) -> None:
     if not ops_compiled():
         say("first DeepSpeed run on this machine: compiling its C++ ops (about 100 s on a small CPU); "
             "later runs start in seconds")
-    handle = launch_trial(spec, trial_dir, **launch)
+    from trainplan.cli._signals import ignore_signals, interrupt_on_signals
+    from trainplan.runners import adopt_orphans
+    from trainplan.search._guard import OrphanGuard
+
+    # As for search trials: the watchdog ends the trial's process group if this process dies
+    # (even by SIGKILL); SIGTERM/SIGINT/SIGHUP stop the whole tree here and record `terminated`.
+    adopt_orphans()  # a stopped trial's ranks come back here to be waited for, not to init
+    guard = OrphanGuard()
+    signals = interrupt_on_signals()
+    handle = None
     try:
-        _follow(handle, spec, quiet=options["quiet"])
+        with signals:
+            handle = launch_trial(spec, trial_dir, **launch)
+            guard.watch(handle.pid)
+            _follow(handle, spec, quiet=options["quiet"])
     except KeyboardInterrupt:
+        ignore_signals()  # a second signal must not cut the stop short
+        if handle is None:
+            guard.close()
+            raise click.exceptions.Exit(signals.exit_code) from None
         handle.stop(10.0)
         result = handle.finalize()
+        guard.release(handle.pid)
+        guard.close()
         click.echo(json.dumps(result, indent=2))
-        raise click.exceptions.Exit(130) from None
+        say(_summary(result, trial_dir))
+        raise click.exceptions.Exit(signals.exit_code) from None
+    except BaseException:
+        guard.close()
+        raise
+    guard.release(handle.pid)
+    guard.close()
     result = handle.finalize()
     click.echo(json.dumps(result, indent=2))
     say(_summary(result, trial_dir))
@@ -206,3 +234,23 @@ def _summary(result: dict[str, Any], trial_dir: Path) -> str:
     if result.get("reason"):
         text += f" ({result['reason']})"
     return f"{text}; trial folder: {trial_dir}"
+
+
+def _check_out(path: Path) -> None:
+    """``--out`` is a new or empty folder, or a trial folder (whose earlier files are kept as
+    ``<name>.N``): never a folder of someone's other files."""
+    from trainplan.runners._launch import is_trial_dir
+
+    if path.exists() and not path.is_dir():
+        raise UsageError("--out", f"{path} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_trial_dir(path):
+        raise UsageError("--out", f"{path} is not empty and holds no trial (no spec.json); give a new or empty "
+                                  "folder, or a trial folder to rerun in")
+
+
+def _check_ranks(spec: Any) -> None:
+    """On the CPU each rank is a process: more ranks than cores only thrash (and gloo may time out)."""
+    cores = os.cpu_count() or 1
+    if not gpu_present() and spec.layout.gpus > cores:
+        raise UsageError("--gpus", f"{spec.layout.gpus} CPU ranks exceed this machine's {cores} cores (no GPU here); "
+                                   f"use --gpus 1..{cores}")
