@@ -317,7 +317,8 @@ def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | 
                   include: str | None = None, hostfile: str | None = None) -> list[str]:
     """Validate ``spec`` and write ``spec.json``, ``ds_config.json`` and ``cmd.txt``; return the command."""
     spec.validate()
-    check_data(spec.data)
+    check_data(spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer, max_bytes=spec.max_data_bytes,
+               seq_len=spec.layout.seq_len, eval_tokens=spec.eval_tokens)
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     rotate_trial_files(trial_dir)  # a reused folder must not mix two trials' records, nor lose one

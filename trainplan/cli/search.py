@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from trainplan.cli._types import Count, Finite
+
 __all__ = ["search", "trials"]
 
 _common = [
@@ -46,13 +48,13 @@ def _load(sweep_file: Path | None, overrides: dict[str, Any]):  # type: ignore[n
 
 @click.command("search")
 @_apply(_common)
-@click.option("--n-trials", type=int, help="Trials in the study, counted across restarts (overrides budget.n_trials).")
-@click.option("--timeout", "timeout_s", type=float, help="Start no trial after this many seconds (budget.timeout_s).")
-@click.option("--max-gpu-hours", type=float, help="Start no trial once the study used this many GPU-hours.")
-@click.option("--workers", type=int, help="Trials run at once by this command (default: the sweep's workers).")
+@click.option("--n-trials", type=Count(1, 10**7), help="Trials in the study, counted across restarts (overrides budget.n_trials).")
+@click.option("--timeout", "timeout_s", type=Finite(0, 10**9, low_open=True), help="Start no trial after this many seconds (budget.timeout_s).")
+@click.option("--max-gpu-hours", type=Finite(0, 10**12, low_open=True), help="Start no trial once the study used this many GPU-hours.")
+@click.option("--workers", type=Count(1, 4096), help="Trials run at once by this command (default: the sweep's workers).")
 @click.option("--sampler", help="tpe, gp, cmaes, random or grid (overrides sampler.type).")
 @click.option("--pruner", help="successive_halving, hyperband, median or none (overrides pruner.type).")
-@click.option("--seed", type=int, help="Sampler seed (overrides sampler.seed).")
+@click.option("--seed", type=Count(0, 2**32 - 1), help="Sampler seed (overrides sampler.seed).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the trial table here at the end (.csv, .parquet or .json).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -75,6 +77,7 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
     })
     remember_url(sweep.storage)  # a password in the sweep file is masked everywhere too
     _check_workers(sweep)
+    _check_data(sweep)
     command = ["trainplan", *sys.argv[1:]]
     from trainplan.cli._signals import interrupt_on_signals
 
@@ -174,3 +177,14 @@ def _check_workers(sweep: Any) -> None:
         raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
                                       f"exceed this machine's {cores} CPU cores (no GPU here)")
 
+
+
+def _check_data(sweep: Any) -> None:
+    """The base trial's data is read and checked once, before any trial: bad data would otherwise
+    be found by every trial of the sweep in turn."""
+    from trainplan.runners._data import check_data
+    from trainplan.search import resolve_trial
+
+    spec = resolve_trial(sweep, {})
+    check_data(spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer, max_bytes=spec.max_data_bytes,
+               seq_len=spec.layout.seq_len, eval_tokens=spec.eval_tokens)
