@@ -9,11 +9,12 @@ The message names the flag (click adds it) and the allowed range.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import click
 
-__all__ = ["MAX_COUNT", "Count", "Finite"]
+__all__ = ["MAX_COUNT", "Count", "Finite", "check_output_file"]
 
 MAX_COUNT = 2**30
 """Ceiling of a count flag (GPUs, steps, batch sizes): ~1e9, beyond any real training run."""
@@ -55,3 +56,19 @@ class Finite(click.ParamType):
 def Count(low: int = 1, high: int = MAX_COUNT) -> click.IntRange:  # noqa: N802 - reads as a type
     """An integer in ``[low, high]``."""
     return click.IntRange(low, high)
+
+
+def check_output_file(path: str | Path | None, flag: str, suffixes: tuple[str, ...] = ()) -> None:
+    """A file the command will write: its folder exists, it is not a folder, and (given
+    ``suffixes``) it has one of them. Checked before anything long runs."""
+    from trainplan.errors import UsageError
+
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(flag, f"{path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UsageError(flag, f"folder {path.parent} does not exist")
+    if suffixes and path.suffix.lower().lstrip(".") not in suffixes:
+        raise UsageError(flag, f"{path.name}: the suffix must be one of {', '.join('.' + s for s in suffixes)}")

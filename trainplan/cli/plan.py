@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from trainplan.cli._types import Count, Finite
+from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
@@ -129,6 +129,8 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
     o["zero"] = int(o["zero"])
+    check_output_file(o["ds_config"], "--ds-config")
+    check_output_file(o["report"], "--report")
     model = load_model(o["model"])
     gpu = load_gpu(o["gpu"])
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None

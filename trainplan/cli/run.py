@@ -130,7 +130,12 @@ def run(**options: Any) -> None:
     from trainplan.paths import new_run_dir
     from trainplan.runners import launch_trial, ops_compiled, prepare_trial
 
+    from trainplan.runners._data import check_data
+
     spec = resolve_spec(options)
+    # The data is read and checked here, before any process starts (launch_trial checks it again).
+    check_data(spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer, max_bytes=spec.max_data_bytes,
+               seq_len=spec.layout.seq_len, eval_tokens=spec.eval_tokens)
     if options["hostfile"] and not Path(options["hostfile"]).is_file():
         raise UsageError("--hostfile", f"{options['hostfile']} does not exist")
     if options["out"]:

@@ -76,6 +76,10 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
         "pruner.type": pruner, "sampler.seed": seed,
     })
     remember_url(sweep.storage)  # a password in the sweep file is masked everywhere too
+    from trainplan.cli._types import check_output_file
+    from trainplan.search import EXPORT_FORMATS
+
+    check_output_file(export_path, "--export", EXPORT_FORMATS)  # before the sweep, not after it
     _check_workers(sweep)
     _check_data(sweep)
     command = ["trainplan", *sys.argv[1:]]
@@ -151,6 +155,9 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
         raise UsageError("--study-name", f"no study {sweep.study_name!r} in {mask_url(url)}; "
                                          f"studies there: {', '.join(names) or 'none'}") from None
     if output != "-":
+        from trainplan.cli._types import check_output_file
+
+        check_output_file(output, "--output")
         click.echo(str(export_trials(study, output, fmt)), err=True)
         return
     fmt = fmt or "csv"
