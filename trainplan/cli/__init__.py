@@ -61,6 +61,36 @@ def _say(text: str) -> None:
     click.echo(" ".join(redact(str(text)).split()) if "\n" in str(text) else redact(str(text)), err=True)
 
 
+def _flag(param: click.Parameter | None) -> str | None:
+    if param is None:
+        return None
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)  # --output rather than -o
+    return (param.name or "").upper() or None
+
+
+def _click_error(exc: click.UsageError) -> str:
+    """Click's usage errors in trainplan's one shape, ``trainplan: error: <flag>: <message>``."""
+    flag, message = None, exc.format_message()
+    if isinstance(exc, click.NoSuchOption):
+        flag = exc.option_name
+        message = "no such option" + (f"; did you mean {', '.join(sorted(exc.possibilities))}?"
+                                      if exc.possibilities else "")
+    elif isinstance(exc, click.BadParameter):  # MissingParameter included
+        flag = _flag(exc.param)
+        if flag and isinstance(exc, click.MissingParameter):
+            message = "missing; " + ("give a value" if exc.param_type != "argument" else "required")
+        elif flag:
+            message = exc.message
+    elif isinstance(exc, click.BadOptionUsage):
+        flag = exc.option_name
+        message = exc.message
+    if flag:
+        return f"trainplan: error: {flag}: {message}"
+    verb = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.info_name != "trainplan" else ""
+    return f"trainplan{verb}: error: {message}"
+
+
 def _file_error(exc: OSError | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"input is not valid {exc.encoding} text (byte {exc.start}); give a UTF-8 file"
@@ -85,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         if debug:
             raise
-        verb = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.info_name != "trainplan" else ""
-        _say(f"trainplan{verb}: error: {exc.format_message()}")
+        _say(_click_error(exc))
         return 2
     except UsageError as exc:
         if debug:

@@ -62,7 +62,7 @@ def _sqlite_dir(storage: str) -> Path | None:
               help="Folder for report.html and report_data/ (default: the study's run folder).")
 @click.option("--gpu", metavar="NAME", help="Target GPU from the catalog (default: the sweep's hardware.gpu).")
 @click.option("--tokens", metavar="N", help="Token budget of the full run, e.g. 300B (default: compute-optimal).")
-@click.option("--top-k", type=click.IntRange(1, 10**7), metavar="K", help="Learning curves shown when the page opens (default: all).")
+@click.option("--top-k", type=int, metavar="K", help="Learning curves shown when the page opens (default: all).")
 @click.option("--generated", metavar="TEXT", help="Text of the page's 'generated' line (default: last trial end).")
 def report(storage: str | None, study_name: str | None, out_dir: Path | None, gpu: str | None,
            tokens: str | None, top_k: int | None, generated: str | None) -> None:
