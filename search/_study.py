@@ -281,6 +281,11 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
             for t in chosen]
 
 
+STOP_WAIT_S = 120.0
+"""How long an interrupted search waits for its workers to stop their trials and record them
+(a trial's stop grace is 5 s; on a loaded machine its ranks take longer to exit)."""
+
+
 def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[str] | None = None,
                progress: bool = True) -> SearchResult:
     """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
@@ -297,8 +302,18 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
     stop, errors = threading.Event(), []
     adopt_orphans()  # a stopped trial's ranks come back here to be waited for: exact CPU-seconds
     guard = OrphanGuard()
-    threads = [threading.Thread(target=_worker, name=f"trainplan-worker-{i}", daemon=True,
-                                args=(study, sweep, run_dir, url, guard, stop, deadline, errors, i))
+    # Each worker says it is done through an Event: a Thread.join that Ctrl-C interrupts can leave
+    # a live thread marked stopped (seen here on CPython 3.11: is_alive() False while the worker
+    # was still stopping its trial), and the search then exited with the trial left RUNNING.
+    dones = [threading.Event() for _ in range(sweep.workers)]
+
+    def work(i: int) -> None:
+        try:
+            _worker(study, sweep, run_dir, url, guard, stop, deadline, errors, i)
+        finally:
+            dones[i].set()
+
+    threads = [threading.Thread(target=work, name=f"trainplan-worker-{i}", daemon=True, args=(i,))
                for i in range(sweep.workers)]
     bar = SearchProgress(study, sweep, enabled=progress)
     try:
@@ -307,9 +322,9 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                 thread.start()
                 if i + 1 < len(threads):
                     time.sleep(0.5)  # stagger: the first proposals are not all drawn at once
-            while any(t.is_alive() for t in threads):
-                for thread in threads:
-                    thread.join(timeout=1.0)
+            while not all(done.is_set() for done in dones):
+                for done in dones:
+                    done.wait(timeout=1.0)
                 bar.refresh()
             bar.refresh()
     except KeyboardInterrupt:
@@ -318,8 +333,8 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
 
             ignore_signals()  # a second Ctrl-C must not cut the workers' cleanup short
         stop.set()  # each worker stops its trial's process group and records it as terminated
-        for thread in threads:
-            thread.join(timeout=30)
+        for done in dones:
+            done.wait(timeout=STOP_WAIT_S)
         raise
     finally:
         stop.set()
