@@ -64,7 +64,7 @@ def pg_with_password() -> Iterator[tuple[str, str]]:
 
 
 def _cli(*args: str, runs: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return run_group([sys.executable, "-m", "trainplan", *args], timeout=300, cwd=cwd,
+    return run_group([sys.executable, "-m", "trainplan", *args], timeout=600, cwd=cwd,
                      env={**cli_env(runs), **(env or {})})
 
 
@@ -75,8 +75,9 @@ def _leaks(text: str) -> bool:
 def test_password_in_no_output_attribute_or_file(tmp_path: Path, pg_with_password, make_sweep) -> None:
     url, bare = pg_with_password
     runs = tmp_path / "runs"
-    sweep = make_sweep(tmp_path, "secret", sampler={"type": "random", "seed": 1}, pruner={"type": "none"},
-                       budget={"n_trials": 1})
+    # One real trial, as short as a trial gets (2 steps): what matters is what the search writes.
+    sweep = make_sweep(tmp_path, "secret", base_changes={"tokens": 1024, "evals_per_trial": 1, "eval_tokens": 512},
+                       sampler={"type": "random", "seed": 1}, pruner={"type": "none"}, budget={"n_trials": 1})
     outputs = []
     # 1. The password in the URL on the command line: a real trial, the summary, the export.
     proc = _cli("search", str(sweep), "--storage", url, "--no-progress", "--export", str(tmp_path / "t.csv"),
@@ -107,7 +108,8 @@ def test_password_in_no_output_attribute_or_file(tmp_path: Path, pg_with_passwor
         assert not _leaks(proc.stdout) and not _leaks(proc.stderr), (proc.args[3:5], proc.stdout[-500:], proc.stderr[-500:])
 
     study = optuna.load_study(study_name="secret", storage=url)
-    attrs = json.dumps([study.user_attrs, study.system_attrs] + [t.user_attrs for t in study.trials], default=str)
+    system = study._storage.get_study_system_attrs(study._study_id)
+    attrs = json.dumps([study.user_attrs, system] + [[t.user_attrs, t.system_attrs] for t in study.trials], default=str)
     assert "--storage" in attrs and "***" in attrs  # the command was recorded, masked
     assert not _leaks(attrs)
     files = [p for root in (runs, tmp_path / "report") for p in root.rglob("*") if p.is_file()]
