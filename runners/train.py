@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     began = time.perf_counter()
     metrics = None
-    if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record, not an appended one
-        (trial_dir / "result.json").unlink(missing_ok=True)
+    if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record; the earlier one is kept as .N
+        from trainplan.runners._launch import rotate_trial_files
+
+        rotate_trial_files(trial_dir, ("metrics.jsonl", "result.json"))
         metrics = open(trial_dir / "metrics.jsonl", "w")
 
     def emit(record: dict[str, Any]) -> None:

@@ -87,8 +87,10 @@ def export_trials(study: optuna.Study, path: str | Path, fmt: str | None = None)
         return path
     # Columnar formats hold the curve as JSON text: a list of mixed numbers and nulls per cell.
     frame["curve"] = [json.dumps(c) for c in frame.get("curve", [])]
-    if fmt == "csv":
-        frame.to_csv(path, index=False)
+    if fmt == "csv":  # text cells that a spreadsheet would run as formulas are neutralised
+        from trainplan.safe import csv_cell
+
+        frame.map(csv_cell).to_csv(path, index=False)
     else:
         try:
             frame.to_parquet(path, index=False)

@@ -155,7 +155,8 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     pgid = handle.pid
     if guard is not None:
         guard.watch(pgid)
-    trial.set_user_attr("worker", {**worker, "pgid": pgid})
+    # The launcher's start time too: a later search ends this group only if it is still this one.
+    trial.set_user_attr("worker", {**worker, "pgid": pgid, "leader_start": process_start_ticks(pgid)})
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
     curve: list[list[Any]] = []
     cpu: dict[int, int] = {}

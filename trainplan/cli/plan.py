@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
@@ -101,33 +102,35 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.command()
 @click.option("--model", required=True, help="Preset name (see `trainplan models`), a config.json or folder, or a hub id.")
 @click.option("--gpu", default="h100-sxm", show_default=True, help="GPU from the catalog (see `trainplan gpus`).")
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Total GPUs.")
-@click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
-@click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per GPU per step.")
-@click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Micro-batches per optimizer step [1].")
-@click.option("--global-batch", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step (sets --grad-accum).")
+@click.option("--gpus", type=Count(), default=1, show_default=True, help="Total GPUs.")
+@click.option("--gpus-per-node", type=Count(1, 1024), default=8, show_default=True)
+@click.option("--seq-len", type=Count(1, 2**24), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
+@click.option("--micro-batch", type=Count(), default=1, show_default=True, help="Sequences per GPU per step.")
+@click.option("--grad-accum", type=Count(), default=None, help="Micro-batches per optimizer step [1].")
+@click.option("--global-batch", type=Count(), default=None, help="Sequences per optimizer step (sets --grad-accum).")
 @click.option("--tokens", default=None, help="Training tokens, e.g. 300B or 2T [compute-optimal].")
 @click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True)
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")
-@click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="Pipeline-parallel degree.")
+@click.option("--tp", type=Count(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--pp", type=Count(1, 1024), default=1, show_default=True, help="Pipeline-parallel degree.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
 @click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default="none", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--mfu", type=float, default=None, help="Compute efficiency to assume, 0-1 [by model width].")
-@click.option("--price", type=float, default=None, help="USD per GPU-hour [catalog default].")
+@click.option("--mfu", type=Finite(0, 1, low_open=True), default=None, help="Compute efficiency to assume, 0-1 [by model width].")
+@click.option("--price", type=Finite(0, 1e6), default=None, help="USD per GPU-hour [catalog default].")
 @click.option("--recommend", is_flag=True, help="Search layouts and rank those that fit.")
-@click.option("--max-gpus", type=click.IntRange(min=1), default=64, show_default=True, help="With --recommend.")
+@click.option("--max-gpus", type=Count(), default=64, show_default=True, help="With --recommend.")
 @click.option("--optimize", type=click.Choice(["time", "cost", "gpus"]), default="time", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Layouts shown with --recommend.")
+@click.option("--top", type=Count(1, 10**6), default=5, show_default=True, help="Layouts shown with --recommend.")
 @click.option("--ds-config", type=click.Path(dir_okay=False), default=None, help="Write the (best) layout's ds_config.json here.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a planner-only HTML page here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
     o["zero"] = int(o["zero"])
+    check_output_file(o["ds_config"], "--ds-config")
+    check_output_file(o["report"], "--report")
     model = load_model(o["model"])
     gpu = load_gpu(o["gpu"])
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
