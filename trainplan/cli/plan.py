@@ -17,8 +17,8 @@ import click
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
-    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout, LayoutSpace, Plan,
-    deepspeed_config, load_gpu, load_model, plan as make_plan, recommend,
+    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout, LayoutSpace, Plan,
+    load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
 )
 
 
@@ -33,14 +33,11 @@ def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
     gb = o["global_batch"]
     if gb is None:
         return layout, None
-    per_step = layout.micro_batch * layout.dp
-    if gb % per_step:
-        raise UsageError("--global-batch", f"{gb} is not divisible by --micro-batch x data-parallel size = "
-                         f"{layout.micro_batch} x {layout.dp} = {per_step}")
-    if o["grad_accum"] and o["grad_accum"] != gb // per_step:
+    sized = layout.with_global_batch(gb)
+    if o["grad_accum"] and o["grad_accum"] != sized.grad_accum:
         raise UsageError("--grad-accum", f"{o['grad_accum']} disagrees with --global-batch {gb} "
-                         f"(which implies {gb // per_step}); give one of them")
-    return layout.with_(grad_accum=gb // per_step), gb
+                         f"(which implies {sized.grad_accum}); give one of them")
+    return sized, gb
 
 
 def _plan_rows(p: Plan) -> list[list[str]]:
@@ -94,7 +91,7 @@ def _rec_rows(plans: list[Plan]) -> list[list[str]]:
 
 def _write_ds_config(path: str | None, p: Plan) -> None:
     if path:
-        Path(path).write_text(json.dumps(deepspeed_config(p.layout), indent=2) + "\n")
+        Path(path).write_text(json.dumps(plan_deepspeed_config(p), indent=2) + "\n")
         click.echo(f"wrote the DeepSpeed config of this layout to {path}", err=True)
 
 
@@ -108,7 +105,7 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Micro-batches per optimizer step [1].")
 @click.option("--global-batch", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step (sets --grad-accum).")
 @click.option("--tokens", default=None, help="Training tokens, e.g. 300B or 2T [compute-optimal].")
-@click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True)
+@click.option("--zero", type=click.Choice([str(z) for z in ZERO_STAGES]), default="0", show_default=True)
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
 @click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")
 @click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="Pipeline-parallel degree.")
@@ -153,7 +150,7 @@ def plan(**o: Any) -> None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
                    "top": [p.to_dict() for p in rec.ranked[: o["top"]]],
-                   "ds_config": deepspeed_config(best.layout) if rec.ranked else None}
+                   "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
         click.echo(json.dumps(out, indent=2))
     else:
         print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)", ["", "estimate"], _plan_rows(single))
