@@ -71,15 +71,12 @@ class SummaryInfo:
 
 
 def _launch_command(layout: Any) -> str:
-    # The runner's entry (docs/protocol.md): the deepspeed launcher starts
-    # `-m trainplan.runners.train --spec spec.json` on every rank; --module is the launcher's flag
-    # for a module entry (https://www.deepspeed.ai/getting-started/#launching-deepspeed-training).
-    per_node = min(layout.gpus, layout.gpus_per_node)
-    argv = ["deepspeed"]
-    if layout.nodes > 1:
-        argv += ["--hostfile", "hostfile", "--num_nodes", str(layout.nodes)]
-    argv += ["--num_gpus", str(per_node), "--module", "trainplan.runners.train", "--spec", "spec.json"]
-    return shlex.join(argv)
+    # The runner builds every launch command (runners.build_command); this one runs elsewhere.
+    from trainplan.runners import build_command
+
+    return shlex.join(build_command("spec.json", gpus=min(layout.gpus, layout.gpus_per_node), master_port=None,
+                                    hostfile="hostfile" if layout.nodes > 1 else None, nodes=layout.nodes,
+                                    portable=True))
 
 
 def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
@@ -136,7 +133,7 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
         # The runner trains data-parallel (ZeRO) layouts only, so recommend what it can launch.
         rec = recommend(target.model, target.gpu, target.layout, global_batch=target.layout.global_batch,
                         tokens=target.tokens, optimize="time", space=LayoutSpace(tp=(1,), pp=(1,)))
-        ranked = list(getattr(rec, "ranked", rec))
+        ranked = rec.ranked
         if ranked:
             cheapest = min(ranked, key=lambda p: (p.cost_usd, p.hours, p.layout.gpus))
             choices.append(layout_choice("fastest", ranked[0], target))
