@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._layout import Layout
-
-if TYPE_CHECKING:  # pragma: no cover - _plan imports this module (through _memory)
-    from trainplan.planner._plan import Plan
 
 __all__ = [
     "ALLREDUCE_BUCKET_SIZE", "Hyperparams", "PLAN_WARMUP_FRACTION", "REDUCE_BUCKET_SIZE", "SCHEDULES",
@@ -217,9 +214,10 @@ def hyperparams_from_deepspeed_config(config: dict[str, Any], like: Hyperparams,
     return hp
 
 
-def plan_deepspeed_config(plan: Plan, hp: Hyperparams | None = None,
+def plan_deepspeed_config(plan: Any, hp: Hyperparams | None = None,
                           sources: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``ds_config.json`` of a planned run: the plan's own step count as the schedule's horizon,
+    """The ``ds_config.json`` of a planned run (``plan``: a :class:`~trainplan.planner.Plan`, typed
+    loosely because the plan module imports this one): the plan's own step count as the schedule's horizon,
     a warm-up of :data:`PLAN_WARMUP_FRACTION` of it, and ``hp``'s learning rate (``Hyperparams``'
     default when not given). The ``trainplan.sources`` key names where each of the three came from
     (DeepSpeed reads only the keys it knows)."""
