@@ -153,8 +153,7 @@ def plan(**o: Any) -> None:
                    "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
         click.echo(json.dumps(out, indent=2))
     else:
-        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)", ["", "estimate"], _plan_rows(single))
-        if rec is not None:
+        if rec is not None:  # the answer first; the requested layout after it, one line when it does not fit
             if rec.ranked:
                 print_table(
                     f"Recommended layouts by {rec.optimize} (global batch {rec.ranked[0].layout.global_batch}; "
@@ -165,3 +164,11 @@ def plan(**o: Any) -> None:
             else:
                 click.echo(f"no layout of {rec.evaluated:,} candidates up to {o['max_gpus']} GPUs fits in "
                            f"{gpu.name} memory; raise --max-gpus or lower --seq-len", err=True)
+            if not single.fits:
+                lay = single.layout
+                click.echo(f"requested layout ({lay.gpus} x {gpu.key}, ZeRO-{lay.zero}, micro-batch {lay.micro_batch}): "
+                           f"DOES NOT FIT, needs {human_bytes(single.memory.total)} of "
+                           f"{human_bytes(gpu.memory_bytes)} per GPU (estimate)")
+                return
+        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)" + (" -- the requested layout" if rec else ""),
+                    ["", "estimate"], _plan_rows(single))
