@@ -195,23 +195,26 @@ def hyperparams_from_deepspeed_config(config: dict[str, Any], like: Hyperparams,
     if values["schedule"] != "cosine" and "warmup_max_lr" in sched and "lr" not in opt:
         hp = replace(hp, lr=float(sched["warmup_max_lr"]))
     hp.validate(prefix=f"{where}:")
-    wanted = {k: v for k, v in deepspeed_config(Layout(), hp).items()
-              if k in ("optimizer", "scheduler", "gradient_clipping")}
-    for section, value in wanted.items():
-        if section == "gradient_clipping":
-            if config.get(section, value) != value:
-                raise bad(section, f"{config.get(section)!r} cannot be read back (expected {value})")
-            continue
+    _check_read_back(config, deepspeed_config(Layout(), hp), bad)
+    return hp
+
+
+def _check_read_back(config: dict[str, Any], rebuilt: dict[str, Any], bad: Any) -> None:
+    """Refuse ``config`` unless ``rebuilt`` (its reading, written again) gives its optimizer,
+    scheduler and clipping exactly: whatever did not survive the reading would be half applied."""
+    clip = rebuilt["gradient_clipping"]
+    if config.get("gradient_clipping", clip) != clip:
+        raise bad("gradient_clipping", f"{config.get('gradient_clipping')!r} cannot be read back (expected {clip})")
+    for section in ("optimizer", "scheduler"):
         params = config[section].get("params") or {}
-        for key, expected in value["params"].items():
+        for key, expected in rebuilt[section]["params"].items():
             got = params.get(key, expected)
             if (list(got) if isinstance(got, (list, tuple)) else got) != expected:
                 raise bad(f"{section}.params.{key}", f"{got!r} disagrees with the rest of the file (which implies "
                                                      f"{expected!r}); edit both or neither")
-        extra = sorted(set(params) - set(value["params"]))
+        extra = sorted(set(params) - set(rebuilt[section]["params"]))
         if extra:
             raise bad(f"{section}.params.{extra[0]}", "is not a setting trainplan can apply; remove it")
-    return hp
 
 
 def plan_deepspeed_config(plan: Any, hp: Hyperparams | None = None,
