@@ -233,12 +233,13 @@ def test_a_hand_edited_ds_config_is_applied_whole_or_refused(tmp_path):
     from trainplan.runners._launch import extensions_dir
     from trainplan.runners.train import main as train_main
 
-    spec = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={"lr": 1e-3, "weight_decay": 0.1,
-                                                                          "warmup_steps": 1})
+    spec = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={
+        "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1, "schedule": "constant"})
     command = prepare_trial(spec, tmp_path / "applied")
     path = tmp_path / "applied" / "ds_config.json"
     config = json.loads(path.read_text())
     config["optimizer"]["params"].update(lr=1e-2, weight_decay=0.37, betas=[0.85, 0.97])
+    config["scheduler"]["params"]["warmup_max_lr"] = 1e-2  # WarmupLR's peak: the same edit, made whole
     path.write_text(json.dumps(config))
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_dir())}
     import subprocess
@@ -248,7 +249,7 @@ def test_a_hand_edited_ds_config_is_applied_whole_or_refused(tmp_path):
     assert proc.returncode == 0 and result["status"] == "completed", proc.stderr[-2000:]
     assert result["optimizer"]["weight_decay"] == [0.37, 0.0]  # norms and biases are never decayed
     assert result["optimizer"]["betas"] == [0.85, 0.97]
-    assert max(r["lr"] for r in _metrics(tmp_path / "applied") if r["lr"] is not None) == pytest.approx(1e-2)
+    assert [r["lr"] for r in _metrics(tmp_path / "applied")][-1] == pytest.approx(1e-2)  # past the warm-up
 
     # An optimizer lr edited without the linear schedule's peak would be half applied: refused.
     spec = spec.with_(hyperparams=spec.hyperparams.__class__(**{**spec.hyperparams.to_dict(), "schedule": "linear"}))
