@@ -57,7 +57,8 @@ class SummaryInfo:
     best_params: dict[str, Any] = field(default_factory=dict)
     """Its sampled hyperparameters."""
     best_metrics: dict[str, float | None] = field(default_factory=dict)
-    """Objective values and measurements (tokens, tokens_per_s, peak_mem_bytes, elapsed_s, gpu_hours)."""
+    """Objective values and measurements (tokens, tokens_per_s, peak_mem_bytes, elapsed_s, and
+    gpu_hours, or cpu_rank_hours for a trial that ran on the CPU)."""
     best_trial_dir: str = ""
     """Its folder."""
     best_command: str = ""
@@ -122,8 +123,12 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
                            message=target if isinstance(target, str) else "no completed trial")
     metrics: dict[str, float | None] = dict(zip(study.objective_names, best.values or ()))
     metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
-                   elapsed_s=best.elapsed_s, gpu_hours=best.gpu_hours)
+                   elapsed_s=best.elapsed_s)
     folder = Path(best.trial_dir) if best.trial_dir else None
+    # A trial whose ranks ran on the CPU (result.json "device") spent rank-hours, not GPU-hours.
+    result_text = _read(folder / "result.json") if folder else ""
+    on_cpu = result_text.startswith("{") and json.loads(result_text).get("device") == "cpu"
+    metrics["cpu_rank_hours" if on_cpu else "gpu_hours"] = best.gpu_hours
     ds_text = _read(folder / "ds_config.json") if folder else ""
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
