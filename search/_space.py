@@ -18,6 +18,8 @@ from trainplan.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
+    from trainplan.planner import Layout
+
     from trainplan.runners import TrialSpec
     from trainplan.search._sweep import SweepSpec
 
@@ -46,6 +48,15 @@ def suggest(trial: optuna.trial.BaseTrial, sweep: SweepSpec) -> dict[str, Any]:
 
 def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, max(cap, 1)) + 1) if n % d == 0)
+
+
+def _with_global_batch(layout: Layout, global_batch: int, where: str) -> Layout:
+    """The sampled micro-batch is a cap: the largest divisor of the per-rank batch not above it is
+    used, then the planner's one rule (``Layout.with_global_batch``) sets the accumulation."""
+    if global_batch < 1 or global_batch % layout.dp:
+        raise UsageError(where, f"{global_batch} is not a positive multiple of the {layout.dp} data-parallel ranks")
+    micro = _largest_divisor_at_most(global_batch // layout.dp, layout.micro_batch)
+    return layout.with_(micro_batch=micro).with_global_batch(global_batch, flag=where)
 
 
 def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
@@ -86,12 +97,8 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         raise UsageError(f"base.{exc.key.lstrip('-').replace('-', '_')}", exc.message) from None
     lay = spec.layout
     if "global_batch" in merged:
-        global_batch = int(merged["global_batch"])
-        where = "space.global_batch" if "global_batch" in values else "base.global_batch"
-        if global_batch < 1 or global_batch % lay.dp:
-            raise UsageError(where, f"{global_batch} is not a positive multiple of the {lay.dp} data-parallel ranks")
-        micro = _largest_divisor_at_most(global_batch // lay.dp, lay.micro_batch)
-        lay = lay.with_(micro_batch=micro).with_global_batch(global_batch, flag=where)
+        lay = _with_global_batch(lay, int(merged["global_batch"]),
+                                 "space.global_batch" if "global_batch" in values else "base.global_batch")
     steps = spec.steps
     if "steps" in merged:
         steps = int(merged["steps"])
