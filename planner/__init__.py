@@ -7,9 +7,12 @@ estimate; ``trainplan run`` measures.
 from __future__ import annotations
 
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
-from trainplan.planner._dsconfig import SCHEDULES, Hyperparams, deepspeed_config
+from trainplan.planner._dsconfig import (
+    ALLREDUCE_BUCKET_SIZE, PLAN_WARMUP_FRACTION, REDUCE_BUCKET_SIZE, SCHEDULES, Hyperparams, deepspeed_config,
+    hyperparams_from_deepspeed_config, plan_deepspeed_config,
+)
 from trainplan.planner._flops import FlopCounts, flops
-from trainplan.planner._layout import ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout
+from trainplan.planner._layout import ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout
 from trainplan.planner._memory import MemoryEstimate, estimate_memory
 from trainplan.planner._model import SUPPORTED_FAMILIES, ModelSpec, from_hf_config, load_model
 from trainplan.planner._params import ParamCounts, count_parameters
@@ -19,11 +22,11 @@ from trainplan.planner._recommend import OBJECTIVES, LayoutSpace, Recommendation
 from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
 __all__ = [
-    "ATTENTION", "CHECKPOINTING", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
-    "SUPPORTED_FAMILIES",
+    "ALLREDUCE_BUCKET_SIZE", "ATTENTION", "CHECKPOINTING", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS",
+    "PLAN_WARMUP_FRACTION", "PRECISIONS", "REDUCE_BUCKET_SIZE", "SCHEDULES", "SUPPORTED_FAMILIES", "ZERO_STAGES",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
     "chinchilla", "count_parameters", "deepspeed_config", "default_efficiency", "estimate_memory",
-    "estimate_perf", "flops", "from_hf_config", "gpu_catalog", "load_gpu", "load_model",
-    "model_presets", "plan", "recommend",
+    "estimate_perf", "flops", "from_hf_config", "gpu_catalog", "hyperparams_from_deepspeed_config",
+    "load_gpu", "load_model", "model_presets", "plan", "plan_deepspeed_config", "recommend",
 ]

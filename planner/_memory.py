@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from trainplan.planner._dsconfig import deepspeed_config
+from trainplan.planner._dsconfig import ALLREDUCE_BUCKET_SIZE, deepspeed_config
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import ParamCounts, count_parameters
@@ -182,7 +182,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
         return min(int(zero_cfg["reduce_bucket_size"]), n) * e
     # Stage 0/1 all-reduce flattens the gradients in buckets of up to 5e8 elements
     # (engine.allreduce_bucket_size default) before reducing.
-    return min(int(5e8), n) * e
+    return min(ALLREDUCE_BUCKET_SIZE, n) * e
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -69,18 +69,26 @@ def _deepspeed_exe() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def build_command(spec_path: str | Path, *, gpus: int, master_port: int, include: str | None = None,
-                  hostfile: str | None = None) -> list[str]:
-    """The launcher command line for a trial whose spec is at ``spec_path``."""
-    cmd = _deepspeed_exe()
+def build_command(spec_path: str | Path, *, gpus: int, master_port: int | None, include: str | None = None,
+                  hostfile: str | None = None, nodes: int = 1, portable: bool = False) -> list[str]:
+    """The launcher command line for a trial whose spec is at ``spec_path`` (``gpus`` per node).
+
+    ``portable`` is for a run on other machines (the report's recommended run): the plain
+    ``deepspeed`` launcher and ``spec_path`` as given, instead of this environment's launcher and
+    the absolute path.
+    """
+    cmd = ["deepspeed"] if portable else _deepspeed_exe()
     if hostfile:
         cmd += ["--hostfile", str(hostfile)]
+    if nodes > 1:
+        cmd += ["--num_nodes", str(nodes)]
     if include:
         cmd += ["--include", include]  # names hosts and devices itself; --num_gpus would conflict
     else:
         cmd += ["--num_gpus", str(gpus)]
-    cmd += ["--master_port", str(master_port), "--module", "trainplan.runners.train",
-            "--spec", str(Path(spec_path).resolve())]
+    if master_port is not None:
+        cmd += ["--master_port", str(master_port)]
+    cmd += ["--module", "trainplan.runners.train", "--spec", str(spec_path if portable else Path(spec_path).resolve())]
     return cmd
 
 

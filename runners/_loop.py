@@ -21,7 +21,7 @@ from trainplan.runners._dist import init_distributed
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
 from trainplan.runners._spec import TrialSpec, is_checkpoint
 
-__all__ = ["Outcome", "build_model", "train"]
+__all__ = ["Outcome", "build_model", "optimizer_settings", "train"]
 
 # Config fields that hold a dropout probability in the Hugging Face families the planner knows.
 _DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
@@ -43,6 +43,19 @@ class Outcome:
     """The step whose loss was NaN/inf or exploded (``diverged`` only)."""
     loop_started: float = 0.0
     """``time.perf_counter()`` when the first step began: what came before is startup."""
+    device: str | None = None
+    """``cuda`` or ``cpu``: what the ranks trained on (a CPU trial's hours are not GPU-hours)."""
+    optimizer: dict[str, Any] | None = None
+    """What the engine's optimizer really holds (:func:`optimizer_settings`): ``result.json``'s
+    ``optimizer``, the check that every setting came from ``ds_config.json``."""
+
+
+def optimizer_settings(engine: Any) -> dict[str, Any]:
+    """Betas, eps and the weight decay of each parameter group of the optimizer DeepSpeed built
+    (``engine.basic_optimizer``, the torch optimizer under any ZeRO wrapper)."""
+    groups = engine.basic_optimizer.param_groups
+    return {"type": type(engine.basic_optimizer).__name__, "betas": [float(b) for b in groups[0]["betas"]],
+            "eps": float(groups[0]["eps"]), "weight_decay": [float(g["weight_decay"]) for g in groups]}
 
 
 def build_model(spec: TrialSpec, vocab_size: int) -> Any:
@@ -147,6 +160,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=_param_groups(model, spec.hyperparams.weight_decay), config=ds_config)
     device = engine.device
+    settings = optimizer_settings(engine)
     # ZeRO-0 in fp32 clips with torch's clip_grad_norm_ and keeps no norm
     # (deepspeed/runtime/engine.py, clip_fp32_gradients): measure it ourselves there.
     plain_grads = layout.zero == 0 and layout.precision == "fp32"
@@ -210,11 +224,11 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         if diverged:
             what = "NaN/inf" if not math.isfinite(train_loss) else f"{train_loss:.3g} > {explode_at:.3g} (4 ln V)"
             return Outcome(status="diverged", reason=f"training loss {what} at step {step}",
-                           records=records, diverged_at_step=step, loop_started=start)
+                           records=records, diverged_at_step=step, loop_started=start, optimizer=settings, device=device.type)
         if stop:
             return Outcome(status="terminated", reason=f"stopped by a signal after step {step}",
-                           records=records, loop_started=start)
-    return Outcome(status="completed", reason="", records=records, loop_started=start)
+                           records=records, loop_started=start, optimizer=settings, device=device.type)
+    return Outcome(status="completed", reason="", records=records, loop_started=start, optimizer=settings, device=device.type)
 
 
 def _total_norm(module: Any) -> float:

@@ -64,13 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
 
     def finish(status: str, reason: str, records: list[dict[str, Any]], startup_s: float | None = None,
-               **extra: Any) -> int:
+               optimizer: dict[str, Any] | None = None, device: str | None = None, **extra: Any) -> int:
         if rank == 0:
             result = build_result(records, status=status, reason=reason, exit_code=EXIT_CODES[status],
                                   estimate=planner_estimate(spec) if spec is not None else None,
                                   spec_path=str(spec_path), **extra)
             # Seconds from this process's start to the first step: imports, data, model, engine.
             result["startup_s"] = startup_s
+            result["optimizer"] = optimizer
+            result["device"] = device
             write_json(trial_dir / "result.json", result)
         return EXIT_CODES[status]
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrialSpec.from_json(spec_path)
         config_path = trial_dir / "ds_config.json"
         ds_config = json.loads(config_path.read_text()) if config_path.is_file() else spec.ds_config()
+        spec = spec.with_ds_config(ds_config)  # every optimizer setting from the file the engine uses
         from trainplan.runners._loop import train
 
         def tracked(record: dict[str, Any]) -> None:
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
         outcome = train(spec, ds_config, stop_requested=lambda: _stop, emit=tracked)
         startup = round(outcome.loop_started - began, 3)
-        code = finish(outcome.status, outcome.reason, outcome.records,
-                      diverged_at_step=outcome.diverged_at_step, startup_s=startup)
+        code = finish(outcome.status, outcome.reason, outcome.records, diverged_at_step=outcome.diverged_at_step,
+                      startup_s=startup, optimizer=outcome.optimizer, device=outcome.device)
     except BaseException as exc:  # classified and recorded, then the traceback goes to stderr
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.safe import mask_argv, mask_url, redact
+from trainplan.search._records import status_counts  # counts live with the statuses; re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -251,20 +252,6 @@ def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseExceptio
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
         pass
-
-
-def status_counts(study: optuna.Study) -> dict[str, int]:
-    from trainplan.search._records import superseded_numbers
-
-    trials = study.get_trials(deepcopy=False)
-    gone = superseded_numbers(trials)
-    counts: dict[str, int] = {}
-    for t in trials:
-        if t.number in gone:
-            continue
-        key = t.user_attrs.get("status") if t.state.is_finished() else t.state.name.lower()
-        counts[key or t.state.name.lower()] = counts.get(key or t.state.name.lower(), 0) + 1
-    return counts
 
 
 def best_trials(study: optuna.Study) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError, close_matches
+from trainplan.planner import ZERO_STAGES
 
 __all__ = [
     "Budget", "Hardware", "OBJECTIVES", "PARAMS", "ParamSpec", "PrunerConfig", "PRUNERS",
@@ -47,7 +48,7 @@ PARAMS: dict[str, tuple[str, float, float, bool, bool]] = {
     "schedule": ("choice", 0, 0, True, True),
     "beta2": ("float", 0.0, 1.0, True, False),
     "grad_clip": ("float", 0.0, math.inf, True, False),
-    "zero": ("choice", 0, 3, True, True),
+    "zero": ("choice", min(ZERO_STAGES), max(ZERO_STAGES), True, True),
 }
 """The searchable parameters and their allowed ranges."""
 

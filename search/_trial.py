@@ -118,6 +118,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     from trainplan.runners import free_port, launch_trial
     from trainplan.search._guard import process_start_ticks, session_cpu_ticks
     from trainplan.search._optuna import heartbeat_writer
+    from trainplan.search._records import curve_row, write_attrs
     from trainplan.search._space import resolve_trial, suggest
 
     trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
@@ -169,8 +170,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
                 cpu.update(session_cpu_ticks([pgid]))
                 last_sample = time.monotonic()
             for rec in handle.new_metrics():
-                curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
-                              rec.get("train_loss"), rec.get("eval_loss")])
+                curve.append(curve_row(rec))
                 loss = rec.get("eval_loss")
                 # Not at the last evaluation: a rung falling there (e.g. reduction factor 2 from a
                 # quarter) must not mark a trial that trained to the end as pruned.
@@ -194,8 +194,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
             guard.release(pgid)
     cpu.update(session_cpu_ticks([pgid]))
     for rec in handle.new_metrics():  # the lines written after the last poll
-        curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
-                      rec.get("train_loss"), rec.get("eval_loss")])
+        curve.append(curve_row(rec))
     status = "pruned" if pruned else result.get("status", "crashed")
     reason = result.get("reason", "")
     if pruned:
@@ -213,8 +212,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         # stop killed before anyone waited for them. For a trial that ends by itself, it is exact.
         "cpu_seconds": max(sum(cpu.values()) / _CLK_TCK, handle.reaped_cpu_s or 0.0),
     }
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    write_attrs(trial, attrs)
     ratio = estimate["memory_bytes"] / estimate["capacity_bytes"] - 1.0 if estimate["memory_bytes"] else 0.0
     # A measured OOM overrules the planner: the constraint is violated whatever it estimated.
     trial.set_constraint("memory", max(ratio, 0.05) if status == "oom" else ratio)

@@ -18,8 +18,8 @@ from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
-    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout, LayoutSpace, Plan,
-    deepspeed_config, load_gpu, load_model, plan as make_plan, recommend,
+    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout, LayoutSpace, Plan,
+    load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
 )
 
 
@@ -34,14 +34,11 @@ def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
     gb = o["global_batch"]
     if gb is None:
         return layout, None
-    per_step = layout.micro_batch * layout.dp
-    if gb % per_step:
-        raise UsageError("--global-batch", f"{gb} is not divisible by --micro-batch x data-parallel size = "
-                         f"{layout.micro_batch} x {layout.dp} = {per_step}")
-    if o["grad_accum"] and o["grad_accum"] != gb // per_step:
+    sized = layout.with_global_batch(gb)
+    if o["grad_accum"] and o["grad_accum"] != sized.grad_accum:
         raise UsageError("--grad-accum", f"{o['grad_accum']} disagrees with --global-batch {gb} "
-                         f"(which implies {gb // per_step}); give one of them")
-    return layout.with_(grad_accum=gb // per_step), gb
+                         f"(which implies {sized.grad_accum}); give one of them")
+    return sized, gb
 
 
 def _plan_rows(p: Plan) -> list[list[str]]:
@@ -95,7 +92,7 @@ def _rec_rows(plans: list[Plan]) -> list[list[str]]:
 
 def _write_ds_config(path: str | None, p: Plan) -> None:
     if path:
-        Path(path).write_text(json.dumps(deepspeed_config(p.layout), indent=2) + "\n")
+        Path(path).write_text(json.dumps(plan_deepspeed_config(p), indent=2) + "\n")
         click.echo(f"wrote the DeepSpeed config of this layout to {path}", err=True)
 
 
@@ -109,7 +106,7 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--grad-accum", type=Count(), default=None, help="Micro-batches per optimizer step [1].")
 @click.option("--global-batch", type=Count(), default=None, help="Sequences per optimizer step (sets --grad-accum).")
 @click.option("--tokens", default=None, help="Training tokens, e.g. 300B or 2T [compute-optimal].")
-@click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True)
+@click.option("--zero", type=click.Choice([str(z) for z in ZERO_STAGES]), default="0", show_default=True)
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
 @click.option("--tp", type=Count(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
 @click.option("--pp", type=Count(1, 1024), default=1, show_default=True, help="Pipeline-parallel degree.")
@@ -156,11 +153,10 @@ def plan(**o: Any) -> None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
                    "top": [p.to_dict() for p in rec.ranked[: o["top"]]],
-                   "ds_config": deepspeed_config(best.layout) if rec.ranked else None}
+                   "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
         click.echo(json.dumps(out, indent=2))
     else:
-        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)", ["", "estimate"], _plan_rows(single))
-        if rec is not None:
+        if rec is not None:  # the answer first; the requested layout after it, one line when it does not fit
             if rec.ranked:
                 print_table(
                     f"Recommended layouts by {rec.optimize} (global batch {rec.ranked[0].layout.global_batch}; "
@@ -171,3 +167,11 @@ def plan(**o: Any) -> None:
             else:
                 click.echo(f"no layout of {rec.evaluated:,} candidates up to {o['max_gpus']} GPUs fits in "
                            f"{gpu.name} memory; raise --max-gpus or lower --seq-len", err=True)
+            if not single.fits:
+                lay = single.layout
+                click.echo(f"requested layout ({lay.gpus} x {gpu.key}, ZeRO-{lay.zero}, micro-batch {lay.micro_batch}): "
+                           f"DOES NOT FIT, needs {human_bytes(single.memory.total)} of "
+                           f"{human_bytes(gpu.memory_bytes)} per GPU (estimate)")
+                return
+        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)" + (" -- the requested layout" if rec else ""),
+                    ["", "estimate"], _plan_rows(single))

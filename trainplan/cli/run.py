@@ -72,16 +72,12 @@ def resolve_spec(options: dict[str, Any]) -> Any:
         base["hyperparams"]["betas"] = betas
     if options.get("precision") is None and not file_sets_precision:
         base["layout"]["precision"] = "bf16" if gpu_present() else "fp32"
+    spec = TrialSpec.from_dict(base)
     if options.get("global_batch") is not None:
         if options.get("grad_accum") is not None:
             raise UsageError("--global-batch", "give --global-batch or --grad-accum, not both")
-        layout = base["layout"]
-        per_step = layout.get("micro_batch", 16) * layout.get("gpus", 1)
-        if options["global_batch"] % per_step:
-            raise UsageError("--global-batch", f"{options['global_batch']} is not a multiple of "
-                                               f"--micro-batch x --gpus = {per_step}")
-        layout["grad_accum"] = options["global_batch"] // per_step
-    spec = TrialSpec.from_dict(base).validate()
+        spec = spec.with_(layout=spec.layout.with_global_batch(options["global_batch"]))  # the planner's one rule
+    spec = spec.validate()
     if spec.layout.precision == "fp16" and not gpu_present():
         raise UsageError("--precision", "fp16 needs a GPU; use fp32 (or bf16) on the CPU")
     return spec
