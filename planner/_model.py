@@ -412,7 +412,13 @@ def _deepseek(cfg: Mapping[str, Any], family: str, common: dict[str, Any], inner
     moe_inner = _positive_int(cfg, family, "moe_intermediate_size")
     rope, nope = _positive_int(cfg, family, "qk_rope_head_dim"), _positive_int(cfg, family, "qk_nope_head_dim")
     bias = _bool(cfg, family, "attention_bias")
-    spec = dict(common, num_kv_heads=common["num_heads"], head_dim=rope + nope)
+    heads = common["num_heads"]
+    # MLA expands keys and values to every head; eager attention then repeats them by
+    # heads // num_key_value_heads, which only works when the two are equal (real configs are).
+    kv_heads = _int(cfg, family, "num_key_value_heads", optional=True) or heads
+    if kv_heads != heads:
+        raise _bad("num_key_value_heads", f"equal to num_attention_heads ({heads}) under MLA", kv_heads)
+    spec = dict(common, num_kv_heads=heads, head_dim=rope + nope)
     return ModelSpec(
         **spec, intermediate_size=inner, gated_mlp=True, norm="rmsnorm", learned_positions=False,
         qkv_bias=bias, out_bias=bias, mlp_bias=_bool(cfg, family, "mlp_bias") if family == "deepseek_v2" else False,

@@ -63,6 +63,8 @@ class ParamCounts:
     """Every one-dimensional parameter in the model (all norms and biases)."""
     active: int
     """Parameters one token uses (MoE: routed experts only; dense: ``total``)."""
+    projections: int = 0
+    """OPT's bias-free ``project_in``/``project_out`` between the embedding width and d (0 elsewhere)."""
     source: str = "analytic"
     """``"analytic"`` (counted from the config here) or ``"meta-device"`` (measured on the model
     transformers builds on the meta device, :mod:`trainplan.planner._meta`)."""
@@ -70,7 +72,7 @@ class ParamCounts:
     @property
     def layers(self) -> int:
         """All transformer blocks together."""
-        return self.total - self.embedding - self.lm_head - self.final_norm
+        return self.total - self.embedding - self.lm_head - self.final_norm - self.projections
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,4 +203,5 @@ def count_parameters(model: ModelSpec) -> ParamCounts:
         final_norm=final_norm,
         norms_and_biases=sum(b.sharded_bias + b.replicated_vector for b in every) + final_norm,
         active=total - sum(b.unused for b in every),
+        projections=projections,
     )
