@@ -116,7 +116,7 @@ def test_local_config_file_and_folder(tmp_path: Path) -> None:
     [
         ({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3}, "does not divide hidden_size"),
         ({"model_type": "llama", "num_attention_heads": 32, "num_key_value_heads": 5}, "does not divide"),
-        ({"model_type": "bert"}, "not supported"),
+        ({"model_type": "no-such-arch"}, "is not known"),
         ({"model_type": "gpt2", "n_layer": 0}, "positive integer"),
         ({"model_type": "mixtral", "num_local_experts": 2, "num_experts_per_tok": 4}, "exceeds"),
     ],

@@ -66,7 +66,7 @@ def _real_counts(cfg: dict[str, Any]) -> dict[str, int]:
             p.ndim == 1 and module.endswith(_ROW_PARALLEL)
         ):
             replicated += p.numel()
-    experts = [m for b in every for n, m in b.named_modules() if n.endswith("experts")]
+    experts = [m for b in every for n, m in b.named_modules() if n.rsplit(".", 1)[-1] == "experts"]
     return {
         "total": sum(p.numel() for p in model.parameters()),  # parameters() deduplicates tied weights
         "embedding": emb.numel() + positions,
