@@ -438,8 +438,8 @@ def _needs_meta(cfg: Mapping[str, Any], family: str) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError("--model", f"cannot read {path}: {exc}") from None
 
 
