@@ -201,7 +201,7 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
                         max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False),
     "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                         intermediate_size=11008, max_position_embeddings=2048, tie_word_embeddings=False,
-                        attention_bias=False, mlp_bias=False, n_routed_experts=64, num_experts_per_tok=None,
+                        attention_bias=False, mlp_bias=False, n_routed_experts=64,
                         moe_intermediate_size=1407, n_shared_experts=2, first_k_dense_replace=0,
                         kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
                         v_head_dim=128),
