@@ -22,6 +22,11 @@ Three figures, all per token of training (forward + backward) unless a name says
     ``torch.utils.flop_counter.FlopCounterMode`` counts them (2 m n k per matmul; a linear layer's
     backward is two matmuls of the forward's size; biases, norms, softmax and the embedding lookup
     are not counted). Attention costs depend on the kernel, see :data:`ATTENTION_KERNELS`.
+
+For a spec counted on the meta device (``source == "meta-device"``: an architecture without
+formulas here) N is the measured parameter count and ``counted`` is FlopCounterMode's own count of
+a forward + backward at the plan's sequence length, run by :mod:`trainplan.planner._meta` (which
+imports torch; the analytic families never do).
 """
 
 from __future__ import annotations
