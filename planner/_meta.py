@@ -29,8 +29,10 @@ What is exact and what is approximated:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -56,8 +58,27 @@ def _refuse(model_type: str, why: str) -> UsageError:
     )
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' advice while building a shape-only model (token ids outside a tiny vocab,
+    kernels not installed) is not the plan's output: keep stderr to trainplan's own lines."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
 @lru_cache(maxsize=8)  # a plan and --recommend ask about the same model many times
 def _build(cfg_json: str) -> Any:
+    with _quiet():
+        return _build_model(cfg_json)
+
+
+def _build_model(cfg_json: str) -> Any:
     cfg = json.loads(cfg_json)
     model_type = cfg["model_type"]
     try:
@@ -194,9 +215,9 @@ def _measure(cfg_json: str, seq_len: int) -> MetaFlops:
     ids = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
     fwd, bwd = FlopCounterMode(display=False), FlopCounterMode(display=False)
     try:
-        with fwd:
+        with _quiet(), fwd:
             loss = model(input_ids=ids, labels=ids).loss
-        with bwd:
+        with _quiet(), bwd:
             loss.backward()
     except Exception as exc:  # an op without a meta kernel, data-dependent shapes
         raise UsageError("--model", f"{text.model_type} cannot run a forward/backward on the meta device to "
