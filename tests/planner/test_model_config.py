@@ -116,3 +116,16 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--model" in lines[0] and key in lines[0] and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("cfg", "words"), [({"model_type": "t5"}, "not a causal language model"),
+                                            ({"model_type": "no-such-arch"}, "is not known")])
+def test_cli_refuses_what_the_meta_device_path_cannot_build(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           cfg: dict, words: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    code = main(["plan", "--model", str(path), "--gpu", "a100-80gb"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--model" in lines[0] and words in lines[0] and "Traceback" not in err
