@@ -156,6 +156,7 @@ def _block(model: ModelSpec, layer: int = 0) -> _Block:
     )
 
 
+@lru_cache(maxsize=256)  # pure; the FLOP count asks again for every layout --recommend tries
 def blocks(model: ModelSpec) -> tuple[_Block, ...]:
     """Every block of ``model``, in order (MoE models may mix dense and sparse blocks)."""
     return tuple(_block(model, i) for i in range(model.num_layers))
