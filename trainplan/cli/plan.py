@@ -46,6 +46,8 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     rows = [
         ["parameters", f"{pc.total:,} total; {pc.embedding:,} embedding; {pc.non_embedding:,} non-embedding; "
                        f"{pc.per_layer:,} per layer" + (f"; {pc.active:,} active per token" if p.model.is_moe else "")],
+        ["counted by", "analytic formulas for the family" if pc.source == "analytic" else
+                       "the model built by transformers on the meta device, FLOPs from FlopCounterMode"],
         ["layout", f"{lay.gpus} x {p.gpu.key} ({lay.nodes} node{'s' * (lay.nodes > 1)}), dp {lay.dp} tp {lay.tp} "
                    f"pp {lay.pp}, ZeRO-{lay.zero}, offload {lay.offload}, {lay.precision}, "
                    f"checkpointing {lay.checkpointing}, attention {lay.attention}, {lay.optimizer}"],
