@@ -17,6 +17,7 @@ batch, loss): the planner's fits take those, never the study (docs/protocol.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from trainplan.search._sweep import LadderSize, ParamSpec, SweepSpec
 
-__all__ = ["LadderPoint", "default_ladder_path", "ladder_points", "ladder_size", "parse_ladder",
-           "resolve_ladder_paths"]
+__all__ = ["LadderPoint", "ScaleDecision", "default_ladder_path", "ladder_points", "ladder_size", "parse_ladder",
+           "resolve_ladder_paths", "scale_target", "write_target"]
 
 _LADDER_SAMPLERS = ("grid", "random")
 
@@ -137,7 +138,6 @@ class LadderPoint:
 def ladder_points(study: optuna.Study) -> list[LadderPoint]:
     """The completed trials of ``study`` as plain points; failed, pruned and infeasible trials are
     left out (their loss is not a final loss)."""
-    import math
 
     import optuna
 
@@ -162,3 +162,137 @@ def ladder_points(study: optuna.Study) -> list[LadderPoint]:
             seq_len=int(layout["seq_len"]), loss=float(t.values[0]),
         ))
     return points
+
+
+# The target run ----------------------------------------------------------------------------------
+WARMUP_CAP_STEPS = 2000
+"""Warm-up cap: DeepSeek LLM warms up for 2000 steps (arXiv:2401.02954, Sec. 2.3) at any scale."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScaleDecision:
+    """The target run: hyperparameters from the fit, the layout from the planner, the files to run."""
+
+    fit: Any
+    """The planner's :class:`~trainplan.planner._hyperfit.FitResult` (laws, intervals, notes)."""
+    priors: list[Any]
+    """Published laws at the target (:class:`~trainplan.planner._hyperlaws.HyperSuggestion`)."""
+    plan: Any
+    """The chosen layout's :class:`~trainplan.planner.Plan` (time, cost, memory: estimates)."""
+    recommendation: Any
+    global_batch: int
+    """Sequences per optimizer step (the fitted batch in tokens / seq_len, rounded; see ``rounding``)."""
+    rounding: str
+    seq_len: int
+    steps: int
+    warmup_steps: int
+    tokens: float
+    data: Any | None
+    """:class:`~trainplan.planner._scaling.DataConstrainedPrediction` when ``--dataset-tokens`` is given."""
+    predicted_loss: dict[str, float]
+    """Final eval loss: value, low, high (data-constrained when the data repeats)."""
+    spec: Any
+    """The target's :class:`~trainplan.runners.TrialSpec`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        hp = self.spec.hyperparams
+        return {
+            "kind": "scale-up", "mode": self.fit.mode, "notes": list(self.fit.notes),
+            "target": {"model": self.spec.model, "non_embedding_params": self.fit.target_n, "tokens": self.tokens,
+                       "seq_len": self.seq_len, "global_batch": self.global_batch, "batch_rounding": self.rounding,
+                       "steps": self.steps, "warmup_steps": self.warmup_steps, "lr": hp.lr,
+                       "predicted_loss": self.predicted_loss},
+            "fit": self.fit.to_dict(),
+            "priors": [s.to_dict(self.seq_len) for s in self.priors],
+            "data": asdict(self.data) if self.data is not None else None,
+            "layout": self.plan.to_dict(),
+            "recommendation": {"optimize": self.recommendation.optimize, "evaluated": self.recommendation.evaluated,
+                               "feasible": self.recommendation.feasible, "min_gpus": self.recommendation.min_gpus},
+        }
+
+
+def _round_batch(sequences: float) -> tuple[int, str]:
+    """Whole sequences that many GPU counts divide: a multiple of 32 from 32 up, else a power of two."""
+    if sequences >= 32:
+        gb = max(32, 32 * round(sequences / 32))
+        return gb, "nearest multiple of 32 sequences"
+    gb = 2 ** max(0, round(math.log2(max(sequences, 1))))
+    return gb, "nearest power of two sequences"
+
+
+def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | None = None, gpu: str = "h100-sxm",
+                 max_gpus: int = 64, budget: float | None = None, dataset_tokens: float | None = None,
+                 seq_len: int | None = None, tolerance: float = 0.02, warmup_fraction: float = 0.01,
+                 data: str = "stdlib", optimize: str = "time", price: float | None = None,
+                 seed: int = 0) -> ScaleDecision:
+    """Fit the ladder's ``points``, predict the target's hyperparameters and loss, and plan its layout."""
+    from trainplan.planner import Hyperparams, Layout, LayoutSpace, chinchilla, count_parameters, load_gpu, load_model, recommend
+    from trainplan.planner._hyperfit import Point, fit_ladder
+    from trainplan.planner._hyperlaws import suggest_hyperparams
+    from trainplan.planner._scaling import data_constrained
+    from trainplan.runners import TrialSpec
+
+    model = load_model(model_ref)
+    card = load_gpu(gpu)
+    counts = count_parameters(model)
+    seq_len = seq_len or min(2048, model.max_position_embeddings)
+    tokens = tokens or chinchilla(counts.active).compute_optimal_tokens
+    fit = fit_ladder([Point(size=p.size, n_params=p.n_params, tokens=p.tokens, lr=p.lr,
+                            batch_tokens=p.batch_tokens, loss=p.loss) for p in points],
+                     counts.non_embedding, tokens, tolerance=tolerance, seed=seed)
+    global_batch, rounding = _round_batch(fit.batch_tokens.value / seq_len)
+    steps = math.ceil(tokens / (global_batch * seq_len))
+    warmup = max(1, min(round(warmup_fraction * steps), WARMUP_CAP_STEPS, steps))
+    loss = fit.loss.to_dict()
+    dc = None
+    if dataset_tokens is not None:
+        dc = data_constrained(counts.active, tokens, dataset_tokens)
+        if dc.epochs > 1:  # the repetition penalty of the data-constrained law, in its own nats, added
+            penalty = dc.predicted_loss - dc.predicted_loss_unconstrained
+            loss = {k: v + penalty for k, v in loss.items()}
+    base = Layout(gpus=1, seq_len=seq_len, precision="bf16", micro_batch=1)
+    # The runner trains data-parallel (ZeRO) layouts only, so the target's layouts are too.
+    rec = recommend(model, card, base, global_batch=global_batch, tokens=tokens, optimize=optimize,
+                    space=LayoutSpace(max_gpus=max_gpus, tp=(1,), pp=(1,)), price=price)
+    ranked = [p for p in rec.ranked if budget is None or p.cost_usd <= budget]
+    if not rec.ranked:
+        raise UsageError("--max-gpus", f"no data-parallel layout of {model.name} with global batch {global_batch} fits "
+                                       f"{card.name} memory on up to {max_gpus} GPUs; raise --max-gpus")
+    if not ranked:
+        cheapest = min(p.cost_usd for p in rec.ranked)
+        raise UsageError("--budget", f"no layout up to {max_gpus} GPUs costs <= ${budget:,.0f}; the cheapest "
+                                     f"costs ${cheapest:,.0f} (lower --tokens or raise --budget)")
+    best = ranked[0]
+    hp = Hyperparams(lr=fit.lr.value, warmup_steps=warmup, total_steps=steps, schedule="cosine", weight_decay=0.1)
+    spec = TrialSpec(model=model_ref, data=data, steps=steps, layout=best.layout, hyperparams=hp, gpu=card.key,
+                     eval_every=max(1, steps // 20), log_every=10)
+    return ScaleDecision(
+        fit=fit, priors=suggest_hyperparams(n_layer=model.num_layers, d_model=model.hidden_size, seq_len=seq_len,
+                                            non_embedding_params=counts.non_embedding, tokens=tokens),
+        plan=best, recommendation=rec, global_batch=global_batch, rounding=rounding, seq_len=seq_len, steps=steps,
+        warmup_steps=warmup, tokens=tokens, data=dc, predicted_loss=loss, spec=spec,
+    )
+
+
+def write_target(decision: ScaleDecision, out_dir: Path) -> list[Path]:
+    """Write the target's ``spec.json``, ``ds_config.json``, ``cmd.txt`` and ``scale.json`` into ``out_dir``."""
+    import json
+    import shlex
+
+    from trainplan.runners._launch import build_command
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = decision.spec
+    spec_path = spec.to_json(out_dir / "spec.json")
+    (out_dir / "ds_config.json").write_text(json.dumps(spec.ds_config(), indent=2) + "\n")
+    lay = spec.layout
+    if lay.nodes > 1:  # several hosts: the launcher reads them from a hostfile the user writes
+        cmd = build_command(spec_path, gpus=lay.gpus_per_node, master_port=29500, hostfile="hostfile")
+        cmd[cmd.index("--num_gpus"):cmd.index("--num_gpus")] = ["--num_nodes", str(lay.nodes)]
+    else:
+        cmd = build_command(spec_path, gpus=lay.gpus, master_port=29500)
+    (out_dir / "cmd.txt").write_text(shlex.join(cmd) + "\n")
+    (out_dir / "scale.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str) + "\n")
+    return [out_dir / n for n in ("spec.json", "ds_config.json", "cmd.txt", "scale.json")]
