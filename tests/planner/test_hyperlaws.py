@@ -125,3 +125,25 @@ def test_too_few_trials_is_refused_naming_what_to_run() -> None:
     pts = _synthetic([1e6])[:2]
     with pytest.raises(UsageError, match="default_ladder.yaml"):
         fit_ladder(pts, 1e8, 1e8)
+
+
+def test_plan_prints_and_emits_the_priors_and_the_data_limit(capsys) -> None:
+    import json
+
+    from trainplan.cli import main
+
+    base = ["plan", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "64", "--zero", "3",
+            "--global-batch", "1024", "--seq-len", "4096", "--tokens", "2T"]
+    assert main([*base, "--format", "json", "--dataset-tokens", "500B"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    suggested = doc["hyperparams"]["suggested"]
+    assert [s["law"] for s in suggested] == ["deepseek", "step_law"]
+    assert suggested[1]["lr"] == pytest.approx(step_law(doc["parameters"]["non_embedding"], 2e12).lr)
+    assert "2401.02954" in suggested[0]["source"] and "2503.04715" in suggested[1]["source"]
+    dc = doc["scaling"]["data_constrained"]
+    assert dc["epochs"] == 4.0 and dc["effective_tokens"] == pytest.approx(500e9 * 3.7259, rel=1e-4)
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "LR / batch (deepseek)" in out and "LR / batch (step_law)" in out and "prior" in out
+    assert main([*base, "--dataset-tokens", "0"]) == 2
+    assert "--dataset-tokens" in capsys.readouterr().err
