@@ -108,3 +108,19 @@ def test_missing_or_thin_study_is_refused_naming_what_to_run(capsys, tmp_path: P
     make_study(tmp_path / "study.db", {"w64": 0}, loss_of=_loss, lrs=(0.002,), batches=(16,))
     code, _, err = run(capsys, "scale", "--run-dir", str(tmp_path), "--target-model", "llama-2-7b")
     assert code == 2 and "default_ladder.yaml" in err and "w64: 1" in err
+
+
+def test_report_page_carries_the_fit_and_the_decision(capsys, ladder_dir: Path) -> None:
+    page = ladder_dir / "scale.html"
+    code, _, err = run(capsys, "scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--tokens", "2T",
+                       "--max-gpus", "512", "--report", str(page))
+    assert code == 0 and page.is_file(), err
+    text = page.read_text()
+    assert "The target&#x27;s decision" in text or "The target's decision" in text
+    data = json.loads((ladder_dir / "report_data" / "scaleup-lr.json").read_text())
+    assert data["mode"] == "fitted" and len(data["optima"]) == 4 and data["target"]["target"]["model"] == "llama-2-7b"
+    curve = data["curve"]
+    assert all(r["lr_low"] <= r["lr_value"] <= r["lr_high"] for r in curve)
+    assert curve[-1]["n"] == pytest.approx(data["target"]["fit"]["target"]["non_embedding_params"])
+    # the fitted LR falls with N (lr* = 2 N^-0.4 in the study)
+    assert curve[-1]["lr_value"] < curve[0]["lr_value"]

@@ -102,10 +102,13 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
               help="Near-optimal set: trials within this fraction of each size's best loss.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for spec.json, ds_config.json, cmd.txt, scale.json [<run-dir>/target].")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write an HTML page of the fit and the target's decision here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def scale(run_dir: Path | None, storage: str | None, study_name: str | None, target_model: str, tokens: str | None,
           seq_len: int | None, gpu: str, max_gpus: int, budget: float | None, optimize: str,
-          dataset_tokens: str | None, data: str | None, tolerance: float, out_dir: Path | None, fmt: str) -> None:
+          dataset_tokens: str | None, data: str | None, tolerance: float, out_dir: Path | None,
+          report_path: Path | None, fmt: str) -> None:
     """Fit LR, batch and loss laws on a ladder study and plan the target run."""
     from trainplan.search._ladder import ladder_points, scale_target, write_target
 
@@ -113,8 +116,9 @@ def scale(run_dir: Path | None, storage: str | None, study_name: str | None, tar
         raise UsageError("--budget", f"must be positive, got {budget}")
     study = _open_study(storage, run_dir, study_name)
     base = (study.user_attrs.get("sweep") or {}).get("base") or {}
+    points = ladder_points(study)
     decision = scale_target(
-        ladder_points(study), target_model, tokens=parse_count(tokens, "--tokens") if tokens else None,
+        points, target_model, tokens=parse_count(tokens, "--tokens") if tokens else None,
         gpu=gpu, max_gpus=max_gpus, budget=budget, optimize=optimize,
         dataset_tokens=parse_count(dataset_tokens, "--dataset-tokens") if dataset_tokens else None,
         seq_len=seq_len, tolerance=tolerance, warmup_fraction=float(base.get("warmup_fraction", 0.01)),
@@ -123,6 +127,10 @@ def scale(run_dir: Path | None, storage: str | None, study_name: str | None, tar
     out = out_dir or ((run_dir or Path(".")) / "target")
     paths = write_target(decision, out)
     d = decision.to_dict()
+    if report_path is not None:
+        from trainplan.reports._scaleup import build_scale_report
+
+        click.echo(f"wrote {build_scale_report(points, d, report_path)}", err=True)
     if fmt == "json":
         click.echo(json.dumps({**d, "files": [str(p) for p in paths]}, indent=2, default=str))
     else:
