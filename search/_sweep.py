@@ -18,7 +18,7 @@ from typing import Any
 from trainplan.errors import UsageError, close_matches
 
 __all__ = [
-    "Budget", "Hardware", "LadderSize", "OBJECTIVES", "PARAMS", "ParamSpec", "PrunerConfig", "PRUNERS",
+    "Budget", "Hardware", "LadderSize", "OBJECTIVES", "OverfitConfig", "PARAMS", "ParamSpec", "PrunerConfig", "PRUNERS",
     "SAMPLERS", "SamplerConfig", "SweepSpec", "default_sweep_path", "load_sweep",
 ]
 
@@ -123,6 +123,16 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OverfitConfig:
+    """Overfitting detection in every trial (search/_overfit.py states the rule)."""
+
+    window: int = 3
+    """Evaluations over which eval loss must rise while train loss falls."""
+    stop: bool = False
+    """Stop a trial once it overfits (recorded as pruned, the reason naming it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LadderSize:
     """One model size of a ladder sweep: every size gets the same LR/batch search in one study."""
 
@@ -163,6 +173,8 @@ class SweepSpec:
     """Seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is retried."""
     max_retries: int = 2
     """Times a trial left RUNNING by a dead worker is retried."""
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    """Overfitting detection: recorded on every trial (``overfit`` attribute); optional early stop."""
     ladder: tuple[LadderSize, ...] = ()
     """Model sizes of a ladder sweep (``trainplan scale`` fits across them); the study gets a
     ``size`` dimension with one choice per size, so the grid sampler runs every size on the
@@ -287,6 +299,8 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
     if not isinstance(space_raw, Mapping):
         raise UsageError("space", "must be a mapping of parameter name -> range or choices")
     space = tuple(_param(str(name), spec) for name, spec in space_raw.items())
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    """Overfitting detection: recorded on every trial (``overfit`` attribute); optional early stop."""
     ladder: tuple[LadderSize, ...] = ()
     if raw.get("ladder"):
         from trainplan.search._ladder import parse_ladder
@@ -306,6 +320,11 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
     hardware = _section(raw, "hardware", Hardware)
     budget = _section(raw, "budget", Budget)
     sampler = _section(raw, "sampler", SamplerConfig)
+    overfit = _section(raw, "overfit", OverfitConfig)
+    if not isinstance(overfit.window, int) or isinstance(overfit.window, bool) or overfit.window < 1:
+        raise UsageError("overfit.window", f"must be a positive integer, got {overfit.window!r}")
+    if not isinstance(overfit.stop, bool):
+        raise UsageError("overfit.stop", f"must be true or false, got {overfit.stop!r}")
     pruner_given = "type" in (raw.get("pruner") or {})
     pruner = _section(raw, "pruner", PrunerConfig)
     if len(objectives) > 1:
@@ -322,6 +341,7 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
         objectives=tuple(objectives), budget=budget, sampler=sampler, pruner=pruner,
         workers=raw.get("workers", 1), storage=raw.get("storage"),
         heartbeat_s=raw.get("heartbeat_s", 10), max_retries=raw.get("max_retries", 2), ladder=ladder,
+        overfit=overfit,
     )
     for key, value in (("workers", spec.workers), ("heartbeat_s", spec.heartbeat_s)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
