@@ -13,8 +13,11 @@ lr, batch, final loss of each completed trial). Method, written once:
    dependence at the target is Step Law's exponent (a prior, said so in ``notes``).
 3. Loss: ``L = E + A N^-alpha`` (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, at fixed D);
    alpha is profiled over a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024
-   value 0.3478 (the prior for few data). A target at other tokens adds Chinchilla's data term
-   ``B (D^-beta - D_fit^-beta)`` (Besiroglu constants): a prior, said so.
+   value 0.3478 (the prior for few data). When the sizes trained several token budgets (3+
+   sizes, 2+ budgets), ``L = E + A N^-alpha + B D^-beta`` with both exponents at the Besiroglu
+   prior and E, A, B fitted. A ladder at one token budget cannot fit the data term, so its loss is
+   predicted at the ladder's tokens and ``loss_tokens`` says so: Chinchilla's own B is in its
+   data's nats and at a tiny D swamps everything (tried: -27 nats at 2T from 131k tokens).
 4. Intervals: 400 bootstrap resamples of the trials within each size (seeded), the whole fit
    redone each time; 2.5/97.5 percentiles.
 
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 
 from trainplan.errors import UsageError
 from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
-from trainplan.planner._scaling import ALPHA, B as CHIN_B, BETA
+from trainplan.planner._scaling import ALPHA, BETA
 
 __all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "size_optima"]
 
@@ -101,6 +104,8 @@ class FitResult:
     lr: Interval
     batch_tokens: Interval
     loss: Interval
+    loss_tokens: float
+    """The tokens the loss prediction is for (the ladder's when it cannot reach the target's)."""
     fitted_n_range: tuple[float, float]
     fitted_tokens: tuple[float, float]
     extrapolation: float
@@ -117,7 +122,7 @@ class FitResult:
             "alpha_fitted": self.alpha_fitted,
             "target": {"non_embedding_params": self.target_n, "tokens": self.target_tokens,
                        "lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
-                       "loss": self.loss.to_dict()},
+                       "loss": self.loss.to_dict(), "loss_tokens": self.loss_tokens},
             "fitted_n_range": list(self.fitted_n_range), "fitted_tokens": list(self.fitted_tokens),
             "extrapolation": self.extrapolation, "notes": list(self.notes),
         }
@@ -180,38 +185,52 @@ def _loss_fit(ns: Sequence[float], ls: Sequence[float], alpha: float | None) -> 
     return e, a_coef, a
 
 
-def _data_term(d: float) -> float:
-    return CHIN_B * d ** -BETA
+def _solve(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least squares by the normal equations and Gaussian elimination (a handful of columns)."""
+    k = len(rows[0])
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(k)] + [sum(r[i] * y for r, y in zip(rows, ys))]
+         for i in range(k)]
+    for c in range(k):
+        piv = max(range(c, k), key=lambda r: abs(m[r][c]))
+        m[c], m[piv] = m[piv], m[c]
+        if abs(m[c][c]) < 1e-300:
+            raise ValueError("singular design: the sizes do not separate N from D")
+        for r in range(k):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [a - f * b for a, b in zip(m[r], m[c])]
+    return [m[i][k] / m[i][i] for i in range(k)]
 
 
-def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float,
-             fit_alpha: bool) -> dict[str, float]:
+def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_alpha: bool,
+             loss_d: float, nd_loss: bool) -> dict[str, float]:
     ns = [o.n_params for o in optima]
     d_fit = math.exp(sum(math.log(o.tokens) for o in optima) / len(optima))
     x = [math.log(n) for n in ns]
     k_lr, a_lr = _line(x, [math.log(o.lr) for o in optima])
     k_b, a_b = _line(x, [math.log(o.batch_tokens) for o in optima])
-    e, a_coef, alpha = _loss_fit(ns, [o.loss for o in optima], None if fit_alpha else ALPHA)
     d_ratio = target_d / d_fit
-    return {
-        "lr_exp": a_lr, "batch_exp": a_b, "alpha": alpha, "e": e,
-        "lr": math.exp(k_lr + a_lr * math.log(target_n)) * d_ratio ** STEP_LR[2],
-        "batch": math.exp(k_b + a_b * math.log(target_n)) * d_ratio ** STEP_BATCH[1],
-        "loss": e + a_coef * target_n ** -alpha + _data_term(target_d) - _data_term(d_fit),
-    }
+    out = {"lr_exp": a_lr, "batch_exp": a_b,
+           "lr": math.exp(k_lr + a_lr * math.log(target_n)) * d_ratio ** STEP_LR[2],
+           "batch": math.exp(k_b + a_b * math.log(target_n)) * d_ratio ** STEP_BATCH[1]}
+    if nd_loss:  # sizes at several token budgets: L = E + A N^-alpha + B D^-beta, exponents the prior's
+        e, a_coef, b_coef = _solve([[1.0, o.n_params ** -ALPHA, o.tokens ** -BETA] for o in optima],
+                                   [o.loss for o in optima])
+        return {**out, "alpha": ALPHA, "e": e, "loss": e + a_coef * target_n ** -ALPHA + b_coef * loss_d ** -BETA}
+    e, a_coef, alpha = _loss_fit(ns, [o.loss for o in optima], None if fit_alpha else ALPHA)
+    return {**out, "alpha": alpha, "e": e, "loss": e + a_coef * target_n ** -alpha}
 
 
 def _anchored(o: SizeOptimum, target_n: float, target_d: float) -> dict[str, float]:
     n_ratio, d_ratio = target_n / o.n_params, target_d / o.tokens
-    # The prior's A is in its own units; anchored, only the shape N^-alpha is borrowed: with
-    # L = E + A N^-alpha and E unknown, E is taken as the Besiroglu E scaled to the measured loss.
+    # The prior's constants are in its own units (MassiveText nats): only the shape of its N term
+    # is borrowed, as a ratio at the measured size's tokens.
     from trainplan.planner._scaling import A as CHIN_A, E as CHIN_E
 
-    scale = o.loss / (CHIN_E + CHIN_A * o.n_params ** -ALPHA + _data_term(o.tokens))
-    loss = scale * (CHIN_E + CHIN_A * target_n ** -ALPHA + _data_term(target_d))
-    return {"lr_exp": STEP_LR[1], "batch_exp": 0.0, "alpha": ALPHA, "e": scale * CHIN_E,
+    shape = (CHIN_E + CHIN_A * target_n ** -ALPHA) / (CHIN_E + CHIN_A * o.n_params ** -ALPHA)
+    return {"lr_exp": STEP_LR[1], "batch_exp": 0.0, "alpha": ALPHA, "e": o.loss * CHIN_E / (CHIN_E + CHIN_A * o.n_params ** -ALPHA),
             "lr": o.lr * n_ratio ** STEP_LR[1] * d_ratio ** STEP_LR[2],
-            "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": loss}
+            "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": o.loss * shape}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -242,6 +261,17 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     ns = [o.n_params for o in optima]
     fit_alpha = len(optima) >= 4
     notes = []
+    d_lo, d_hi = min(o.tokens for o in optima), max(o.tokens for o in optima)
+    nd_loss = len(optima) >= 3 and len({o.tokens for o in optima}) >= 2 and len({o.n_params for o in optima}) >= 2
+    inside_d = d_lo / 1.1 <= target_tokens <= d_hi * 1.1
+    loss_tokens = target_tokens if nd_loss or inside_d else math.exp(
+        sum(math.log(o.tokens) for o in optima) / len(optima))
+    if loss_tokens != target_tokens:
+        notes.append(f"final loss is predicted at the ladder's {loss_tokens:.3g} tokens, not the target's "
+                     f"{target_tokens:.3g}: every size trained the same tokens, so the data term is not fitted "
+                     "(give the ladder sizes several token budgets to fit it)")
+    elif nd_loss:
+        notes.append(f"loss fitted as E + A N^-{ALPHA} + B D^-{BETA} (exponents: the Besiroglu et al. 2024 prior)")
     if len(optima) == 1:
         mode, fit = "anchored", (lambda opt: _anchored(opt[0], target_n, target_tokens))
         notes.append(f"one size swept ({optima[0].size}): the priors' exponents (Step Law LR {STEP_LR[1]} in N, "
@@ -249,14 +279,13 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
                      "measured optimum; nothing here is fitted across sizes")
     else:
         mode = "fitted"
-        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha))
-        if not fit_alpha:
+        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss))
+        if not fit_alpha and not nd_loss:
             notes.append(f"{len(optima)} sizes: loss exponent alpha held at the Besiroglu et al. 2024 prior {ALPHA} "
                          "(4+ sizes fit it)")
-    d_lo, d_hi = min(o.tokens for o in optima), max(o.tokens for o in optima)
     if not (d_lo <= target_tokens <= d_hi):
         notes.append(f"target tokens {target_tokens:.3g} outside the swept {d_lo:.3g}-{d_hi:.3g}: the D dependence is "
-                     f"a prior (Step Law LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]}; Chinchilla data term)")
+                     f"a prior (Step Law LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
     central = fit(optima)
     by_size: dict[str, list[Point]] = {}
     for p in usable:
@@ -286,9 +315,9 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     return FitResult(
         mode=mode, tolerance=tolerance, optima=tuple(optima),
         lr_exponent=interval("lr_exp"), batch_exponent=interval("batch_exp"),
-        loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted",
+        loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss,
         target_n=target_n, target_tokens=target_tokens,
-        lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"),
+        lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,
         fitted_n_range=(lo_n, hi_n), fitted_tokens=(d_lo, d_hi), extrapolation=extrap, notes=tuple(notes),
     )
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DataConstrainedPrediction", "ScalingPrediction", "chinchilla", "data_constrained", "effective_tokens"]
+__all__ = ["DataConstrainedPrediction", "ScalingPrediction", "chinchilla", "data_constrained", "effective_tokens",
+           "same_compute_sizes"]
 
 E, A, B = 1.8172, 482.01, 2085.43
 ALPHA, BETA = 0.3478, 0.3658
@@ -111,3 +112,11 @@ def data_constrained(n_params: float, tokens: float, unique_tokens: float) -> Da
         effective_tokens=d_eff, effective_params=n_eff,
         predicted_loss=_loss(n_eff, d_eff), predicted_loss_unconstrained=_loss(n_params, tokens),
     )
+
+
+def same_compute_sizes(n_params: float, tokens: float, unique_tokens: float,
+                       factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> list[DataConstrainedPrediction]:
+    """The data-constrained loss of models ``f x n_params`` trained on ``tokens / f`` (the same
+    compute 6ND) from the same unique data: a smaller model on more epochs against a bigger one on
+    fewer (Muennighoff et al. 2023, arXiv:2305.16264, Sec. 5 makes this trade-off with eqs. 5-6)."""
+    return [data_constrained(f * n_params, tokens / f, unique_tokens) for f in factors]

@@ -127,7 +127,7 @@ def get_loss_compute_plot(info: ScaleupInfo) -> go.Figure:
     if info.target:
         t = info.target["target"]
         loss = t["predicted_loss"]
-        _target_trace(fig, 6 * t["non_embedding_params"] * t["tokens"], loss["value"], loss["low"], loss["high"],
+        _target_trace(fig, 6 * t["non_embedding_params"] * t["predicted_loss_tokens"], loss["value"], loss["low"], loss["high"],
                       f"target {t['model']} (predicted)")
     return fig
 
@@ -177,7 +177,7 @@ def _decision_html(d: dict[str, Any]) -> str:
         ("global batch", f"{t['global_batch']:,} sequences of {t['seq_len']} ({t['batch_rounding']})"),
         ("steps, warm-up", f"{t['steps']:,}, {t['warmup_steps']:,}"),
         ("predicted final loss", f"{t['predicted_loss']['value']:.4f} [{t['predicted_loss']['low']:.4f}, "
-                                 f"{t['predicted_loss']['high']:.4f}]"),
+                                 f"{t['predicted_loss']['high']:.4f}] at {t['predicted_loss_tokens']:.4g} tokens"),
         ("layout (estimate)", f"{ll['gpus']} x {lay['gpu']['name']}, ZeRO-{ll['zero']}, micro {ll['micro_batch']} x "
                               f"accum {ll['grad_accum']}, checkpointing {ll['checkpointing']}"),
         ("time, cost (estimate)", f"{lay['time']['hours']:,.1f} h, {lay['time']['gpu_hours']:,.0f} GPU-hours, "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,6 +193,9 @@ class ScaleDecision:
     """Final eval loss: value, low, high (data-constrained when the data repeats)."""
     spec: Any
     """The target's :class:`~trainplan.runners.TrialSpec`."""
+    alternatives: list[Any] = field(default_factory=list)
+    """With ``--dataset-tokens``: models 0.25-4x the target's size at the same compute, each with its
+    epochs and data-constrained loss (:func:`~trainplan.planner._scaling.same_compute_sizes`)."""
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -203,10 +206,11 @@ class ScaleDecision:
             "target": {"model": self.spec.model, "non_embedding_params": self.fit.target_n, "tokens": self.tokens,
                        "seq_len": self.seq_len, "global_batch": self.global_batch, "batch_rounding": self.rounding,
                        "steps": self.steps, "warmup_steps": self.warmup_steps, "lr": hp.lr,
-                       "predicted_loss": self.predicted_loss},
+                       "predicted_loss": self.predicted_loss, "predicted_loss_tokens": self.fit.loss_tokens},
             "fit": self.fit.to_dict(),
             "priors": [s.to_dict(self.seq_len) for s in self.priors],
             "data": asdict(self.data) if self.data is not None else None,
+            "same_compute": [asdict(a) for a in self.alternatives],
             "layout": self.plan.to_dict(),
             "recommendation": {"optimize": self.recommendation.optimize, "evaluated": self.recommendation.evaluated,
                                "feasible": self.recommendation.feasible, "min_gpus": self.recommendation.min_gpus},
@@ -231,7 +235,7 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
     from trainplan.planner import Hyperparams, Layout, LayoutSpace, chinchilla, count_parameters, load_gpu, load_model, recommend
     from trainplan.planner._hyperfit import Point, fit_ladder
     from trainplan.planner._hyperlaws import suggest_hyperparams
-    from trainplan.planner._scaling import data_constrained
+    from trainplan.planner._scaling import data_constrained, same_compute_sizes
     from trainplan.runners import TrialSpec
 
     model = load_model(model_ref)
@@ -246,10 +250,11 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
     steps = math.ceil(tokens / (global_batch * seq_len))
     warmup = max(1, min(round(warmup_fraction * steps), WARMUP_CAP_STEPS, steps))
     loss = fit.loss.to_dict()
-    dc = None
+    dc, alternatives = None, []
     if dataset_tokens is not None:
         dc = data_constrained(counts.active, tokens, dataset_tokens)
-        if dc.epochs > 1:  # the repetition penalty of the data-constrained law, in its own nats, added
+        alternatives = same_compute_sizes(counts.active, tokens, dataset_tokens)
+        if dc.epochs > 1 and fit.loss_tokens == tokens:  # the law's repetition penalty, in its own nats, added
             penalty = dc.predicted_loss - dc.predicted_loss_unconstrained
             loss = {k: v + penalty for k, v in loss.items()}
     base = Layout(gpus=1, seq_len=seq_len, precision="bf16", micro_batch=1)
@@ -272,7 +277,7 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
         fit=fit, priors=suggest_hyperparams(n_layer=model.num_layers, d_model=model.hidden_size, seq_len=seq_len,
                                             non_embedding_params=counts.non_embedding, tokens=tokens),
         plan=best, recommendation=rec, global_batch=global_batch, rounding=rounding, seq_len=seq_len, steps=steps,
-        warmup_steps=warmup, tokens=tokens, data=dc, predicted_loss=loss, spec=spec,
+        warmup_steps=warmup, tokens=tokens, data=dc, predicted_loss=loss, spec=spec, alternatives=alternatives,
     )
 
 

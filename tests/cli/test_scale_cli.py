@@ -81,14 +81,28 @@ def test_one_size_says_it_anchors_the_priors(capsys, tmp_path: Path) -> None:
 
 
 def test_dataset_tokens_give_epochs_and_a_higher_loss(capsys, ladder_dir: Path) -> None:
-    args = ["scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--tokens", "2T", "--max-gpus", "512",
+    # A target at the ladder's tokens, so the loss is predicted at the target's tokens.
+    w192 = str(Path(__file__).parents[2] / "search/data/ladder-llama-w192.json")
+    args = ["scale", "--run-dir", str(ladder_dir), "--target-model", w192, "--tokens", "131072", "--seq-len", "128",
             "--format", "json"]
     _, out, _ = run(capsys, *args)
     free = json.loads(out)["target"]["predicted_loss"]["value"]
-    code, out, _ = run(capsys, *args, "--dataset-tokens", "100B")
+    code, out, _ = run(capsys, *args, "--dataset-tokens", "13107")
     doc = json.loads(out)
-    assert code == 0 and doc["data"]["epochs"] == pytest.approx(20.0)
+    assert code == 0 and doc["data"]["epochs"] == pytest.approx(10.0, rel=1e-4)
+    assert doc["target"]["predicted_loss_tokens"] == 131072
     assert doc["target"]["predicted_loss"]["value"] > free
+    # the same compute on smaller (more epochs) and bigger (fewer) models
+    assert [round(a["epochs"], 1) for a in doc["same_compute"]] == [40.0, 20.0, 10.0, 5.0, 2.5]
+
+
+def test_a_target_at_other_tokens_says_its_loss_is_at_the_ladders(capsys, ladder_dir: Path) -> None:
+    code, out, _ = run(capsys, "scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--tokens", "2T",
+                       "--max-gpus", "512", "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["target"]["predicted_loss_tokens"] == pytest.approx(131072)
+    assert any("not the target's" in n for n in doc["notes"])
+    assert 1.0 < doc["target"]["predicted_loss"]["value"] < 1.6  # E 1.2 + 30 N^-0.35 in the study
 
 
 @pytest.mark.parametrize(("extra", "flag"), [

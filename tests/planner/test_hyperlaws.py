@@ -147,3 +147,22 @@ def test_plan_prints_and_emits_the_priors_and_the_data_limit(capsys) -> None:
     assert "LR / batch (deepseek)" in out and "LR / batch (step_law)" in out and "prior" in out
     assert main([*base, "--dataset-tokens", "0"]) == 2
     assert "--dataset-tokens" in capsys.readouterr().err
+
+
+def test_loss_at_other_tokens_is_fitted_only_when_the_ladder_varies_tokens() -> None:
+    # One token budget: the loss is predicted at the ladder's tokens, and the note says so.
+    fit = fit_ladder(_synthetic([1e5, 3e5, 1e6, 3e6]), 1e7, 1e12, n_boot=50)
+    assert fit.loss_tokens == pytest.approx(1e8) and any("not the target's" in n for n in fit.notes)
+    assert fit.loss.value == pytest.approx(1.5 + 40 * 1e7**-0.35, rel=0.03)
+    # Several budgets, L = E + A N^-a + B D^-b with the prior's exponents: E, A, B come back.
+    rng = random.Random(3)
+    pts = []
+    for n, d in ((1e5, 1e8), (3e5, 3e8), (1e6, 1e8), (3e6, 1e9), (1e7, 3e8)):
+        for k in range(-2, 3):
+            lr = 0.01 * 2**k
+            loss = 1.7 + 400 * n**-ALPHA + 900 * d**-0.3658 + 0.02 * k**2
+            pts.append(Point(size=f"{n:g}/{d:g}", n_params=n, tokens=d, lr=lr, batch_tokens=8192,
+                             loss=loss * (1 + rng.gauss(0, 0.001))))
+    fit = fit_ladder(pts, 1e8, 1e10, n_boot=50)
+    assert fit.loss_tokens == 1e10
+    assert fit.loss.value == pytest.approx(1.7 + 400 * 1e8**-ALPHA + 900 * 1e10**-0.3658, rel=0.02)

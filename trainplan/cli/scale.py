@@ -66,14 +66,22 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
         ["global batch", f"{t['global_batch']:,} sequences of {t['seq_len']} = {human_count(t['global_batch'] * t['seq_len'])} tokens "
                          f"(fit {_interval(fit['target']['batch_tokens'])} tokens; {t['batch_rounding']})"],
         ["steps / warm-up", f"{t['steps']:,} steps, {t['warmup_steps']:,} warm-up"],
-        ["final loss", f"{_interval(t['predicted_loss'], '.4f')} (predicted; the ladder's data and tokenizer)"],
+        ["final loss", f"{_interval(t['predicted_loss'], '.4f')} at {human_count(t['predicted_loss_tokens'])} tokens "
+                       "(predicted; the ladder's data and tokenizer"
+                       + (")" if t["predicted_loss_tokens"] == t["tokens"] else "; NOT at the target's tokens, see the notes)")],
     ]
     for p in d["priors"]:
         rows.append([f"prior ({p['law']})", f"LR {p['lr']:.3g}, batch {human_count(p['batch_tokens'])} tokens ({p['source']})"])
     if d["data"]:
         dc = d["data"]
         rows.append(["data", f"{dc['epochs']:.2f} epochs of {human_count(dc['unique_tokens'])} unique tokens, worth "
-                             f"{human_count(dc['effective_tokens'])} (Muennighoff et al. 2023; loss above includes it)"])
+                             f"{human_count(dc['effective_tokens'])} (Muennighoff et al. 2023"
+                             + ("; loss above includes it)" if t["predicted_loss_tokens"] == t["tokens"] else ")")])
+        t_tokens = d["target"]["tokens"]
+        best = min(d["same_compute"], key=lambda a: a["predicted_loss"])
+        rows.append(["same compute", "; ".join(f"N x{t_tokens / a['tokens']:.2g}: {a['epochs']:.1f} epochs, loss "
+                                               f"{a['predicted_loss']:.3f}" for a in d["same_compute"])
+                     + f" (data-constrained law, Chinchilla units; lowest at N x{t_tokens / best['tokens']:.2g})"])
     ll = lay["layout"]
     rows += [
         ["layout", f"{ll['gpus']} x {lay['gpu']['key']}, ZeRO-{ll['zero']}, micro {ll['micro_batch']} x accum "
