@@ -2,6 +2,7 @@
 
     python benchmarks/transfer.py                                   # runs the default ladder first
     python benchmarks/transfer.py --run-dir runs/ladder-default     # reuse a finished ladder study
+    python benchmarks/transfer.py --sweep my_ladder.yaml --run-dir runs/my-ladder   # another ladder
 
 On the built-in ladder (search/data/default_ladder.yaml, seeded, one study), the laws are fitted
 on every size but the largest (planner/_hyperfit.py, the same code as ``trainplan scale``), and
@@ -35,10 +36,11 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", type=Path, default=Path("runs/bench-transfer"))
+    ap.add_argument("--sweep", type=Path, default=None, help="Ladder sweep file [search/data/default_ladder.yaml].")
     ap.add_argument("--tolerance", type=float, default=0.02)
     args = ap.parse_args()
 
-    sweep = load_sweep(default_ladder_path())
+    sweep = load_sweep(args.sweep or default_ladder_path())
     start = time.monotonic()
     result = run_search(sweep, run_dir=args.run_dir, progress=False)  # resumes: finished trials are kept
     ladder_s = time.monotonic() - start
@@ -67,7 +69,8 @@ def main() -> None:
     lines = [
         "# Transfer: fitted on the smaller ladder sizes, checked on the largest (real CPU trials)",
         "",
-        f"Ladder: {', '.join(sorted({p.size for p in points}))}; {len(points)} completed trials "
+        f"Ladder: {args.sweep or 'search/data/default_ladder.yaml'}, sizes {', '.join(sorted({p.size for p in points}))}; "
+        f"{len(points)} completed trials "
         f"(ladder run {ladder_s:.0f} s in this call; 0 when resumed). Largest: {largest.size}, N = "
         f"{largest.n_params:,} non-embedding, {largest.tokens:,} tokens; its swept best: loss "
         f"{swept_best.loss:.4f} at LR {swept_best.lr:g}, batch {batch}.",
