@@ -79,6 +79,8 @@ class SizeOptimum:
     """Completed trials of the size."""
     near_optimal: int
     """Trials within the tolerance of the best."""
+    lr_at_edge: bool = False
+    """The best trial's LR is the smallest or largest swept for the size: the optimum may lie beyond."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,7 +150,8 @@ def size_optima(points: Sequence[Point], tolerance: float = 0.02) -> list[SizeOp
             size=group[0].size, n_params=n, tokens=d,
             lr=math.exp(sum(wi * math.log(p.lr) for wi, p in zip(w, near)) / total),
             batch_tokens=math.exp(sum(wi * math.log(p.batch_tokens) for wi, p in zip(w, near)) / total),
-            loss=best, trials=len(group), near_optimal=len(near)))
+            loss=best, trials=len(group), near_optimal=len(near),
+            lr_at_edge=min(group, key=lambda p: p.loss).lr in (min(p.lr for p in group), max(p.lr for p in group))))
     return out
 
 
@@ -233,6 +236,13 @@ def _anchored(o: SizeOptimum, target_n: float, target_d: float) -> dict[str, flo
             "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": o.loss * shape}
 
 
+def _group_by_size(points: Sequence[Point]) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for p in points:
+        out.setdefault(p.size, []).append(p)
+    return out
+
+
 def _percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     i = q * (len(s) - 1)
@@ -286,10 +296,18 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     if not (d_lo <= target_tokens <= d_hi):
         notes.append(f"target tokens {target_tokens:.3g} outside the swept {d_lo:.3g}-{d_hi:.3g}: the D dependence is "
                      f"a prior (Step Law LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
+    batches = {p.batch_tokens for p in usable}
+    if len(batches) == 1:
+        notes.append(f"the ladder swept one batch ({next(iter(batches)):.0f} tokens): the batch is not fitted, only "
+                     f"carried to the target's tokens by Step Law's D^{STEP_BATCH[1]}")
+    lrs_per_size = min(len({p.lr for p in group}) for group in _group_by_size(usable).values())
+    if lrs_per_size < 3:
+        notes.append(f"a size has only {lrs_per_size} distinct learning rates: its optimum may lie outside what was swept")
+    edge = [o.size for o in optima if o.lr_at_edge]
+    if edge:
+        notes.append(f"best LR at the edge of the swept range for {', '.join(edge)}: widen the LR choices there")
     central = fit(optima)
-    by_size: dict[str, list[Point]] = {}
-    for p in usable:
-        by_size.setdefault(p.size, []).append(p)
+    by_size = _group_by_size(usable)
     rng = random.Random(seed)
     boots: list[dict[str, float]] = []
     for _ in range(n_boot):

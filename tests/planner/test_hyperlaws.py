@@ -166,3 +166,11 @@ def test_loss_at_other_tokens_is_fitted_only_when_the_ladder_varies_tokens() -> 
     fit = fit_ladder(pts, 1e8, 1e10, n_boot=50)
     assert fit.loss_tokens == 1e10
     assert fit.loss.value == pytest.approx(1.7 + 400 * 1e8**-ALPHA + 900 * 1e10**-0.3658, rel=0.02)
+
+
+def test_an_optimum_at_the_edge_of_the_swept_range_is_flagged() -> None:
+    pts = [Point(size="s", n_params=1e6, tokens=1e8, lr=lr, batch_tokens=8192, loss=3.0 - lr)
+           for lr in (1e-3, 2e-3, 4e-3)]
+    fit = fit_ladder(pts, 1e6, 1e8, n_boot=20)
+    assert fit.optima[0].lr_at_edge and any("edge of the swept range for s" in n for n in fit.notes)
+    assert not fit_ladder(_synthetic([1e6]), 1e6, 1e8, n_boot=20).optima[0].lr_at_edge
