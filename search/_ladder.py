@@ -272,7 +272,7 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
     best = ranked[0]
     hp = Hyperparams(lr=fit.lr.value, warmup_steps=warmup, total_steps=steps, schedule="cosine", weight_decay=0.1)
     spec = TrialSpec(model=model_ref, data=data, steps=steps, layout=best.layout, hyperparams=hp, gpu=card.key,
-                     eval_every=max(1, steps // 20), log_every=10)
+                     eval_every=max(1, steps // 20), log_every=10).validate()
     return ScaleDecision(
         fit=fit, priors=suggest_hyperparams(n_layer=model.num_layers, d_model=model.hidden_size, seq_len=seq_len,
                                             non_embedding_params=counts.non_embedding, tokens=tokens),
