@@ -61,10 +61,15 @@ def main() -> None:
     batch = swept_best.batch_tokens // swept_best.seq_len
     rows = []
     for name, lr in arms.items():
-        spec = resolve_trial(sweep, {"size": largest.size, "lr": lr, "global_batch": batch})
-        res = run_trial(spec, args.run_dir / "transfer" / name.split()[0].strip("()"))
-        loss = res.get("final_eval_loss")
-        rows.append((name, lr, loss, loss / swept_best.loss if loss else float("nan")))
+        # An LR the ladder already trained at this size and batch is not trained again: same seed, same trial.
+        swept = [p for p in big if abs(p.lr / lr - 1) < 1e-9 and p.batch_tokens == swept_best.batch_tokens]
+        if swept:
+            loss, how = swept[0].loss, f"swept trial {swept[0].trial}"
+        else:
+            spec = resolve_trial(sweep, {"size": largest.size, "lr": lr, "global_batch": batch})
+            loss = run_trial(spec, args.run_dir / "transfer" / name.split()[0].strip("()")).get("final_eval_loss")
+            how = "new trial"
+        rows.append((name, lr, loss, loss / swept_best.loss if loss else float("nan"), how))
 
     lines = [
         "# Transfer: fitted on the smaller ladder sizes, checked on the largest (real CPU trials)",
@@ -78,10 +83,10 @@ def main() -> None:
         f"[{fit.lr_exponent.low:.3f}, {fit.lr_exponent.high:.3f}], predicted LR {fit.lr.value:.3g} "
         f"[{fit.lr.low:.3g}, {fit.lr.high:.3g}].",
         "",
-        "| LR from | LR | final eval loss | / swept best |",
-        "|---|---|---|---|",
-        *[f"| {n} | {lr:.3g} | {loss:.4f} | {r:.4f} |" if loss else f"| {n} | {lr:.3g} | failed | - |"
-          for n, lr, loss, r in rows],
+        "| LR from | LR | final eval loss | / swept best | measured by |",
+        "|---|---|---|---|---|",
+        *[f"| {n} | {lr:.3g} | {loss:.4f} | {r:.4f} | {how} |" if loss else f"| {n} | {lr:.3g} | failed | - | {how} |"
+          for n, lr, loss, r, how in rows],
         "",
         f"Predicted final loss of the largest size: {fit.loss.value:.4f} [{fit.loss.low:.4f}, {fit.loss.high:.4f}]; "
         f"measured swept best {swept_best.loss:.4f}: {fit.loss.value / swept_best.loss:.4f}x.",
