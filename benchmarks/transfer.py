@@ -30,7 +30,7 @@ def main() -> None:
 
     from trainplan.planner._hyperfit import Point, fit_ladder
     from trainplan.planner._hyperlaws import step_law
-    from trainplan.runners import run_trial
+    from trainplan.runners import free_port, launch_trial
     from trainplan.search import load_sweep, resolve_trial, run_search
     from trainplan.search._ladder import default_ladder_path, ladder_points
 
@@ -60,15 +60,21 @@ def main() -> None:
     }
     batch = swept_best.batch_tokens // swept_best.seq_len
     rows = []
+    handles = {}
     for name, lr in arms.items():
         # An LR the ladder already trained at this size and batch is not trained again: same seed, same trial.
         swept = [p for p in big if abs(p.lr / lr - 1) < 1e-9 and p.batch_tokens == swept_best.batch_tokens]
-        if swept:
-            loss, how = swept[0].loss, f"swept trial {swept[0].trial}"
-        else:
+        if not swept:  # the new trials run at once (one rank each)
             spec = resolve_trial(sweep, {"size": largest.size, "lr": lr, "global_batch": batch})
-            loss = run_trial(spec, args.run_dir / "transfer" / name.split()[0].strip("()")).get("final_eval_loss")
-            how = "new trial"
+            handles[name] = launch_trial(spec, args.run_dir / "transfer" / name.split()[0].strip("()"),
+                                         master_port=free_port())
+    for name, lr in arms.items():
+        if name in handles:
+            handles[name].wait()
+            loss, how = handles[name].finalize().get("final_eval_loss"), "new trial"
+        else:
+            swept = [p for p in big if abs(p.lr / lr - 1) < 1e-9 and p.batch_tokens == swept_best.batch_tokens]
+            loss, how = swept[0].loss, f"swept trial {swept[0].trial}"
         rows.append((name, lr, loss, loss / swept_best.loss if loss else float("nan"), how))
 
     lines = [
