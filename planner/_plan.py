@@ -15,6 +15,7 @@ from trainplan import __version__
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._flops import FlopCounts, flops
+from trainplan.planner._hyperlaws import HyperSuggestion, suggest_hyperparams
 from trainplan.planner._layout import Layout
 from trainplan.planner._memory import MemoryEstimate, estimate_memory
 from trainplan.planner._model import ModelSpec
@@ -107,7 +108,14 @@ class Plan:
                      "hours": self.hours, "gpu_hours": self.gpu_hours},
             "cost": {"usd": self.cost_usd, "price_per_gpu_hour": self.price_per_hour},
             "scaling": {**asdict(self.scaling), "law": "Chinchilla, Besiroglu et al. 2024 refit"},
+            "hyperparams": {"kind": "prior", "suggested": [s.to_dict(lay.seq_len) for s in self.suggested_hyperparams()]},
         }
+
+    def suggested_hyperparams(self) -> list[HyperSuggestion]:
+        """Peak LR and global batch from the published laws (priors; planner/_hyperlaws.py)."""
+        return suggest_hyperparams(n_layer=self.model.num_layers, d_model=self.model.hidden_size,
+                                   seq_len=self.layout.seq_len, non_embedding_params=self.params.non_embedding,
+                                   tokens=self.tokens)
 
 
 def plan(

@@ -82,6 +82,14 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
     if "steps" in base and "tokens" in merged:
         raise UsageError("base.tokens", "give steps or tokens, not both")
     merged.update(values)
+    if "size" in merged:  # a ladder sweep: the size names the model and its token budget
+        from trainplan.search._ladder import ladder_size
+
+        size = ladder_size(sweep, merged.pop("size"))
+        base["model"] = size.model
+        if size.tokens is not None:
+            merged["tokens"] = size.tokens
+            base.pop("steps", None)
     if "steps" in values:
         merged.pop("tokens", None)
     if "tokens" in values:

@@ -118,6 +118,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     from trainplan.runners import free_port, launch_trial
     from trainplan.search._guard import process_start_ticks, session_cpu_ticks
     from trainplan.search._optuna import heartbeat_writer
+    from trainplan.search._overfit import overfit_at
     from trainplan.search._records import curve_row, write_attrs
     from trainplan.search._space import resolve_trial, suggest
 
@@ -161,7 +162,8 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
     curve: list[list[Any]] = []
     cpu: dict[int, int] = {}
-    pruned = interrupted = False
+    pruned = interrupted = overfit_stop = False
+    overfit: dict[str, Any] | None = None  # search/_overfit.py: eval loss rising while train loss falls
     last_beat = last_sample = 0.0
     try:
         while True:
@@ -177,6 +179,10 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
                 if can_prune and not pruned and _finite(loss) and 0 < (rec.get("tokens") or 0) < spec.total_tokens:
                     trial.report(float(loss), step=int(rec["tokens"]))
                     pruned = trial.should_prune()
+                if overfit is None and _finite(loss):
+                    overfit = overfit_at(curve, sweep.overfit.window)
+            if overfit is not None and sweep.overfit.stop and not finished and not pruned:
+                pruned = overfit_stop = True
             if pruned or finished:
                 break
             if stop.is_set():
@@ -197,7 +203,13 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         curve.append(curve_row(rec))
     status = "pruned" if pruned else result.get("status", "crashed")
     reason = result.get("reason", "")
-    if pruned:
+    overfit = overfit or overfit_at(curve, sweep.overfit.window)
+    trial.set_user_attr("overfit", overfit)
+    if overfit_stop:
+        reason = (f"stopped at {curve[-1][1] if curve else 0} tokens: overfitting since step {overfit['step']} (eval loss "
+                  f"{overfit['eval_loss_from']:.4f} -> {overfit['eval_loss_to']:.4f} over {overfit['window']} evaluations "
+                  f"while train loss fell)")
+    elif pruned:
         reason = f"pruned at {curve[-1][1] if curve else 0} tokens: eval loss not among the best at this rung"
     if interrupted:
         status, reason = "terminated", "the search was interrupted; queued again for the next run"

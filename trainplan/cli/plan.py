@@ -82,7 +82,31 @@ def _plan_rows(p: Plan) -> list[list[str]]:
                            if p.scaling.predicted_loss_at_tokens else "")
                         + " (Chinchilla fit, Besiroglu et al. 2024; a prediction)"],
     ]
+    for s in p.suggested_hyperparams():
+        rows.append([f"LR / batch ({s.law})", f"peak LR {s.lr:.3g}, global batch {human_count(s.batch_tokens)} tokens "
+                                              f"= {s.batch_sequences(lay.seq_len):,} sequences (prior: {s.source})"])
     return rows
+
+
+def _data_limit(p: Plan, unique_tokens: float | None) -> dict[str, Any] | None:
+    """Epochs and the data-constrained loss when the plan needs more tokens than the data holds."""
+    if unique_tokens is None:
+        return None
+    from dataclasses import asdict
+
+    from trainplan.planner._scaling import data_constrained
+
+    pred = data_constrained(p.params.active, p.tokens, unique_tokens)
+    return {**asdict(pred), "law": "Muennighoff et al. 2023 (arXiv:2305.16264, eqs. 5-6), Besiroglu constants"}
+
+
+def _data_row(d: dict[str, Any]) -> list[str]:
+    if d["epochs"] <= 1:
+        return ["data", f"{human_count(d['tokens'])} of {human_count(d['unique_tokens'])} unique tokens: under one epoch"]
+    return ["data", f"{d['epochs']:.1f} epochs of {human_count(d['unique_tokens'])} unique tokens: worth "
+                    f"{human_count(d['effective_tokens'])} unique; predicted loss {d['predicted_loss']:.3f} "
+                    f"(vs {d['predicted_loss_unconstrained']:.3f} with unique data; Muennighoff et al. 2023"
+                    + (", little lost up to ~4 epochs)" if d["epochs"] <= 4 else ", repeated tokens lose value past ~4 epochs)")]
 
 
 def _rec_rows(plans: list[Plan]) -> list[list[str]]:
@@ -124,6 +148,7 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--top", type=Count(1, 10**6), default=5, show_default=True, help="Layouts shown with --recommend.")
 @click.option("--ds-config", type=click.Path(dir_okay=False), default=None, help="Write the (best) layout's ds_config.json here.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a planner-only HTML page here.")
+@click.option("--dataset-tokens", default=None, help="Unique tokens of the training data, e.g. 500B: epochs and the data-constrained loss.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
@@ -136,6 +161,7 @@ def plan(**o: Any) -> None:
     o["seq_len"] = o["seq_len"] or min(2048, model.max_position_embeddings)
     layout, global_batch = _layout(o)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
+    data = _data_limit(single, parse_count(o["dataset_tokens"], "--dataset-tokens") if o["dataset_tokens"] else None)
     rec = None
     if o["recommend"]:
         rec = recommend(model, gpu, layout, global_batch=global_batch or layout.global_batch, tokens=tokens,
@@ -151,6 +177,8 @@ def plan(**o: Any) -> None:
 
     if o["fmt"] == "json":
         out: dict[str, Any] = single.to_dict()
+        if data is not None:
+            out["scaling"]["data_constrained"] = data
         if rec is not None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
@@ -176,4 +204,4 @@ def plan(**o: Any) -> None:
                            f"{human_bytes(gpu.memory_bytes)} per GPU (estimate)")
                 return
         print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)" + (" -- the requested layout" if rec else ""),
-                    ["", "estimate"], _plan_rows(single))
+                    ["", "estimate"], _plan_rows(single) + ([_data_row(data)] if data else []))
