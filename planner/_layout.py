@@ -13,13 +13,15 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._model import ModelSpec
 
-__all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS"]
+__all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS", "FRAMEWORKS", "LOSSES"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 OFFLOADS = ("none", "cpu", "nvme")
-CHECKPOINTING = ("none", "selective", "full")
+CHECKPOINTING = ("none", "selective", "selective-op", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 OPTIMIZERS = ("adamw", "sgd", "adafactor")
+FRAMEWORKS = ("deepspeed", "fsdp", "megatron")
+LOSSES = ("default", "chunked")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,11 +49,22 @@ class Layout:
     precision: str = "bf16"
     """Training precision: ``fp32``, or ``fp16``/``bf16`` mixed precision with fp32 master weights."""
     checkpointing: str = "none"
-    """Activation checkpointing: ``none``, ``selective`` (attention recomputed) or ``full`` (every block)."""
+    """Activation checkpointing: ``none``, ``selective`` (attention recomputed, Megatron),
+    ``selective-op`` (torchtitan's per-op policy: every other matmul recomputed) or ``full``."""
     attention: str = "sdpa"
     """Attention kernel: ``eager`` stores the score matrix; ``sdpa``/``flash`` do not."""
     optimizer: str = "adamw"
     """``adamw`` (two fp32 moments), ``sgd`` (momentum) or ``adafactor`` (factored second moment)."""
+    framework: str = "deepspeed"
+    """Training stack whose buffers and kernels the memory estimate models: ``deepspeed`` (HF
+    model, DeepSpeed engine), ``fsdp`` (FSDP2/torchtitan, fused kernels) or ``megatron``."""
+    pp_interleave: int = 1
+    """Model chunks per pipeline stage (interleaved 1F1B when > 1)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: norms, dropouts and residuals split by ``tp`` too."""
+    loss: str = "default"
+    """``default`` (the framework's cross-entropy over full logits) or ``chunked`` (fused/chunked
+    linear cross-entropy that never holds the whole logits tensor)."""
 
     # Derived quantities ------------------------------------------------------------------
     @property
@@ -88,7 +101,7 @@ class Layout:
         for flag, value in (
             ("--gpus", self.gpus), ("--gpus-per-node", self.gpus_per_node), ("--tp", self.tp),
             ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
-            ("--seq-len", self.seq_len),
+            ("--seq-len", self.seq_len), ("--pp-interleave", self.pp_interleave),
         ):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(flag, f"must be a positive integer, got {value!r}")
@@ -96,6 +109,7 @@ class Layout:
             "--zero": (self.zero, (0, 1, 2, 3)), "--offload": (self.offload, OFFLOADS),
             "--precision": (self.precision, PRECISIONS), "--checkpointing": (self.checkpointing, CHECKPOINTING),
             "--attention": (self.attention, ATTENTION), "--optimizer": (self.optimizer, OPTIMIZERS),
+            "--framework": (self.framework, FRAMEWORKS), "--loss": (self.loss, LOSSES),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
@@ -108,14 +122,20 @@ class Layout:
             raise UsageError("--offload", f"{self.offload} offload needs --zero 1, 2 or 3 (DeepSpeed offloads partitioned states)")
         if self.offload == "nvme" and self.zero != 3:
             raise UsageError("--offload", "nvme offload needs --zero 3")
-        if self.pp > 1 and self.zero > 1:
+        if self.pp_interleave > 1 and self.pp == 1:
+            raise UsageError("--pp-interleave", "needs --pp > 1 (it splits each pipeline stage into chunks)")
+        if self.sequence_parallel and self.tp == 1:
+            raise UsageError("--sequence-parallel", "needs --tp > 1 (it splits along the tensor-parallel group)")
+        if self.pp > 1 and self.zero > 1 and self.framework == "deepspeed":
             raise UsageError("--zero", f"stage {self.zero} does not combine with --pp {self.pp}; DeepSpeed pipeline parallelism supports ZeRO 0 and 1")
         if model is not None:
             if self.tp > 1 and model.num_heads % self.tp:
                 raise UsageError("--tp", f"{self.tp} does not divide the model's {model.num_heads} attention heads")
             if self.tp > 1 and model.num_kv_heads % self.tp and self.tp % model.num_kv_heads:
                 raise UsageError("--tp", f"{self.tp} and the model's {model.num_kv_heads} kv-heads do not divide one another")
-            if self.pp > model.num_layers:
+            if self.pp * self.pp_interleave > model.num_layers:
+                if self.pp_interleave > 1:
+                    raise UsageError("--pp-interleave", f"{self.pp} stages x {self.pp_interleave} chunks exceed the model's {model.num_layers} layers")
                 raise UsageError("--pp", f"{self.pp} pipeline stages exceed the model's {model.num_layers} layers")
             if self.seq_len > model.max_position_embeddings and model.learned_positions:
                 raise UsageError("--seq-len", f"{self.seq_len} exceeds the model's {model.max_position_embeddings} learned positions")
