@@ -41,10 +41,17 @@ class GPUSpec:
     """Default on-demand USD per GPU-hour; override with ``--price``."""
     source: str = ""
     """Where the figures come from."""
+    usable_mib: int | None = None
+    """Total memory the driver reports (nvidia-smi, MiB), when known; else ``memory_gib``."""
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 2**30)
+
+    @property
+    def usable_bytes(self) -> int:
+        """Memory a process can hold on this GPU: nvidia-smi's total where the catalog has it."""
+        return self.usable_mib * 2**20 if self.usable_mib else self.memory_bytes
 
     def peak_flops(self, precision: str) -> float:
         """Peak dense FLOP/s for a training precision (fp32 math uses TF32 where it exists)."""
