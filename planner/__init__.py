@@ -9,7 +9,9 @@ from __future__ import annotations
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
 from trainplan.planner._dsconfig import SCHEDULES, Hyperparams, deepspeed_config
 from trainplan.planner._flops import FlopCounts, flops
-from trainplan.planner._layout import ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout
+from trainplan.planner._layout import (
+    ATTENTION, CHECKPOINTING, FRAMEWORKS, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout,
+)
 from trainplan.planner._memory import MemoryEstimate, estimate_memory
 from trainplan.planner._model import SUPPORTED_FAMILIES, ModelSpec, from_hf_config, load_model
 from trainplan.planner._params import ParamCounts, count_parameters
@@ -19,7 +21,7 @@ from trainplan.planner._recommend import OBJECTIVES, LayoutSpace, Recommendation
 from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
 __all__ = [
-    "ATTENTION", "CHECKPOINTING", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
+    "ATTENTION", "CHECKPOINTING", "FRAMEWORKS", "LOSSES", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
     "SUPPORTED_FAMILIES",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
