@@ -16,12 +16,12 @@ from trainplan.planner._memory import MemoryEstimate, estimate_memory
 from trainplan.planner._model import SUPPORTED_FAMILIES, ModelSpec, from_hf_config, load_model
 from trainplan.planner._params import ParamCounts, count_parameters
 from trainplan.planner._perf import Perf, default_efficiency, estimate_perf
-from trainplan.planner._plan import Plan, plan
+from trainplan.planner._plan import FIT_MARGIN, Plan, plan
 from trainplan.planner._recommend import OBJECTIVES, LayoutSpace, Recommendation, recommend
 from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
 __all__ = [
-    "ATTENTION", "CHECKPOINTING", "FRAMEWORKS", "LOSSES", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
+    "ATTENTION", "CHECKPOINTING", "FIT_MARGIN", "FRAMEWORKS", "LOSSES", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
     "SUPPORTED_FAMILIES",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
