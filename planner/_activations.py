@@ -16,6 +16,7 @@ Two accountings of one transformer block, per token:
     log-sum-exp per head (Dao 2022, "FlashAttention-2", Sec. 3.1); a fused SwiGLU keeps the gate and
     up outputs (the input of ``bias_swiglu``) and the down projection its input: 3 x intermediate.
 
+Context parallelism (``Layout.cp``) gives each GPU 1/cp of every sequence's tokens.
 Tensor and sequence parallelism (Korthikanti et al. 2022, Sec. 4.2.2, eq. 2 and 4): TP splits
 everything inside attention and MLP by t; the norm inputs, linear inputs and dropout masks
 (10sbh) stay whole unless sequence parallelism splits them too. Checkpointing (Sec. 4.2.3, 5):
@@ -186,7 +187,7 @@ def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -
     attention dropout happens inside the kernel and saves no mask.
     """
     e = 2 if layout.mixed else 4
-    tokens = layout.micro_batch * layout.seq_len
+    tokens = layout.micro_batch * layout.seq_len // layout.cp  # context parallelism splits the sequence
     cfg = dict(model.hf_config)
     ckpt = layout.checkpointing
     d = model.hidden_size
@@ -233,7 +234,7 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
       backward holds the fp32 gradients of the log-softmax and of the logits: e + 4 + 4 + 4.
     - ``fsdp`` (torchtitan ``cross_entropy_loss``: ``pred.float()``, then ``del pred`` before
       backward): log-softmax output and the two fp32 gradients in backward: 12 (forward: e + 8).
-    - ``megatron`` (``vocab_parallel_cross_entropy`` on ``logits.float()``): the softmax is made
+    - ``megatron`` and ``megatron-deepspeed`` (``vocab_parallel_cross_entropy`` on ``logits.float()``): the softmax is made
       in place in the fp32 copy and the gradient in place in it (megatron/core/tensor_parallel/
       cross_entropy.py); the lp logits (forward) or their lp gradient (backward) beside: 4 + e.
     - ``chunked`` loss (fused linear cross-entropy, e.g. Liger's): logits exist one chunk at a
@@ -241,8 +242,8 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
       the hidden-state gradient it keeps (e per element): b*s*d*(8 + e).
     """
     e = 2 if layout.mixed else 4
-    tokens = layout.micro_batch * layout.seq_len
+    tokens = layout.micro_batch * layout.seq_len // layout.cp
     if layout.loss == "chunked":
         return int(tokens * model.hidden_size * (8 + e))
-    per_elem = {"deepspeed": e + 12, "fsdp": 12, "megatron": 4 + e}[layout.framework]
+    per_elem = {"deepspeed": e + 12, "fsdp": 12, "megatron": 4 + e, "megatron-deepspeed": 4 + e}[layout.framework]
     return tokens * math.ceil(model.vocab_size / layout.tp) * per_elem

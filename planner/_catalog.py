@@ -55,7 +55,7 @@ class GPUSpec:
 
     def peak_flops(self, precision: str) -> float:
         """Peak dense FLOP/s for a training precision (fp32 math uses TF32 where it exists)."""
-        key = {"fp32": "tf32" if "tf32" in self.tflops else "fp32"}.get(precision, precision)
+        key = {"fp32": "tf32" if "tf32" in self.tflops else "fp32", "bf16-pure": "bf16"}.get(precision, precision)
         if key not in self.tflops:
             raise UsageError("--precision", f"{self.key} has no {precision} peak in the catalog")
         return self.tflops[key] * 1e12

@@ -15,12 +15,12 @@ from trainplan.planner._model import ModelSpec
 
 __all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS", "FRAMEWORKS", "LOSSES"]
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
 OFFLOADS = ("none", "cpu", "nvme")
 CHECKPOINTING = ("none", "selective", "selective-op", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 OPTIMIZERS = ("adamw", "sgd", "adafactor")
-FRAMEWORKS = ("deepspeed", "fsdp", "megatron")
+FRAMEWORKS = ("deepspeed", "fsdp", "megatron", "megatron-deepspeed")
 LOSSES = ("default", "chunked")
 
 
@@ -47,7 +47,8 @@ class Layout:
     seq_len: int = 2048
     """Tokens per sequence."""
     precision: str = "bf16"
-    """Training precision: ``fp32``, or ``fp16``/``bf16`` mixed precision with fp32 master weights."""
+    """Training precision: ``fp32``, ``fp16``/``bf16`` mixed precision with fp32 master weights, or
+    ``bf16-pure`` (bf16 weights, gradients and optimizer states, no fp32 master: torchtune)."""
     checkpointing: str = "none"
     """Activation checkpointing: ``none``, ``selective`` (attention recomputed, Megatron),
     ``selective-op`` (torchtitan's per-op policy: every other matmul recomputed) or ``full``."""
@@ -57,7 +58,10 @@ class Layout:
     """``adamw`` (two fp32 moments), ``sgd`` (momentum) or ``adafactor`` (factored second moment)."""
     framework: str = "deepspeed"
     """Training stack whose buffers and kernels the memory estimate models: ``deepspeed`` (HF
-    model, DeepSpeed engine), ``fsdp`` (FSDP2/torchtitan, fused kernels) or ``megatron``."""
+    model, DeepSpeed engine), ``fsdp`` (FSDP2/torchtitan, fused kernels), ``megatron``, or
+    ``megatron-deepspeed`` (Megatron's kernels, DeepSpeed's ZeRO engine)."""
+    cp: int = 1
+    """Context-parallel degree (torchtitan CP, DeepSpeed Ulysses): each sequence split over cp GPUs."""
     pp_interleave: int = 1
     """Model chunks per pipeline stage (interleaved 1F1B when > 1)."""
     sequence_parallel: bool = False
@@ -70,7 +74,7 @@ class Layout:
     @property
     def dp(self) -> int:
         """Data-parallel degree."""
-        return self.gpus // (self.tp * self.pp)
+        return self.gpus // (self.tp * self.pp * self.cp)
 
     @property
     def nodes(self) -> int:
@@ -101,7 +105,7 @@ class Layout:
         for flag, value in (
             ("--gpus", self.gpus), ("--gpus-per-node", self.gpus_per_node), ("--tp", self.tp),
             ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
-            ("--seq-len", self.seq_len), ("--pp-interleave", self.pp_interleave),
+            ("--seq-len", self.seq_len), ("--pp-interleave", self.pp_interleave), ("--cp", self.cp),
         ):
             if not isinstance(value, int) or value < 1:
                 raise UsageError(flag, f"must be a positive integer, got {value!r}")
@@ -114,8 +118,10 @@ class Layout:
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
                 raise UsageError(flag, f"{value!r} is not one of {', '.join(map(str, allowed))}")
-        if self.gpus % (self.tp * self.pp):
-            raise UsageError("--gpus", f"{self.gpus} GPUs is not a multiple of --tp x --pp = {self.tp * self.pp}")
+        if self.gpus % (self.tp * self.pp * self.cp):
+            raise UsageError("--gpus", f"{self.gpus} GPUs is not a multiple of --tp x --pp x --cp = {self.tp * self.pp * self.cp}")
+        if self.seq_len % self.cp:
+            raise UsageError("--cp", f"{self.cp} does not divide --seq-len {self.seq_len}")
         if self.tp > self.gpus_per_node:
             raise UsageError("--tp", f"{self.tp} exceeds --gpus-per-node {self.gpus_per_node}; tensor parallelism stays inside a node")
         if self.offload != "none" and self.zero == 0:
@@ -126,7 +132,7 @@ class Layout:
             raise UsageError("--pp-interleave", "needs --pp > 1 (it splits each pipeline stage into chunks)")
         if self.sequence_parallel and self.tp == 1:
             raise UsageError("--sequence-parallel", "needs --tp > 1 (it splits along the tensor-parallel group)")
-        if self.pp > 1 and self.zero > 1 and self.framework == "deepspeed":
+        if self.pp > 1 and self.zero > 1 and self.framework in ("deepspeed", "megatron-deepspeed"):
             raise UsageError("--zero", f"stage {self.zero} does not combine with --pp {self.pp}; DeepSpeed pipeline parallelism supports ZeRO 0 and 1")
         if model is not None:
             if self.tp > 1 and model.num_heads % self.tp:

@@ -163,11 +163,13 @@ def _optimizer_bytes_per_param(layout: Layout) -> float:
 
 def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
     """GPU and host bytes of weights, gradients, moments and master copy (module table)."""
+    if layout.precision == "bf16-pure":
+        return _pure_states(n, layout)
     if layout.framework == "fsdp":
         return _fsdp_states(n, layout)
     if layout.framework == "megatron":
         return _megatron_states(n, layout)
-    nd, zero = layout.dp, layout.zero
+    nd, zero = shard_degree(layout), layout.zero
     e = 2 if layout.mixed else 4
     if zero in (1, 2):
         # The flat buffer is padded to a multiple of 2 * Nd elements (stage_1_and_2.py,
@@ -205,6 +207,26 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
                 cpu_bytes=cpu, nvme_bytes=nvme)
 
 
+def shard_degree(layout: Layout) -> int:
+    """GPUs ZeRO/FSDP/the distributed optimizer shard states over: data x context parallel
+    (torchtitan's FSDP mesh folds cp into dp_shard; DeepSpeed Ulysses shards over all its ranks)."""
+    return layout.dp * layout.cp
+
+
+def _pure_states(n: int, layout: Layout) -> dict[str, int]:
+    """``bf16-pure`` (torchtune's default): bf16 weights, gradients and AdamW moments, no master:
+    2 + 2 + 4 bytes, each part divided by Nd where the stage (or FSDP) shards it."""
+    nd, zero = shard_degree(layout), layout.zero
+    part = math.ceil(n / nd)
+    opt_pp = _optimizer_bytes_per_param(layout) / 2  # moments in the parameters' dtype
+    states = dict(weights=2 * (part if zero == 3 else n), gradients=2 * (part if zero >= 2 else n),
+                  optimizer=int(opt_pp * (part if zero >= 1 else n)), master_weights=0, cpu_bytes=0, nvme_bytes=0)
+    if layout.offload != "none":  # parameters (ZeRO-3/FSDP), gradients and moments on the host
+        states.update(_host(layout, states["optimizer"], 0, states["gradients"] + (states["weights"] if zero == 3 else 0)))
+        states.update(optimizer=0, gradients=0, weights=0 if zero == 3 else states["weights"])
+    return states
+
+
 def _host(layout: Layout, opt: int, master: int, grads: int) -> dict[str, int]:
     """Offloaded optimizer states (fp32 master, moments, fp32 gradients) on the host or NVMe."""
     host = opt + master + grads
@@ -215,7 +237,7 @@ def _host(layout: Layout, opt: int, master: int, grads: int) -> dict[str, int]:
 
 def _fsdp_states(n: int, layout: Layout) -> dict[str, int]:
     """FSDP2 / DDP bytes (module docstring): 16/Nd fully sharded, no separate master."""
-    nd, e = layout.dp, (2 if layout.mixed else 4)
+    nd, e = shard_degree(layout), (2 if layout.mixed else 4)
     opt_pp = _optimizer_bytes_per_param(layout)
     if layout.zero <= 1:  # DDP: fp32 params and grads; bucket copies counted under comm_buffers
         return dict(weights=4 * n, gradients=4 * n, optimizer=int(opt_pp * n), master_weights=0,
@@ -233,7 +255,7 @@ def _fsdp_states(n: int, layout: Layout) -> dict[str, int]:
 
 def _megatron_states(n: int, layout: Layout) -> dict[str, int]:
     """Megatron bytes (module docstring): 18 per parameter, or 6 + 12/Nd distributed."""
-    nd, e = layout.dp, (2 if layout.mixed else 4)
+    nd, e = shard_degree(layout), (2 if layout.mixed else 4)
     opt_pp = _optimizer_bytes_per_param(layout)
     shard = n if layout.zero == 0 else math.ceil(n / nd)
     master = 4 * shard if layout.mixed else 0
@@ -253,7 +275,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
         return 0  # gradient buckets are views into the main_grad buffer
     if layout.framework == "fsdp":
         if layout.zero <= 1:
-            return 4 * n if layout.dp > 1 else 0  # DDP's bucket copies of the gradients
+            return 4 * n if shard_degree(layout) > 1 else 0  # DDP's bucket copies of the gradients
         # Unsharded lp parameters of the current and the prefetched block (zero 3; zero 2 keeps
         # all of them, counted as weights), one block's unsharded gradients in lp and fp32.
         return (2 * block * e if layout.zero == 3 else 0) + block * (e + 4)
@@ -266,7 +288,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
         live = min(block + int(zero_cfg["stage3_prefetch_bucket_size"]),
                    int(zero_cfg["stage3_max_live_parameters"]), n)
         return bucket + live * e
-    if layout.dp == 1:
+    if shard_degree(layout) == 1:
         return 0  # nothing to reduce across ranks
     if layout.zero == 2:
         # overlap_comm + contiguous_gradients: the ipg bucket of reduce_bucket_size elements.

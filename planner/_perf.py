@@ -29,6 +29,8 @@ the constants' docstrings; ``trainplan run`` measures the real thing.
   stage (Narayanan et al. 2021, Sec. 2.2.2, interleaved 1F1B); point-to-point sends of the b x s x
   d activations and gradients at every stage boundary, v times per micro-batch when interleaved,
   divided by t with the scatter/gather optimization (Sec. 4.1), over the inter-node network.
+- Context parallelism splits each sequence over cp GPUs (activations and TP/PP messages / cp);
+  its own ring-attention or all-to-all traffic is not modelled.
 - CPU offload: gradients down and parameters up over PCIe each step, and the optimizer step on the
   host at an assumed CPU-Adam rate (ZeRO-Offload, Ren et al. 2021, Sec. 5), not overlapped.
 """
@@ -143,7 +145,7 @@ def estimate_perf(
     grad_elem = 4 if layout.framework in ("fsdp", "megatron") else elem
     spans_nodes = layout.gpus > layout.gpus_per_node
     dp_bw = gpu.inter_node_gbps if spans_nodes else gpu.intra_node_gbps
-    m, nd = layout.grad_accum, layout.dp
+    m, nd = layout.grad_accum, layout.dp * layout.cp  # ZeRO/FSDP shard over data x context parallel
     sharded = layout.zero == 3 or (layout.framework == "fsdp" and layout.zero >= 2)
     if sharded:
         gather = _ring(nd, 1, shard * elem, dp_bw)  # one parameter all-gather
@@ -167,7 +169,7 @@ def estimate_perf(
         dp_exposed = _exposed(dp_comm, backward)
 
     # Tensor parallel: activations b*s*d in the compute dtype.
-    act_bytes = layout.micro_batch * layout.seq_len * model.hidden_size * elem
+    act_bytes = layout.micro_batch * layout.seq_len // layout.cp * model.hidden_size * elem
     layers_here = math.ceil(model.num_layers / layout.pp)
     per_layer = 6 if layout.checkpointing == "full" else 4
     tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps)
@@ -181,7 +183,7 @@ def estimate_perf(
 
     offload = 0.0
     if layout.offload != "none":
-        per_gpu_params = shard / layout.dp
+        per_gpu_params = shard / nd
         # fp32 grads down, 16-bit params up, then the host's Adam over this node's partitions.
         offload = per_gpu_params * (4 + elem) / (PCIE_GBPS * 1e9)
         offload += per_gpu_params * min(layout.gpus, layout.gpus_per_node) / CPU_ADAM_PARAMS_PER_S
