@@ -30,7 +30,9 @@ Other stacks (``Layout.framework``) differ in these bytes only:
   gradients (4/Nd), moments 8/Nd: 16/Nd and no separate master; the unsharded lp parameters of the
   layer in use and of the one prefetched (2 blocks x e) and one block's unsharded gradients in lp
   and fp32 (e + 4) in flight (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py). ZeRO 2
-  here means ``reshard_after_forward=False`` (all lp parameters kept from forward to backward);
+  here means ``reshard_after_forward=False`` (all lp parameters kept from forward to backward),
+  as torchtitan also does under pipeline parallelism, where unsharded fp32 gradients accumulate
+  over the micro-batches too (+ e + 4 bytes a parameter of the stage);
   ZeRO 0-1 means DDP: fp32 weights and gradients and a second fp32 copy of the gradients in its
   buckets (``gradient_as_bucket_view=False``, torch/nn/parallel/distributed.py).
 - ``megatron`` (Megatron-LM/Core): lp weights (e), an fp32 ``main_grad`` buffer for every
@@ -243,13 +245,20 @@ def _fsdp_states(n: int, layout: Layout) -> dict[str, int]:
         return dict(weights=4 * n, gradients=4 * n, optimizer=int(opt_pp * n), master_weights=0,
                     cpu_bytes=0, nvme_bytes=0)
     part = math.ceil(n / nd)
-    weights = 4 * part + (e * n if layout.zero == 2 and layout.mixed else 0)
-    states = dict(weights=weights, gradients=4 * part, optimizer=int(opt_pp * part), master_weights=0,
+    # Under pipeline parallelism torchtitan keeps the lp parameters unsharded from forward to
+    # backward (reshard_after_forward=False, "to avoid per-microbatch all-gathers") and the
+    # pipeline stage defers the gradient reduce-scatter to the last micro-batch
+    # (torch.distributed.pipelining, backward_maybe_with_nosync), so FSDP2 accumulates unsharded
+    # gradients in reduce_dtype, fp32 (_fsdp_param.py, unsharded_accumulated_grad).
+    unsharded = layout.mixed and (layout.zero == 2 or layout.pp > 1)
+    weights = 4 * part + (e * n if unsharded else 0)
+    grads = 4 * part + (4 * n if layout.pp > 1 else 0)
+    states = dict(weights=weights, gradients=grads, optimizer=int(opt_pp * part), master_weights=0,
                   cpu_bytes=0, nvme_bytes=0)
     if layout.offload != "none":
         # CPUOffloadPolicy: sharded parameters, gradients and optimizer states live on the host.
         states.update(_host(layout, states["optimizer"], 4 * part, 4 * part))
-        states.update(weights=weights - 4 * part, gradients=0, optimizer=0)
+        states.update(weights=weights - 4 * part, gradients=grads - 4 * part, optimizer=0)
     return states
 
 

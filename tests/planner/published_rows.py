@@ -23,7 +23,9 @@ MAPPING = """\
 framework: fsdp, fsdp2 and torchtune's single-GPU recipe -> fsdp; deepspeed -> deepspeed; megatron ->
 megatron; megatron-deepspeed -> megatron-deepspeed. zero: the row's stage (FSDP FULL_SHARD 3,
 SHARD_GRAD_OP 2). checkpointing: per-op-selective -> selective-op; selective-layer (every N-th block
-checkpointed) -> selective-op, whose recompute is of the same order (an approximation).
+checkpointed) -> full when the row's selective_ac_fraction is 1, else selective-op, whose recompute
+is of the same order (an approximation). A paged optimizer (bitsandbytes PagedAdamW: states in
+unified memory the driver evicts to the host) -> offload cpu.
 precision: bf16, amp_bf16, fp16 as named; 'pure' bf16 (torchtune: no fp32 master or states) ->
 bf16-pure. fused_loss / liger_kernel -> loss chunked (Megatron's vocab-parallel fusion is its default
 loss). context_parallel / Ulysses degree c -> cp = c. Not modelled, so left out of the mapping:
@@ -75,10 +77,11 @@ def layout_fields(row: dict[str, Any]) -> dict[str, Any]:
     precision = str(lay.get("precision", "bf16")).lower()
     return dict(
         gpus=gpus, gpus_per_node=int(hw.get("gpus_per_node") or 8), zero=zero,
-        offload="cpu" if str(lay.get("offload", "none")).startswith("cpu") else "none",
+        offload="cpu" if str(lay.get("offload", "none")).startswith("cpu") or "paged" in str(lay.get("optimizer")).lower() else "none",
         tp=tp, pp=pp, cp=cp, micro_batch=mb, grad_accum=int(accum), seq_len=int(lay["seq_len"]),
         precision="fp16" if "fp16" in precision else ("bf16-pure" if "pure" in precision and "autocast" not in precision else "bf16"),
-        checkpointing=_choice(lay.get("checkpointing", "none"),
+        checkpointing="full" if "selective-layer" in str(lay.get("checkpointing")) and float(lay.get("selective_ac_fraction") or 0.5) >= 1
+        else _choice(lay.get("checkpointing", "none"),
                               {"per-op": "selective-op", "selective-layer": "selective-op", "selective": "selective",
                                "full": "full"}, "none"),
         attention=_choice(lay.get("attention", "sdpa"), {"eager": "eager", "flash": "flash"}, "sdpa"),
