@@ -16,7 +16,8 @@ the constants' docstrings; ``trainplan run`` measures the real thing.
   (``EAGER_SCORE_BYTES``), memory-bound time added on top.
 - Data-parallel collectives are ring collectives: an all-reduce moves 2(n-1)/n of the buffer per
   GPU, a reduce-scatter or all-gather (n-1)/n (Patarasuk & Yuan 2009), sized from this GPU's share
-  of the model. What overlaps depends on how long the compute it hides behind takes: each
+  of the model, at NCCL's bus bandwidth: NVLink inside a node, and across nodes the NICs that the
+  group's GPUs on one node own together (one ring per NIC), each at its measured efficiency. What overlaps depends on how long the compute it hides behind takes: each
   collective is exposed by max(floor x comm, comm - window), the window being the compute it runs
   beside (ZeRO-3/FSDP: parameter all-gather beside forward, all-gather and reduce-scatter beside
   backward, every micro-batch, Rajbhandari et al. 2020, Sec. 7; ZeRO-1/2 and Megatron's
@@ -60,6 +61,13 @@ CPU_ADAM_PARAMS_PER_S = 2.0e9
 """Parameters a node's CPU-Adam updates per second (assumption; ZeRO-Offload reports ~1 s/B on 1 node)."""
 NVME_GBPS = 6.0
 """NVMe read+write bandwidth per node, GB/s (assumption)."""
+NVLINK_EFFICIENCY = 0.78
+"""NCCL bus bandwidth reached inside an NVLink node, as a share of the link's per-direction rate:
+232.5 GB/s all-reduce busbw on 8 x A100 SXM (300 GB/s) in NVIDIA/nccl issue #1048 (0.775)."""
+NETWORK_EFFICIENCY = 0.86
+"""NCCL bus bandwidth reached across nodes, as a share of the node's aggregate NIC rate: 86 of
+100 GB/s on 2 x (8 A100, 4 x HDR 200G) in NVIDIA/nccl issue #1048; 84.8 (peak 96) of 100 GB/s on
+3 such nodes in NVIDIA/nccl-tests issue #119."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +112,20 @@ def _ring(n: int, factor: float, nbytes: float, gbps: float) -> float:
     return factor * (n - 1) / n * nbytes / (gbps * 1e9)
 
 
+def _group_bandwidth(layout: Layout, gpu: GPUSpec, group: int, stride: int) -> float:
+    """NCCL bus bandwidth, GB/s, of a ring over ``group`` GPUs spaced ``stride`` apart in rank order.
+
+    Inside a node the ring runs over NVLink. Across nodes NCCL runs one ring per NIC (channel), each
+    leaving the node once, so the ring's bus bandwidth is the NICs the group's members on one node
+    own together, not one GPU's NIC (the nccl-tests issues of ``NETWORK_EFFICIENCY``: 4 NICs x 25
+    GB/s give ~86-96 GB/s busbw), capped by NVLink.
+    """
+    per_node = max(1, min(group, layout.gpus_per_node // stride))
+    if group * stride <= layout.gpus_per_node:
+        return gpu.intra_node_gbps * NVLINK_EFFICIENCY
+    return min(gpu.intra_node_gbps * NVLINK_EFFICIENCY, per_node * gpu.inter_node_gbps * NETWORK_EFFICIENCY)
+
+
 def _exposed(comm: float, window: float) -> float:
     """What a collective of ``comm`` seconds leaves on the critical path beside ``window`` of compute."""
     return max(EXPOSED_FLOOR * comm, comm - window)
@@ -143,9 +165,8 @@ def estimate_perf(
     shard = params_total / (layout.tp * layout.pp)
     elem = 4 if layout.precision == "fp32" else 2
     grad_elem = 4 if layout.framework in ("fsdp", "megatron") else elem
-    spans_nodes = layout.gpus > layout.gpus_per_node
-    dp_bw = gpu.inter_node_gbps if spans_nodes else gpu.intra_node_gbps
     m, nd = layout.grad_accum, layout.dp * layout.cp  # ZeRO/FSDP shard over data x context parallel
+    dp_bw = _group_bandwidth(layout, gpu, nd, layout.tp)
     sharded = layout.zero == 3 or (layout.framework == "fsdp" and layout.zero >= 2)
     if sharded:
         gather = _ring(nd, 1, shard * elem, dp_bw)  # one parameter all-gather
@@ -172,13 +193,14 @@ def estimate_perf(
     act_bytes = layout.micro_batch * layout.seq_len // layout.cp * model.hidden_size * elem
     layers_here = math.ceil(model.num_layers / layout.pp)
     per_layer = 6 if layout.checkpointing == "full" else 4
-    tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps)
+    tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps * NVLINK_EFFICIENCY)
 
     p, v = layout.pp, layout.pp_interleave
     bubble = compute * (p - 1) / (v * m) if p > 1 else 0.0
     p2p = 0.0
     if p > 1:
-        link = gpu.inter_node_gbps if layout.tp * p > layout.gpus_per_node else gpu.intra_node_gbps
+        link = gpu.inter_node_gbps * NETWORK_EFFICIENCY if layout.tp * p > layout.gpus_per_node \
+            else gpu.intra_node_gbps * NVLINK_EFFICIENCY
         p2p = m * v * 2 * (act_bytes / layout.tp) / (link * 1e9)
 
     offload = 0.0

@@ -80,7 +80,7 @@ TRAINED = [r for r in RUNS if r.get("trained")]
 # What the planner achieves today on this set (benchmarks/results/published_check.md). These are
 # regression floors, not the issue's targets: the targets are asserted, and marked as expected to
 # fail, in the three tests after these.
-ACHIEVED = {"memory_within": 0.70, "throughput_within": 0.50, "false_fits": 8}
+ACHIEVED = {"memory_within": 0.71, "throughput_within": 0.65, "false_fits": 8}
 
 
 def _share_within(rows: list[dict[str, Any]]) -> float:
@@ -117,7 +117,7 @@ def test_memory_within_ten_percent_on_eighty_percent_of_rows():
     assert _share_within(MEMORY) >= 0.80
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 target not met: throughput within 15% on ~51% of rows (see published_check.md)")
+@pytest.mark.xfail(strict=True, reason="issue 11 target not met: throughput within tolerance on 66% of rows (see published_check.md)")
 def test_throughput_within_fifteen_percent_on_eighty_percent_of_rows():
     assert _share_within(THROUGHPUT) >= 0.80
 
