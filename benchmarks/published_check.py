@@ -119,8 +119,12 @@ def main() -> None:
     for r in rows:
         o, n = old[r["id"]][0], new[r["id"]][0]
         fo = f"{o:.4g} | {pr.error(r, o):+.1%}" if o is not None else "refused | "
-        kind = " (fits only)" if pr.is_fits_only(r) else ""
-        lines.append(f"| {r['id']} | {r['quantity']}{kind} | {r['value']:.4g} | {fo} | {n:.4g} | "
+        if pr.is_fits_only(r):  # the value is the card's size: only fits is judged
+            verdict = " fits" if new[r["id"]][1] else " DOES NOT FIT"
+            lines.append(f"| {r['id']} | fits only (card {r['value']:.4g} GiB) | - | {o if o is None else f'{o:.4g}'} | - | "
+                         f"{n:.4g} |{verdict} | - |")
+            continue
+        lines.append(f"| {r['id']} | {r['quantity']} | {r['value']:.4g} | {fo} | {n:.4g} | "
                      f"{pr.error(r, n):+.1%}{'' if pr.within(r, n) else ' OUT'} | {pr.tolerance(r):.0%} |")
     lines += ["", "## The older set (tests/planner/data/published_measurements.json), this tree", "",
               "| measurement | quantity | published | planner | error | tol |", "|---|---|---|---|---|---|"]
