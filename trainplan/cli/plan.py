@@ -29,7 +29,7 @@ def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
         tp=o["tp"], pp=o["pp"], micro_batch=o["micro_batch"], grad_accum=o["grad_accum"] or 1,
         seq_len=o["seq_len"], precision=o["precision"], checkpointing=o["checkpointing"],
         attention=o["attention"], optimizer=o["optimizer"], framework=o["framework"],
-        pp_interleave=o["pp_interleave"], sequence_parallel=o["sequence_parallel"], loss=o["loss"],
+        pp_interleave=o["pp_interleave"], sequence_parallel=o["sequence_parallel"], loss=o["loss"], cp=o["cp"],
     ).validate()
     gb = o["global_batch"]
     if gb is None:
@@ -123,6 +123,8 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
               help="Stack whose buffers and kernels the memory estimate models.")
 @click.option("--pp-interleave", type=click.IntRange(min=1), default=1, show_default=True,
               help="Model chunks per pipeline stage (interleaved 1F1B).")
+@click.option("--cp", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Context-parallel degree (each sequence split over this many GPUs).")
 @click.option("--sequence-parallel", is_flag=True, help="Megatron sequence parallelism (needs --tp > 1).")
 @click.option("--loss", type=click.Choice(LOSSES), default="default", show_default=True,
               help="chunked: a fused/chunked cross-entropy that never holds the whole logits.")
