@@ -50,8 +50,9 @@ class GPUSpec:
 
     @property
     def usable_bytes(self) -> int:
-        """Memory a process can hold on this GPU: nvidia-smi's total where the catalog has it."""
-        return self.usable_mib * 2**20 if self.usable_mib else self.memory_bytes
+        """Memory a process can hold on this GPU: nvidia-smi's total where the catalog has it, never
+        more than ``memory_gib`` (so a smaller ``memory_gib`` given by a sweep file still counts)."""
+        return min(self.usable_mib * 2**20, self.memory_bytes) if self.usable_mib else self.memory_bytes
 
     def peak_flops(self, precision: str) -> float:
         """Peak dense FLOP/s for a training precision (fp32 math uses TF32 where it exists)."""
