@@ -188,3 +188,28 @@ def test_reserved_and_nvidia_smi_sit_above_max_allocated():
     assert mem.allocated < mem.reserved < mem.total == sum(mem.breakdown().values())
     assert mem.reserved == mem.allocated + int(0.05 * mem.allocated)  # FRAGMENTATION
     assert mem.total - mem.reserved == 1 << 30  # CUDA_CONTEXT_BYTES
+
+
+def test_bf16_pure_holds_8_bytes_per_parameter_without_a_master_copy():
+    # torchtune's default: bf16 weights (2), gradients (2) and AdamW moments (2 x 2), no fp32 master
+    total = 6_738_415_616
+    mem = _mem(gpus=1, zero=0, precision="bf16-pure", framework="fsdp")
+    assert (mem.weights, mem.gradients, mem.optimizer, mem.master_weights) == (2 * total, 2 * total, 4 * total, 0)
+
+
+def test_context_parallelism_splits_activations_and_shards_states_over_dp_times_cp():
+    one = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, framework="fsdp", seq_len=8192))
+    cp = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, framework="fsdp", seq_len=8192, cp=2))
+    act_one = activation_bytes(load_model("llama-2-7b"), Layout(gpus=8, framework="fsdp", seq_len=8192))
+    act_cp = activation_bytes(load_model("llama-2-7b"), Layout(gpus=8, framework="fsdp", seq_len=8192, cp=2))
+    assert act_cp.per_layer == act_one.per_layer // 2
+    assert cp.weights == one.weights  # FSDP shards over dp (4) x cp (2) = 8 either way
+    assert cp.logits_peak == one.logits_peak // 2
+
+
+def test_fsdp_cpu_offload_keeps_only_gathered_blocks_and_megatron_deepspeed_keeps_zero_states():
+    off = _mem(gpus=8, zero=3, framework="fsdp", offload="cpu")
+    assert off.weights == off.gradients == off.optimizer == 0 and off.cpu_bytes == 16 * -(-6_738_415_616 // 8)
+    mds, ds = _mem(gpus=8, zero=3, framework="megatron-deepspeed"), _mem(gpus=8, zero=3)
+    assert mds.model_states == ds.model_states and mds.comm_buffers == ds.comm_buffers
+    assert mds.logits_peak < ds.logits_peak  # vocab-parallel cross-entropy: 4 + e bytes, not e + 12
