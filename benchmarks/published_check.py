@@ -106,7 +106,8 @@ def main() -> None:
                                             for c in ("gpu", "size", "parallelism")}}
         for key in cats.values():
             for (name, n, m_old, w_old), (_, _, m_new, w_new) in zip(_summary(subset, old, key), _summary(subset, new, key)):
-                lines.append(f"| {name} | {n} | {m_old:+.1%} | {w_old:.0%} | {m_new:+.1%} | {w_new:.0%} |")
+                before_mean = f"{m_old:+.1%}" if m_old == m_old else "refused (ZeRO-3 with PP)"
+                lines.append(f"| {name} | {n} | {before_mean} | {w_old:.0%} | {m_new:+.1%} | {w_new:.0%} |")
         lines.append("")
     trained = [r for r in rows if r.get("trained")]
     false_old = [r["id"] for r in trained if old[r["id"]][1] is False]
