@@ -50,7 +50,8 @@ __all__ = ["Perf", "default_efficiency", "estimate_perf"]
 EXPOSED_FLOOR = 0.15
 """Share of every overlapped collective that stays exposed however long the compute beside it:
 the first gather / last bucket of a pass and the slowdown of kernels sharing SMs and HBM with
-NCCL (assumption; checked against the throughput rows of tests/planner/data/published_runs.json)."""
+NCCL (assumption, not fitted: over the 61 throughput rows of tests/planner/data/published_runs.json
+any value from 0 to 0.4 puts 40-43 rows within tolerance, so the data cannot pin it down)."""
 EAGER_SCORE_BYTES = 24
 """HBM bytes per attention-score element per layer of a training step under eager attention:
 scores written and read for the mask and softmax, fp32 softmax out, its lp copy, and as much again
