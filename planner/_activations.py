@@ -237,6 +237,9 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
     - ``megatron`` and ``megatron-deepspeed`` (``vocab_parallel_cross_entropy`` on ``logits.float()``): the softmax is made
       in place in the fp32 copy and the gradient in place in it (megatron/core/tensor_parallel/
       cross_entropy.py); the lp logits (forward) or their lp gradient (backward) beside: 4 + e.
+    - ``fused`` loss (flash-attn's ``CrossEntropyLoss``, the default ``fused_crossentropy`` of
+      llm-foundry's MPT, llmfoundry/models/mpt/modeling_mpt.py): one kernel reads the lp logits
+      and keeps an fp32 log-sum-exp per row; backward writes their lp gradient: 2e.
     - ``chunked`` loss (fused linear cross-entropy, e.g. Liger's): logits exist one chunk at a
       time, about b*s*d elements (chunk = tokens / ceil(V / d)), fp32 with their gradient, plus
       the hidden-state gradient it keeps (e per element): b*s*d*(8 + e).
@@ -245,5 +248,7 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
     tokens = layout.micro_batch * layout.seq_len // layout.cp
     if layout.loss == "chunked":
         return int(tokens * model.hidden_size * (8 + e))
+    if layout.loss == "fused":
+        return tokens * math.ceil(model.vocab_size / layout.tp) * 2 * e
     per_elem = {"deepspeed": e + 12, "fsdp": 12, "megatron": 4 + e, "megatron-deepspeed": 4 + e}[layout.framework]
     return tokens * math.ceil(model.vocab_size / layout.tp) * per_elem

@@ -21,7 +21,7 @@ CHECKPOINTING = ("none", "selective", "selective-op", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 OPTIMIZERS = ("adamw", "sgd", "adafactor")
 FRAMEWORKS = ("deepspeed", "fsdp", "megatron", "megatron-deepspeed")
-LOSSES = ("default", "chunked")
+LOSSES = ("default", "fused", "chunked")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,8 +67,9 @@ class Layout:
     sequence_parallel: bool = False
     """Megatron sequence parallelism: norms, dropouts and residuals split by ``tp`` too."""
     loss: str = "default"
-    """``default`` (the framework's cross-entropy over full logits) or ``chunked`` (fused/chunked
-    linear cross-entropy that never holds the whole logits tensor)."""
+    """``default`` (the framework's cross-entropy over full logits), ``fused`` (one kernel on the
+    low-precision logits, no fp32 copies: flash-attn's) or ``chunked`` (a fused/chunked linear
+    cross-entropy that never holds the whole logits tensor)."""
 
     # Derived quantities ------------------------------------------------------------------
     @property

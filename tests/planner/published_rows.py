@@ -27,8 +27,10 @@ checkpointed) -> full when the row's selective_ac_fraction is 1, else selective-
 is of the same order (an approximation). A paged optimizer (bitsandbytes PagedAdamW: states in
 unified memory the driver evicts to the host) -> offload cpu.
 precision: bf16, amp_bf16, fp16 as named; 'pure' bf16 (torchtune: no fp32 master or states) ->
-bf16-pure. fused_loss / liger_kernel -> loss chunked (Megatron's vocab-parallel fusion is its default
-loss). context_parallel / Ulysses degree c -> cp = c. Not modelled, so left out of the mapping:
+bf16-pure. fused_loss: chunked CE / Liger -> loss chunked; other fused kernels (flash-attn, xformers)
+-> fused; Megatron's vocab-parallel fusion is its default loss. llm-foundry MPT rows -> fused: its
+ComposerMPTCausalLM defaults to loss_fn fused_crossentropy (flash-attn's kernel) and the benchmark
+yamls do not override it (the row's 'no fused loss' assumption is overruled here). context_parallel / Ulysses degree c -> cp = c. Not modelled, so left out of the mapping:
 float8 matmuls and all-gathers, torch.compile, async TP, HSDP replica groups, optimizer-in-backward.
 Memory quantity: max_memory_reserved_gib -> reserved; peak_memory_gib measured as torch's active or
 allocated peak -> max_allocated; peak_memory_gib of unknown kind -> nvidia-smi (total).
@@ -73,7 +75,15 @@ def layout_fields(row: dict[str, Any]) -> dict[str, Any]:
     zero = lay.get("zero")
     zero = int(zero) if str(zero).isdigit() else 3
     fused_loss = str(lay.get("fused_loss") or "").lower()
-    chunked = (bool(fused_loss) and "megatron" not in fused_loss) or bool(lay.get("liger_kernel"))
+    if "chunk" in fused_loss or "liger" in fused_loss or lay.get("liger_kernel"):
+        loss = "chunked"
+    elif fused_loss and fused_loss != "false" and "megatron" not in fused_loss:
+        loss = "fused"
+    elif str(row["model"]["preset_or_hf"]).startswith("{'model_type': 'mpt'") or \
+            (isinstance(row["model"]["preset_or_hf"], dict) and row["model"]["preset_or_hf"].get("model_type") == "mpt"):
+        loss = "fused"  # llm-foundry's MPT defaults to loss_fn fused_crossentropy (modeling_mpt.py)
+    else:
+        loss = "default"
     precision = str(lay.get("precision", "bf16")).lower()
     return dict(
         gpus=gpus, gpus_per_node=int(hw.get("gpus_per_node") or 8), zero=zero,
@@ -87,7 +97,7 @@ def layout_fields(row: dict[str, Any]) -> dict[str, Any]:
         attention=_choice(lay.get("attention", "sdpa"), {"eager": "eager", "flash": "flash"}, "sdpa"),
         optimizer="adamw", framework=_framework(lay.get("framework", "deepspeed")),
         pp_interleave=int(lay.get("pp_interleave") or 1), sequence_parallel=bool(lay.get("sequence_parallel")) and tp > 1,
-        loss="chunked" if chunked else "default",
+        loss=loss,
     )
 
 

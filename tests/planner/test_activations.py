@@ -181,3 +181,9 @@ def test_chunked_loss_never_holds_the_whole_logits():
     chunked = logits_bytes(model, Layout(loss="chunked", micro_batch=2, seq_len=4096))
     assert chunked == 2 * 4096 * 4096 * (8 + 2)  # one ~b*s*d chunk, fp32 + grad, and the lp hidden grad
     assert chunked < logits_bytes(model, Layout(micro_batch=2, seq_len=4096)) / 10
+
+
+def test_fused_loss_holds_lp_logits_and_their_gradient_only():
+    # flash-attn's CrossEntropyLoss (llm-foundry's default): lp logits + lp gradient, 2e bytes each
+    model = load_model("llama-2-7b")
+    assert logits_bytes(model, Layout(loss="fused", micro_batch=2, seq_len=4096)) == 2 * 4096 * 32000 * 4

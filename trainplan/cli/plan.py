@@ -127,7 +127,8 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
               help="Context-parallel degree (each sequence split over this many GPUs).")
 @click.option("--sequence-parallel", is_flag=True, help="Megatron sequence parallelism (needs --tp > 1).")
 @click.option("--loss", type=click.Choice(LOSSES), default="default", show_default=True,
-              help="chunked: a fused/chunked cross-entropy that never holds the whole logits.")
+              help="fused: one cross-entropy kernel on the lp logits (flash-attn); chunked: a "
+                   "chunked/fused linear cross-entropy that never holds the whole logits.")
 @click.option("--mfu", type=float, default=None, help="Compute efficiency to assume, 0-1 [by model width].")
 @click.option("--price", type=float, default=None, help="USD per GPU-hour [catalog default].")
 @click.option("--recommend", is_flag=True, help="Search layouts and rank those that fit.")
