@@ -212,6 +212,33 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
                 cpu_bytes=cpu, nvme_bytes=nvme)
 
 
+_STATES = {
+    "deepspeed": "DeepSpeed engine: ZeRO-0 mixed 18 B/param; ZeRO-1/2 2 + (4 + 4 + 8)/Nd with full lp "
+                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist)",
+    "megatron-deepspeed": "DeepSpeed engine states (as deepspeed), Megatron kernels and loss",
+    "fsdp": "FSDP2: sharded fp32 params are the master, 16/Nd, no separate master; DDP (ZeRO 0-1) "
+            "fp32 weights and gradients plus bucket copies",
+    "megatron": "Megatron: lp weights + fp32 main_grad + fp32 master and moments, 18 B/param, or "
+                "6 + 12/Nd with the distributed optimizer",
+}
+
+
+def framework_profile(layout: Layout) -> dict[str, str]:
+    """Which bytes this layout's stack holds differently, in words (the plan's JSON repeats it)."""
+    kernels = ("Hugging Face eager modeling code (fp32 norm copies, four SwiGLU intermediates)"
+               if layout.framework == "deepspeed" else
+               "fused kernels (norm inputs + fp32 stats, SwiGLU input + output; Korthikanti et al. 2022)")
+    loss = {"default": {"deepspeed": "HF: lp logits, fp32 upcast and log-softmax, two fp32 grads (e + 12 B/logit)",
+                        "fsdp": "fp32 log-softmax and two fp32 grads (12 B/logit)",
+                        "megatron": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)",
+                        "megatron-deepspeed": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)"}[layout.framework],
+            "fused": "one kernel on the lp logits: logits + gradient (2e B/logit)",
+            "chunked": "chunked/fused linear cross-entropy: about b*s*d*(8 + e) bytes"}[layout.loss]
+    states = "bf16-pure: bf16 weights, gradients and moments, no master (8 B/param)" \
+        if layout.precision == "bf16-pure" else _STATES[layout.framework]
+    return {"framework": layout.framework, "model_states": states, "activations": kernels, "loss": loss}
+
+
 def shard_degree(layout: Layout) -> int:
     """GPUs ZeRO/FSDP/the distributed optimizer shard states over: data x context parallel
     (torchtitan's FSDP mesh folds cp into dp_shard; DeepSpeed Ulysses shards over all its ranks)."""

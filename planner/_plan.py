@@ -17,7 +17,7 @@ from trainplan.planner._activations import op_recompute_flops_per_token
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._flops import FlopCounts, flops
 from trainplan.planner._layout import Layout
-from trainplan.planner._memory import MemoryEstimate, estimate_memory
+from trainplan.planner._memory import MemoryEstimate, estimate_memory, framework_profile
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import ParamCounts, count_parameters
 from trainplan.planner._perf import Perf, estimate_perf
@@ -109,6 +109,7 @@ class Plan:
                 "logits_peak_bytes": mem.logits_peak,
                 "peak_phase": mem.peak_phase,
                 "framework": lay.framework,
+                "profile": framework_profile(lay),
                 "gpu_capacity_bytes": self.gpu.memory_bytes,
                 "usable_bytes": self.usable_bytes,
                 "fit_margin": FIT_MARGIN,

@@ -169,3 +169,11 @@ def test_selective_op_checkpointing_reruns_every_other_matmul(llama7b):
     op = plan(llama7b, Layout(checkpointing="selective-op"), load_gpu("h100-sxm"))
     assert op.flops.hardware_per_token - none.flops.hardware_per_token == 32 * 2 * (4096 * 4096 * 2 + 4096 * 11008)
     assert op.flops.model_per_token == none.flops.model_per_token
+
+
+@pytest.mark.parametrize(("framework", "states"), [("deepspeed", "20/Nd"), ("fsdp", "16/Nd"), ("megatron", "6 + 12/Nd")])
+def test_json_names_which_bytes_each_framework_holds(llama7b, framework, states):
+    doc = plan(llama7b, Layout(gpus=8, zero=1 if framework == "megatron" else 3, framework=framework),
+               load_gpu("h100-sxm")).to_dict()["memory"]
+    assert doc["framework"] == framework and states in doc["profile"]["model_states"]
+    assert ("eager" in doc["profile"]["activations"]) == (framework == "deepspeed")
