@@ -192,14 +192,14 @@ def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -
     ckpt = layout.checkpointing
     d = model.hidden_size
     if _fused(layout):
-        block = _fused_block(model, layout, e, selective=ckpt == "selective")
         none_block = _fused_block(model, layout, e, selective=False)
+        block = _fused_block(model, layout, e, selective=True) if ckpt == "selective" else none_block
         whole = 1 / layout.tp if layout.sequence_parallel else 1.0
         final_norm = (d * e + (4 if model.norm == "rmsnorm" else 8)) * whole + d * e * whole
         other = tokens * (16 + final_norm)  # int64 ids and labels, final norm input and output
     else:
-        block = _eager_block(model, layout, e, mask_bytes, selective=ckpt == "selective")
         none_block = _eager_block(model, layout, e, mask_bytes, selective=False)
+        block = _eager_block(model, layout, e, mask_bytes, selective=True) if ckpt == "selective" else none_block
         final_norm = 4 * (d + 1) + 2 * d * e if model.norm == "rmsnorm" else 2 * d * e + 8
         other = tokens * (16 + final_norm)  # int64 token ids and shifted labels
         if not model.learned_positions:
