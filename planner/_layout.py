@@ -15,15 +15,18 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._model import ModelSpec
 
-__all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS", "ZERO_STAGES"]
+__all__ = ["Layout", "PRECISIONS", "OFFLOADS", "CHECKPOINTING", "ATTENTION", "OPTIMIZERS", "ZERO_STAGES",
+           "FRAMEWORKS", "LOSSES"]
 
 ZERO_STAGES = (0, 1, 2, 3)
 """DeepSpeed ZeRO stages: 0 none, 1 optimizer states, 2 + gradients, 3 + parameters partitioned."""
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "bf16-pure")
 OFFLOADS = ("none", "cpu", "nvme")
-CHECKPOINTING = ("none", "selective", "full")
+CHECKPOINTING = ("none", "selective", "selective-op", "full")
 ATTENTION = ("eager", "sdpa", "flash")
 OPTIMIZERS = ("adamw", "sgd", "adafactor")
+FRAMEWORKS = ("deepspeed", "fsdp", "megatron", "megatron-deepspeed")
+LOSSES = ("default", "fused", "chunked")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,19 +52,35 @@ class Layout:
     seq_len: int = 2048
     """Tokens per sequence."""
     precision: str = "bf16"
-    """Training precision: ``fp32``, or ``fp16``/``bf16`` mixed precision with fp32 master weights."""
+    """Training precision: ``fp32``, ``fp16``/``bf16`` mixed precision with fp32 master weights, or
+    ``bf16-pure`` (bf16 weights, gradients and optimizer states, no fp32 master: torchtune)."""
     checkpointing: str = "none"
-    """Activation checkpointing: ``none``, ``selective`` (attention recomputed) or ``full`` (every block)."""
+    """Activation checkpointing: ``none``, ``selective`` (attention recomputed, Megatron),
+    ``selective-op`` (torchtitan's per-op policy: every other matmul recomputed) or ``full``."""
     attention: str = "sdpa"
     """Attention kernel: ``eager`` stores the score matrix; ``sdpa``/``flash`` do not."""
     optimizer: str = "adamw"
     """``adamw`` (two fp32 moments), ``sgd`` (momentum) or ``adafactor`` (factored second moment)."""
+    framework: str = "deepspeed"
+    """Training stack whose buffers and kernels the memory estimate models: ``deepspeed`` (HF
+    model, DeepSpeed engine), ``fsdp`` (FSDP2/torchtitan, fused kernels), ``megatron``, or
+    ``megatron-deepspeed`` (Megatron's kernels, DeepSpeed's ZeRO engine)."""
+    cp: int = 1
+    """Context-parallel degree (torchtitan CP, DeepSpeed Ulysses): each sequence split over cp GPUs."""
+    pp_interleave: int = 1
+    """Model chunks per pipeline stage (interleaved 1F1B when > 1)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: norms, dropouts and residuals split by ``tp`` too."""
+    loss: str = "default"
+    """``default`` (the framework's cross-entropy over full logits), ``fused`` (one kernel on the
+    low-precision logits, no fp32 copies: flash-attn's) or ``chunked`` (a fused/chunked linear
+    cross-entropy that never holds the whole logits tensor)."""
 
     # Derived quantities ------------------------------------------------------------------
     @property
     def dp(self) -> int:
         """Data-parallel degree."""
-        return self.gpus // (self.tp * self.pp)
+        return self.gpus // (self.tp * self.pp * self.cp)
 
     @property
     def nodes(self) -> int:
@@ -106,7 +125,7 @@ class Layout:
         for flag, value in (
             ("--gpus", self.gpus), ("--gpus-per-node", self.gpus_per_node), ("--tp", self.tp),
             ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
-            ("--seq-len", self.seq_len),
+            ("--seq-len", self.seq_len), ("--pp-interleave", self.pp_interleave), ("--cp", self.cp),
         ):
             if not isinstance(value, int) or value < 1:
                 out.append(UsageError(flag, f"must be a positive integer, got {value!r}"))
@@ -116,27 +135,37 @@ class Layout:
             "--zero": (self.zero, ZERO_STAGES), "--offload": (self.offload, OFFLOADS),
             "--precision": (self.precision, PRECISIONS), "--checkpointing": (self.checkpointing, CHECKPOINTING),
             "--attention": (self.attention, ATTENTION), "--optimizer": (self.optimizer, OPTIMIZERS),
+            "--framework": (self.framework, FRAMEWORKS), "--loss": (self.loss, LOSSES),
         }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
                 out.append(UsageError(flag, f"{value!r} is not one of {', '.join(map(str, allowed))}"))
-        if self.gpus % (self.tp * self.pp):
-            out.append(UsageError("--gpus", f"{self.gpus} GPUs is not a multiple of --tp x --pp = {self.tp * self.pp}"))
+        if self.gpus % (self.tp * self.pp * self.cp):
+            out.append(UsageError("--gpus", f"{self.gpus} GPUs is not a multiple of --tp x --pp x --cp = {self.tp * self.pp * self.cp}"))
+        if self.seq_len % self.cp:
+            out.append(UsageError("--cp", f"{self.cp} does not divide --seq-len {self.seq_len}"))
         if self.tp > self.gpus_per_node:
             out.append(UsageError("--tp", f"{self.tp} exceeds --gpus-per-node {self.gpus_per_node}; tensor parallelism stays inside a node"))
         if self.offload != "none" and self.zero == 0:
             out.append(UsageError("--offload", f"{self.offload} offload needs --zero 1, 2 or 3 (DeepSpeed offloads partitioned states)"))
         if self.offload == "nvme" and self.zero != 3:
             out.append(UsageError("--offload", "nvme offload needs --zero 3"))
-        if self.pp > 1 and self.zero > 1:
+        if self.pp_interleave > 1 and self.pp == 1:
+            out.append(UsageError("--pp-interleave", "needs --pp > 1 (it splits each pipeline stage into chunks)"))
+        if self.sequence_parallel and self.tp == 1:
+            out.append(UsageError("--sequence-parallel", "needs --tp > 1 (it splits along the tensor-parallel group)"))
+        if self.pp > 1 and self.zero > 1 and self.framework in ("deepspeed", "megatron-deepspeed"):
             out.append(UsageError("--zero", f"stage {self.zero} does not combine with --pp {self.pp}; DeepSpeed pipeline parallelism supports ZeRO 0 and 1"))
         if model is not None:
             if self.tp > 1 and model.num_heads % self.tp:
                 out.append(UsageError("--tp", f"{self.tp} does not divide the model's {model.num_heads} attention heads"))
             if self.tp > 1 and model.num_kv_heads % self.tp and self.tp % model.num_kv_heads:
                 out.append(UsageError("--tp", f"{self.tp} and the model's {model.num_kv_heads} kv-heads do not divide one another"))
-            if self.pp > model.num_layers:
-                out.append(UsageError("--pp", f"{self.pp} pipeline stages exceed the model's {model.num_layers} layers"))
+            if self.pp * self.pp_interleave > model.num_layers:
+                if self.pp_interleave > 1:
+                    out.append(UsageError("--pp-interleave", f"{self.pp} stages x {self.pp_interleave} chunks exceed the model's {model.num_layers} layers"))
+                else:
+                    out.append(UsageError("--pp", f"{self.pp} pipeline stages exceed the model's {model.num_layers} layers"))
             if self.seq_len > model.max_position_embeddings and model.learned_positions:
                 out.append(UsageError("--seq-len", f"{self.seq_len} exceeds the model's {model.max_position_embeddings} learned positions"))
         return out

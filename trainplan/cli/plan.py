@@ -18,8 +18,8 @@ from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
-    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout, LayoutSpace, Plan,
-    load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
+    ATTENTION, CHECKPOINTING, FRAMEWORKS, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout,
+    LayoutSpace, Plan, load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
 )
 
 
@@ -29,7 +29,8 @@ def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
         gpus=o["gpus"], gpus_per_node=o["gpus_per_node"], zero=o["zero"], offload=o["offload"],
         tp=o["tp"], pp=o["pp"], micro_batch=o["micro_batch"], grad_accum=o["grad_accum"] or 1,
         seq_len=o["seq_len"], precision=o["precision"], checkpointing=o["checkpointing"],
-        attention=o["attention"], optimizer=o["optimizer"],
+        attention=o["attention"], optimizer=o["optimizer"], framework=o["framework"],
+        pp_interleave=o["pp_interleave"], sequence_parallel=o["sequence_parallel"], loss=o["loss"], cp=o["cp"],
     ).validate()
     gb = o["global_batch"]
     if gb is None:
@@ -59,8 +60,10 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     for name, value in mem.breakdown().items():
         rows.append([f"  {name.replace('_', ' ')}", human_bytes(value)])
     rows += [
-        ["memory / GPU", f"{human_bytes(mem.total)} of {human_bytes(p.gpu.memory_bytes)}: "
+        ["memory / GPU", f"{human_bytes(mem.total)} (nvidia-smi) of {human_bytes(p.usable_bytes)} usable: "
                          + ("FITS" if p.fits else "DOES NOT FIT") + f", headroom {human_bytes(p.headroom_bytes)}"],
+        ["  as torch reports", f"max_memory_allocated {human_bytes(mem.allocated)}, reserved "
+                               f"{human_bytes(mem.reserved)}; peak at {mem.peak_phase} ({lay.framework})"],
     ]
     if mem.cpu_bytes:
         rows.append(["CPU memory / node", human_bytes(mem.cpu_bytes * min(lay.gpus, lay.gpus_per_node))])
@@ -69,7 +72,7 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     rows += [
         ["step time", f"{perf.step_time_s:.3f} s = compute {perf.compute_s:.3f} + exposed DP comm "
                       f"{perf.dp_comm_exposed_s:.3f} + TP comm {perf.tp_comm_s:.3f} + bubble {perf.bubble_s:.3f} "
-                      f"+ offload {perf.offload_s:.3f} (assumed compute efficiency {perf.efficiency:.0%})"],
+                      f"+ pipeline sends {perf.pp_p2p_s:.3f} + offload {perf.offload_s:.3f} (assumed compute efficiency {perf.efficiency:.0%})"],
         ["throughput", f"{perf.tokens_per_s:,.0f} tokens/s ({perf.tokens_per_s / lay.gpus:,.0f} per GPU), "
                        f"MFU {perf.mfu:.1%}, HFU {perf.hfu:.1%}"],
         ["training", f"{human_count(p.tokens)} tokens ({p.tokens_source}) = {p.steps:,} steps: "
@@ -140,6 +143,16 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default="none", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
+@click.option("--framework", type=click.Choice(FRAMEWORKS), default="deepspeed", show_default=True,
+              help="Stack whose buffers and kernels the memory estimate models.")
+@click.option("--pp-interleave", type=Count(1, 1024), default=1, show_default=True,
+              help="Model chunks per pipeline stage (interleaved 1F1B).")
+@click.option("--cp", type=Count(1, 1 << 20), default=1, show_default=True,
+              help="Context-parallel degree (each sequence split over this many GPUs).")
+@click.option("--sequence-parallel", is_flag=True, help="Megatron sequence parallelism (needs --tp > 1).")
+@click.option("--loss", type=click.Choice(LOSSES), default="default", show_default=True,
+              help="fused: one cross-entropy kernel on the lp logits (flash-attn); chunked: a "
+                   "chunked/fused linear cross-entropy that never holds the whole logits.")
 @click.option("--mfu", type=Finite(0, 1, low_open=True), default=None, help="Compute efficiency to assume, 0-1 [by model width].")
 @click.option("--price", type=Finite(0, 1e6), default=None, help="USD per GPU-hour [catalog default].")
 @click.option("--recommend", is_flag=True, help="Search layouts and rank those that fit.")
