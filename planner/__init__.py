@@ -6,7 +6,9 @@ estimate; ``trainplan run`` measures.
 
 from __future__ import annotations
 
+from trainplan.planner._calibration import Calibrated, Calibration, fit, load_calibration
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
+from trainplan.planner._device import device_profile
 from trainplan.planner._dsconfig import SCHEDULES, Hyperparams, deepspeed_config
 from trainplan.planner._flops import FlopCounts, flops
 from trainplan.planner._layout import ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout
@@ -21,6 +23,7 @@ from trainplan.planner._scaling import ScalingPrediction, chinchilla
 __all__ = [
     "ATTENTION", "CHECKPOINTING", "OBJECTIVES", "OFFLOADS", "OPTIMIZERS", "PRECISIONS", "SCHEDULES",
     "SUPPORTED_FAMILIES",
+    "Calibrated", "Calibration", "device_profile", "fit", "load_calibration",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
     "chinchilla", "count_parameters", "deepspeed_config", "default_efficiency", "estimate_memory",

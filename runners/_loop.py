@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from trainplan.runners._data import Corpus, load_corpus
+from trainplan.runners._device import cpu_peak_growth, describe_device, reset_peak
 from trainplan.runners._dist import init_distributed
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
 from trainplan.runners._spec import TrialSpec, is_checkpoint
@@ -93,7 +93,7 @@ def _peak_memory(device: Any) -> int:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    return cpu_peak_growth()  # peak RSS growth since the model build began (docs/protocol.md)
 
 
 def _evaluate(engine: Any, corpus: Corpus, batch: int) -> float:
@@ -116,6 +116,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     import deepspeed
     import torch
     import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -130,6 +131,10 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     corpus = load_corpus(data=spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer,
                          max_bytes=spec.max_data_bytes, eval_tokens=spec.eval_tokens,
                          seq_len=layout.seq_len, seed=spec.seed)
+    # Device first (its matmul peak is measured once per machine), then peak memory counts from here.
+    here = torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+    describe_device(here, world)
+    reset_peak(here)
     model = build_model(spec, corpus.vocab_size)
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=_param_groups(model, spec.hyperparams.weight_decay), config=ds_config)
