@@ -9,18 +9,21 @@ a :class:`GPUSpec` the planner's formulas accept. Pure Python.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 
-__all__ = ["device_key", "device_label", "device_profile"]
+__all__ = ["STACK_PACKAGES", "device_key", "device_label", "device_profile", "software_stack"]
 
 CPU_LINK_GBPS = 5.0
 """Rank-to-rank bandwidth of gloo over loopback on one host, GB/s (assumption; the calibration
 fits the exposed share of the communication time this implies)."""
 GPU_LINK_GBPS = 100.0
 """GPU-to-GPU bandwidth for a GPU the trial recorded, GB/s (assumption, as for CPU_LINK_GBPS)."""
+STACK_PACKAGES = ("torch", "deepspeed", "transformers")
+"""The packages whose versions a calibration depends on (kernels, engine buffers, modeling code)."""
 UNCALIBRATED_EFFICIENCY = 0.5
 """Share of the measured matmul peak a training step is assumed to reach before calibration."""
 
@@ -63,3 +66,14 @@ def device_profile(device: Mapping[str, Any], ranks: int = 1) -> GPUSpec:
         compute_efficiency=UNCALIBRATED_EFFICIENCY, price_per_hour=0.0,
         source=f"recorded by a trial: {device.get('peak_source', 'measured matmul peak')}",
     )
+
+
+def software_stack() -> dict[str, str | None]:
+    """Installed versions of :data:`STACK_PACKAGES` (None where absent); never imports them."""
+    out: dict[str, str | None] = {}
+    for name in STACK_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

@@ -19,29 +19,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from trainplan.planner._device import software_stack
 
 __all__ = ["cpu_peak_growth", "describe_device", "measure_matmul_peak", "recorded_device",
            "reset_peak", "software_stack"]
 
-STACK_PACKAGES = ("torch", "deepspeed", "transformers")
-"""The packages whose versions a calibration depends on (kernels, engine buffers, modeling code)."""
-
 _recorded: dict[str, Any] = {}
 _baseline: list[int] = []
-
-
-def software_stack() -> dict[str, str | None]:
-    """Installed versions of :data:`STACK_PACKAGES` (None where absent); never imports them."""
-    out: dict[str, str | None] = {}
-    for name in STACK_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _status_kib(field: str) -> int | None:

@@ -17,7 +17,10 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.runners._result import read_metrics
 
-__all__ = ["median_tokens_per_s", "trial_point", "trial_points"]
+__all__ = ["USABLE", "median_tokens_per_s", "trial_point", "trial_points"]
+
+USABLE = ("completed", "terminated", "timeout")
+"""Statuses whose steps measured speed and memory: a pruned (terminated) trial's steps count too."""
 
 
 def median_tokens_per_s(records: Iterable[dict[str, Any]]) -> float | None:
@@ -43,14 +46,14 @@ def trial_point(trial_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
         spec = json.loads((d / "spec.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return None, f"{d}: no readable result.json/spec.json ({exc})"
-    if result.get("status") != "completed":
-        return None, f"{d}: status {result.get('status')}, not completed"
+    if result.get("status") not in USABLE:
+        return None, f"{d}: status {result.get('status')}, measured nothing usable"
     if not result.get("device"):
         return None, f"{d}: result.json records no device (a trial from before trainplan recorded it; rerun it)"
     records, _ = read_metrics(d / "metrics.jsonl")
-    tps = median_tokens_per_s(records) or result.get("tokens_per_s")
+    tps = median_tokens_per_s(records)
     if not tps or not result.get("peak_mem_bytes"):
-        return None, f"{d}: no tokens/s or peak memory measured"
+        return None, f"{d}: no tokens/s after step 1 or no peak memory measured"
     try:
         model = _model_config(spec["model"])
     except (UsageError, OSError, KeyError) as exc:

@@ -27,6 +27,7 @@ _VERBS: dict[str, tuple[str, str]] = {
     "search": ("trainplan.cli.search:search", "Optuna sweep over real DeepSpeed trials."),
     "trials": ("trainplan.cli.search:trials", "Export the trials of a study as CSV, Parquet or JSON."),
     "report": ("trainplan.cli.report:report", "Write one self-contained HTML report."),
+    "calibrate": ("trainplan.cli.calibrate:calibrate", "Fit the planner's constants to measured trials on one device."),
 }
 
 

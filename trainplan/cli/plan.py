@@ -125,6 +125,8 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--ds-config", type=click.Path(dir_okay=False), default=None, help="Write the (best) layout's ds_config.json here.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a planner-only HTML page here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibration file (trainplan calibrate): plan on its device, with intervals.")
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
     o["zero"] = int(o["zero"])
@@ -133,6 +135,11 @@ def plan(**o: Any) -> None:
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
     o["seq_len"] = o["seq_len"] or min(2048, model.max_position_embeddings)
     layout, global_batch = _layout(o)
+    cal = None
+    if o["calibration"]:  # plan on the calibrated device (trainplan/cli/calibrate.py)
+        from trainplan.cli.calibrate import calibrated_dict, calibrated_rows, use_calibration
+
+        cal, gpu, layout = use_calibration(o, layout, gpu)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
     rec = None
     if o["recommend"]:
@@ -149,6 +156,8 @@ def plan(**o: Any) -> None:
 
     if o["fmt"] == "json":
         out: dict[str, Any] = single.to_dict()
+        if cal is not None:
+            out["calibrated"] = calibrated_dict(cal, single, o["calibration"])
         if rec is not None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
@@ -157,6 +166,8 @@ def plan(**o: Any) -> None:
         click.echo(json.dumps(out, indent=2))
     else:
         print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)", ["", "estimate"], _plan_rows(single))
+        if cal is not None:
+            print_table("Calibrated (90% prediction intervals)", ["", "calibrated estimate"], calibrated_rows(cal, single))
         if rec is not None:
             if rec.ranked:
                 print_table(
