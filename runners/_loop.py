@@ -134,6 +134,9 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     # Device first (its matmul peak is measured once per machine), then peak memory counts from here.
     here = torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
     describe_device(here, world)
+    if not is_checkpoint(spec.model):
+        with torch.device("meta"):  # imports the modeling code (~130 MB) before peak memory counts
+            build_model(spec, corpus.vocab_size)
     reset_peak(here)
     model = build_model(spec, corpus.vocab_size)
     engine, _, _, _ = deepspeed.initialize(
