@@ -16,7 +16,8 @@ m the micro-batches per step, C the planner's data-parallel communication time b
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
 communication time really exposed (the overlap and the real bandwidth together). Peak memory: ``measured = c0 + k * A``, A the planner's
-allocated bytes (``MemoryEstimate.allocated``): a constant overhead plus a share.
+allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
+plus a share.
 
 Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
 intervals from a pairs bootstrap over the trials (seeded, so a file is reproducible); a
@@ -100,6 +101,26 @@ def _layout(point: Mapping[str, Any]) -> Layout:
     return Layout(**dict(point["layout"]))
 
 
+def expected_peak_bytes(p: Plan) -> float:
+    """The planner's bytes as the trial's peak-memory measurement sees them (docs/protocol.md).
+
+    On a GPU, ``max_memory_allocated``: :attr:`MemoryEstimate.allocated`. On the CPU the resident
+    set counts only pages written to (first touch), and ZeRO-3's gradient reduce bucket is a
+    ``torch.empty`` of ``reduce_bucket_size`` elements (deepspeed/runtime/zero/stage3.py) of which a
+    step writes at most the rank's gradients: only that part is counted there.
+    """
+    allocated = float(p.memory.allocated)
+    if p.gpu.key.startswith("measured:cpu:") and p.layout.zero == 3:
+        from trainplan.planner._dsconfig import deepspeed_config
+        from trainplan.planner._memory import local_parameters
+
+        e = 2 if p.layout.mixed else 4
+        bucket = int(deepspeed_config(p.layout)["zero_optimization"]["reduce_bucket_size"])
+        n, _ = local_parameters(p.params, p.layout)
+        allocated -= (bucket - min(bucket, n)) * e
+    return allocated
+
+
 def _features(p: Plan) -> dict[str, float]:
     """The regressors of one plan: see the module docstring."""
     lay = p.layout
@@ -111,7 +132,7 @@ def _features(p: Plan) -> dict[str, float]:
         "comm_s": p.perf.dp_comm_s,
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
         "peak": peak,
-        "allocated": float(p.memory.allocated),
+        "allocated": expected_peak_bytes(p),
     }
 
 
@@ -231,7 +252,7 @@ class Calibration:
             step_time_s=Figure(value=t, low=t * math.exp(-Z90 * sd), high=t * math.exp(Z90 * sd),
                                uncalibrated=p.perf.step_time_s),
             memory_bytes=Figure(value=mem, low=mem * math.exp(-Z90 * msd), high=mem * math.exp(Z90 * msd),
-                                uncalibrated=float(p.memory.allocated)),
+                                uncalibrated=f["allocated"]),
             efficiency=eff, outside_data=self.outside(p),
         )
 
