@@ -138,7 +138,8 @@ def _features(p: Plan) -> dict[str, float]:
 
 def _plan_point(point: Mapping[str, Any], device: Mapping[str, Any]) -> Plan:
     layout = _layout(point)
-    return plan(_model(point), layout, device_profile(device, layout.gpus), tokens=float(layout.tokens_per_step))
+    threads = point.get("device", {}).get("threads_per_rank")
+    return plan(_model(point), layout, device_profile(device, layout.gpus, threads), tokens=float(layout.tokens_per_step))
 
 
 # Small weighted least squares (pure Python) -----------------------------------------------------

@@ -46,22 +46,27 @@ def device_label(device: Mapping[str, Any]) -> str:
     return f"{what} {device.get('name')} ({cores}, {mem / 2**30:.0f} GiB)" if mem else f"{what} {device.get('name')}"
 
 
-def device_profile(device: Mapping[str, Any], ranks: int = 1) -> GPUSpec:
+def device_profile(device: Mapping[str, Any], ranks: int = 1, threads: int | None = None) -> GPUSpec:
     """A :class:`GPUSpec` for the recorded ``device``, per rank of a ``ranks``-rank trial.
 
-    On the CPU the ranks share the host: each gets ``1/ranks`` of its matmul peak and memory. On a
-    GPU each rank has its own device. Bandwidths are the stated assumptions above; the price is 0
-    (unknown)."""
+    On the CPU the ranks share the host: each gets ``1/ranks`` of its memory and ``threads/cores``
+    of its all-core matmul peak (``threads`` per rank: the trial's recorded ``threads_per_rank``,
+    else what the runner gives each rank, ``cores // ranks``). On a GPU each rank has its own
+    device. Bandwidths are the stated assumptions above; the price is 0 (unknown)."""
     kind = device.get("kind")
     peaks = device.get("peak_flops") or {}
     if kind not in ("cpu", "gpu") or not peaks or not device.get("memory_bytes"):
         raise UsageError("device", f"a device needs kind (cpu|gpu), peak_flops and memory_bytes; got {dict(device)}")
-    share = ranks if kind == "cpu" else 1
+    share, flop_share = 1.0, 1.0
+    if kind == "cpu":
+        cores = int(device.get("cores") or 1)
+        share = float(ranks)
+        flop_share = min(cores, max(1, threads or cores // ranks)) / cores
     link = CPU_LINK_GBPS if kind == "cpu" else GPU_LINK_GBPS
     return GPUSpec(
         key=f"measured:{device_key(device)}", name=str(device.get("name")),
         memory_gib=float(device["memory_bytes"]) / share / 2**30,
-        tflops={k: float(v) / share / 1e12 for k, v in peaks.items()},
+        tflops={k: float(v) * flop_share / 1e12 for k, v in peaks.items()},
         hbm_gbps=0.0, intra_node_gbps=link, inter_node_gbps=link,
         compute_efficiency=UNCALIBRATED_EFFICIENCY, price_per_hour=0.0,
         source=f"recorded by a trial: {device.get('peak_source', 'measured matmul peak')}",

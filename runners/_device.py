@@ -2,7 +2,8 @@
 
 A trial records one ``device`` object (docs/protocol.md, "Device and peak memory"):
 ``kind`` (``gpu`` or ``cpu``), ``name`` (the GPU model, or the host CPU's model name), ``count``
-(ranks of the trial), ``cores`` (host CPU cores, or the GPU's multiprocessors), ``memory_bytes``
+(ranks of the trial), ``cores`` (host CPU cores, or the GPU's multiprocessors), on the CPU
+``threads_per_rank`` (torch's intra-op threads in each rank), ``memory_bytes``
 (GPU memory, or host RAM), ``peak_flops`` (dense matmul FLOP/s by dtype, of one GPU or of the whole
 host CPU, *measured* here) and ``peak_source`` (how). The matmul peak is measured once per machine
 and kept beside the JIT-built ops, like py-cpuinfo's answer (runners/_dist.py): a trial must not
@@ -162,7 +163,8 @@ def describe_device(device: Any, ranks: int) -> dict[str, Any]:
         peak, source = _cached_peak("cpu", lambda: (measure_matmul_peak(device, ("fp32",)),
                                                     f"measured: best of 8 fp32 1024^3 matmuls on {cores} threads"))
         info = {"kind": "cpu", "name": _cpu_name(), "count": ranks, "cores": cores,
-                "memory_bytes": _host_memory(), "peak_flops": peak, "peak_source": source}
+                "threads_per_rank": torch.get_num_threads(), "memory_bytes": _host_memory(),
+                "peak_flops": peak, "peak_source": source}
     _recorded.clear()
     _recorded.update(info)
     return info
