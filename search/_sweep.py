@@ -151,6 +151,9 @@ class SweepSpec:
     """Seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is retried."""
     max_retries: int = 2
     """Times a trial left RUNNING by a dead worker is retried."""
+    calibrate: bool = False
+    """Refit ``calibration.json`` in the run folder after each trial and screen with its memory's
+    upper bound (search/_calibrate.py)."""
 
     @property
     def directions(self) -> list[str]:
@@ -295,7 +298,10 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
         objectives=tuple(objectives), budget=budget, sampler=sampler, pruner=pruner,
         workers=raw.get("workers", 1), storage=raw.get("storage"),
         heartbeat_s=raw.get("heartbeat_s", 10), max_retries=raw.get("max_retries", 2),
+        calibrate=raw.get("calibrate", False),
     )
+    if not isinstance(spec.calibrate, bool):
+        raise UsageError("calibrate", f"must be true or false, got {spec.calibrate!r}")
     for key, value in (("workers", spec.workers), ("heartbeat_s", spec.heartbeat_s)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UsageError(key, f"must be a positive integer, got {value!r}")
