@@ -220,6 +220,9 @@ class Calibration:
     """What the trials spanned: work per micro-batch, allocated bytes, ranks, ZeRO stages, precisions."""
     notes: list[str] = field(default_factory=list)
     """What could not be calibrated, and why."""
+    timing: str = "wall"
+    """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
+    rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
     """Bootstrap coefficient samples (``speed``: [1/e_max, t_mb, s]; ``memory``: [c0, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
@@ -325,7 +328,8 @@ class Calibration:
 
             return cls(device=dict(d["device"]), stack=dict(d["stack"]), trials=list(d["trials"]),
                        speed=consts(d["speed"]), memory=consts(d["memory"]), residual=dict(d["residual"]),
-                       ranges=dict(d["ranges"]), notes=list(d.get("notes", [])), boot=dict(d.get("boot", {})))
+                       ranges=dict(d["ranges"]), notes=list(d.get("notes", [])), boot=dict(d.get("boot", {})),
+                       timing=str(d.get("timing", "wall")))
         except (KeyError, TypeError) as exc:
             raise UsageError(key, f"malformed calibration file: missing or wrong {exc}") from None
 
@@ -382,6 +386,9 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     _same(pts, "device", device_key, device_label, key)
     _same(pts, "stack", lambda s: json.dumps(s, sort_keys=True),
           lambda s: ", ".join(f"{k} {v}" for k, v in s.items()), key)
+    timings = {p.get("timing", "wall") for p in pts}
+    if len(timings) > 1:
+        raise UsageError(key, f"the points mix timings {sorted(timings)}; calibrate one kind at a time")
     device = dict(pts[0]["device"])
     plans = [_plan_point(p, device) for p in pts]
     feats = [_features(p) for p in plans]
@@ -466,7 +473,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "precision": sorted({pl.layout.precision for pl in plans})},
-        notes=notes, boot={"speed": sboot, "memory": mboot},
+        notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
 
 

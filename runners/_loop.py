@@ -160,6 +160,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         emit(initial)
     start = time.perf_counter()
     interval_start, interval_tokens, eval_time = start, 0, 0.0
+    cpu_start, eval_cpu = time.process_time(), 0.0  # rank 0's CPU-seconds: contention-free timing (issue 13)
     for step in range(1, spec.steps + 1):
         loss_sum = torch.zeros((), device=device)
         own_norm = None
@@ -180,9 +181,10 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         last = step == spec.steps or stop or diverged
         eval_loss = None
         if not diverged and (step % spec.eval_every == 0 or last):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             eval_loss = _evaluate(engine, corpus, micro)
             eval_time += time.perf_counter() - t0
+            eval_cpu += time.process_time() - c0
         if step % spec.log_every == 0 or last or eval_loss is not None:
             now = time.perf_counter()
             record = {
@@ -194,9 +196,11 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": finite_or_none(own_norm if plain_grads else _grad_norm(engine)),
                 "tokens_per_s": interval_tokens / max(now - interval_start - eval_time, 1e-9),
+                "cpu_s": round(time.process_time() - cpu_start - eval_cpu, 4),
                 "peak_mem_bytes": _peak_memory(device),
             }
             interval_start, interval_tokens, eval_time = now, 0, 0.0
+            cpu_start, eval_cpu = time.process_time(), 0.0
             records.append(record)
             if rank == 0:
                 emit(record)

@@ -17,15 +17,26 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.runners._result import read_metrics
 
-__all__ = ["USABLE", "median_tokens_per_s", "trial_point", "trial_points"]
+__all__ = ["TIMINGS", "USABLE", "median_tokens_per_s", "trial_point", "trial_points"]
 
 USABLE = ("completed", "terminated", "timeout")
 """Statuses whose steps measured speed and memory: a pruned (terminated) trial's steps count too."""
 
 
-def median_tokens_per_s(records: Iterable[dict[str, Any]]) -> float | None:
+TIMINGS = ("wall", "cpu")
+"""``wall``: tokens/s by the clock. ``cpu``: contention-free tokens/s, each step's tokens over rank 0's
+CPU-seconds divided by its threads (``cpu_s`` in metrics.jsonl): on a machine shared with other
+work, what the step would take with the cores to itself (it undercounts time spent waiting)."""
+
+
+def median_tokens_per_s(records: Iterable[dict[str, Any]], timing: str = "wall", threads: int = 1) -> float | None:
     """Median per-step tokens/s of the records after step 1 (step 1 pays for warm-up)."""
-    speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s") and r.get("step", 0) >= 2]
+    rows = [r for r in records if r.get("tokens_per_s") and r.get("step", 0) >= 2]
+    if timing == "cpu":
+        steps = [(b["tokens"] - a["tokens"], b.get("cpu_s")) for a, b in zip(rows, rows[1:])]
+        speeds = [t / (c / threads) for t, c in steps if t and c]
+    else:
+        speeds = [r["tokens_per_s"] for r in rows]
     return statistics.median(speeds) if speeds else None
 
 
@@ -38,7 +49,7 @@ def _model_config(model: str) -> dict[str, Any]:
     return dict(load_model(model).hf_config)
 
 
-def trial_point(trial_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
+def trial_point(trial_dir: str | Path, timing: str = "wall") -> tuple[dict[str, Any] | None, str]:
     """The point of one trial folder, or None and why it cannot be used."""
     d = Path(trial_dir)
     try:
@@ -51,9 +62,10 @@ def trial_point(trial_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
     if not result.get("device"):
         return None, f"{d}: result.json records no device (a trial from before trainplan recorded it; rerun it)"
     records, _ = read_metrics(d / "metrics.jsonl")
-    tps = median_tokens_per_s(records)
+    tps = median_tokens_per_s(records, timing, int(result["device"].get("threads_per_rank") or 1))
     if not tps or not result.get("peak_mem_bytes"):
-        return None, f"{d}: no tokens/s after step 1 or no peak memory measured"
+        what = "CPU-seconds per step (cpu_s)" if timing == "cpu" else "tokens/s"
+        return None, f"{d}: no {what} after step 1 or no peak memory measured"
     try:
         model = _model_config(spec["model"])
     except (UsageError, OSError, KeyError) as exc:
@@ -61,10 +73,11 @@ def trial_point(trial_dir: str | Path) -> tuple[dict[str, Any] | None, str]:
     layout = {k: v for k, v in spec["layout"].items()}
     return {"id": d.name, "source": str(d), "model": model, "model_name": Path(str(spec["model"])).stem,
             "layout": layout, "tokens_per_s": float(tps), "peak_mem_bytes": int(result["peak_mem_bytes"]),
-            "device": result["device"], "stack": result.get("stack") or {}}, ""
+            "device": result["device"], "stack": result.get("stack") or {}, "timing": timing}, ""
 
 
-def trial_points(paths: Iterable[str | Path], skipped: list[str] | None = None) -> list[dict[str, Any]]:
+def trial_points(paths: Iterable[str | Path], skipped: list[str] | None = None,
+                 timing: str = "wall") -> list[dict[str, Any]]:
     """Points of every trial folder under ``paths`` (a trial folder, or a folder holding trial
     folders at any depth, such as a search run folder). Unusable trials go to ``skipped``."""
     points = []
@@ -76,7 +89,7 @@ def trial_points(paths: Iterable[str | Path], skipped: list[str] | None = None) 
         if not dirs:
             raise UsageError("RUN_DIR", f"{p} holds no trial (no result.json under it)")
         for d in dirs:
-            point, why = trial_point(d)
+            point, why = trial_point(d, timing)
             if point is not None:
                 points.append(point)
             elif skipped is not None:

@@ -9,7 +9,7 @@ from typing import Any
 __all__ = ["study_points"]
 
 
-def study_points(study: Any, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+def study_points(study: Any, skipped: list[str] | None = None, timing: str = "wall") -> list[dict[str, Any]]:
     """Points of every trial of ``study`` (an ``optuna.Study``) whose folder is on this machine."""
     from trainplan.runners._points import trial_point
 
@@ -20,7 +20,7 @@ def study_points(study: Any, skipped: list[str] | None = None) -> list[dict[str,
             if skipped is not None and t.user_attrs.get("status") != "infeasible":
                 skipped.append(f"trial {t.number}: its folder {folder} is not on this machine")
             continue
-        point, why = trial_point(folder)
+        point, why = trial_point(folder, timing)
         if point is not None:
             points.append({**point, "id": f"trial-{t.number}"})
         elif skipped is not None:

@@ -33,8 +33,11 @@ __all__ = ["calibrate", "calibrated_dict", "calibrated_rows", "use_calibration"]
 @click.option("--study", "study_name", metavar="NAME", help="Study name (default: the storage's only study).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("calibration.json"),
               show_default=True, help="Calibration file to write.")
+@click.option("--timing", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="tokens/s by the clock, or contention-free from rank 0's CPU-seconds (a shared machine).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str | None, out: Path, fmt: str) -> None:
+def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str | None, out: Path, timing: str,
+              fmt: str) -> None:
     """Fit compute efficiency, exposed communication and memory overhead to measured trials."""
     from trainplan.planner import fit
 
@@ -49,12 +52,12 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.load_study(study_name=_study_name(storage, study_name), storage=storage)
-        points = study_points(study, skipped)
+        points = study_points(study, skipped, timing)
         key = "--storage"
     else:
         from trainplan.runners._points import trial_points
 
-        points = trial_points(run_dirs, skipped)
+        points = trial_points(run_dirs, skipped, timing)
         key = "RUN_DIR"
     for why in skipped:
         click.echo(f"trainplan calibrate: skipped {why}", err=True)
@@ -68,7 +71,8 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
     click.echo(f"calibration of {d['kind'].upper()} {d['name']} ({d['cores']} cores/SMs, "
                f"{d['memory_bytes'] / 2**30:.0f} GiB; matmul peak "
                f"{', '.join(f'{k} {v / 1e9:,.1f} GFLOP/s' for k, v in d['peak_flops'].items())}) from "
-               f"{len(cal.trials)} trials; stack {', '.join(f'{k} {v}' for k, v in cal.stack.items())}")
+               f"{len(cal.trials)} trials ({cal.timing} timing); stack "
+               f"{', '.join(f'{k} {v}' for k, v in cal.stack.items())}")
     for group in (cal.speed, cal.memory):
         for name, c in group.items():
             span = "not calibrated" if c.low != c.low else f"90% interval {c.low:.4g} - {c.high:.4g}"
@@ -120,6 +124,7 @@ def calibrated_dict(cal: Calibration, p: Plan, path: str) -> dict[str, Any]:
                                       for g in (cal.speed, cal.memory) for k, v in g.items()},
                         "not_calibrated": cal.uncalibrated(), "notes": cal.notes},
         "interval": "90% prediction interval",
+        "timing": cal.timing,
         "tokens_per_s": _figure(c.tokens_per_s), "step_time_s": _figure(c.step_time_s),
         "peak_memory_bytes": {**_figure(c.memory_bytes), "measured_as": "max_memory_allocated on a GPU; peak RSS "
                               "growth from the model build on the CPU, per rank (docs/protocol.md)"},
@@ -145,7 +150,7 @@ def calibrated_rows(cal: Calibration, p: Plan) -> list[list[str]]:
         ["peak memory / rank", f"{human_bytes(m.value)} (90% PI {human_bytes(m.low)} - {human_bytes(m.high)}); "
                                f"uncalibrated (allocated) {human_bytes(m.uncalibrated)}; upper bound "
                                + ("fits" if m.high <= p.gpu.memory_bytes else "DOES NOT FIT")],
-        ["from", f"{len(cal.trials)} trials on {cal.device['name']}"
+        ["from", f"{len(cal.trials)} trials on {cal.device['name']}, {cal.timing} timing"
                  + (f"; not calibrated: {', '.join(cal.uncalibrated())}" if cal.uncalibrated() else "")],
     ]
     rows.append(["outside the data", "; ".join(c.outside_data) if c.outside_data else "no: within the trials' range"])
