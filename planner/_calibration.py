@@ -425,8 +425,10 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     all_idx = list(range(len(pts)))
     sc, mc = speed_fit(all_idx), mem_fit(all_idx)
     if sc is None or mc is None:
-        raise UsageError(key, "the measurements do not fit the planner's model with non-negative constants; "
-                              "check the trials' tokens/s and peak memory")
+        what = "step time does not grow with the FLOPs per step" if sc is None else \
+            "peak memory does not grow with the estimated bytes"
+        raise UsageError(key, f"across these trials {what}, so no non-negative constants fit: the measurements are "
+                              "dominated by noise (on a machine shared with other work, try --timing cpu)")
     rng = random.Random(seed)
     sboot, mboot = [], []
     for _ in range(BOOTSTRAP):

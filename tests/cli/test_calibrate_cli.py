@@ -36,8 +36,11 @@ def _trial_folders(root: Path, n: int, stack: dict | None = None) -> list[str]:
         (d / "spec.json").write_text(json.dumps({"model": str(d / "models" / "config.json"), "layout": p["layout"]}))
         tokens = p["layout"]["micro_batch"] * p["layout"]["seq_len"] * p["layout"]["gpus"]
         speeds = [p["tokens_per_s"] * f for f in (0.5, 1.0, 0.98, 1.02, 1.0, 3.0)]  # warm-up, then a median
+        # rank 0's CPU-seconds: the step at the true speed, at half of it for the last step
+        cpu = [tokens / p["tokens_per_s"] * f for f in (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)]
         (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "tokens": tokens * (i + 1),
-                                                             "tokens_per_s": s}) + "\n" for i, s in enumerate(speeds)))
+                                                             "tokens_per_s": s, "cpu_s": c}) + "\n"
+                                                 for i, (s, c) in enumerate(zip(speeds, cpu))))
         (d / "result.json").write_text(json.dumps({"status": "completed", "peak_mem_bytes": p["peak_mem_bytes"],
                                                    "device": p["device"], "stack": stack or software_stack()}))
         dirs.append(str(d))
@@ -104,3 +107,7 @@ def test_calibrate_reads_the_median_step_and_skips_unusable_trials(tmp_path, cap
     speeds = [json.loads(x)["tokens_per_s"] for x in (Path(dirs[1]) / "metrics.jsonl").read_text().splitlines()]
     point = next(p for p in points if p["id"] == Path(dirs[1]).name)
     assert point["tokens_per_s"] == pytest.approx(sorted(speeds[1:])[2])  # median of steps 2-6
+    by_cpu = {p["id"]: p for p in trial_points([tmp_path / "runs"], timing="cpu")}[point["id"]]
+    tokens = point["layout"]["micro_batch"] * point["layout"]["seq_len"] * point["layout"]["gpus"]
+    cpu = [json.loads(x)["cpu_s"] for x in (Path(dirs[1]) / "metrics.jsonl").read_text().splitlines()]
+    assert by_cpu["timing"] == "cpu" and by_cpu["tokens_per_s"] == pytest.approx(tokens / cpu[2])  # steps 3-6
