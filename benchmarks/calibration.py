@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse   # fit only
 
 Runs 12 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
-spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks,
+spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks
+(one thread per rank),
 reads their points the way ``trainplan calibrate`` does, and for each trial fits a calibration on
 the other 11 and predicts it. Prints the median and worst relative error of tokens/s and peak
 memory, calibrated and uncalibrated (the planner on the device profile the trials recorded, its
@@ -31,6 +32,9 @@ GRID = [(128, 16, 128, 0, 1), (128, 4, 128, 0, 1), (128, 32, 64, 1, 1), (64, 16,
         (256, 8, 128, 0, 1), (256, 16, 64, 3, 1), (128, 4, 256, 0, 2), (128, 8, 128, 2, 2),
         (64, 4, 128, 0, 1), (256, 4, 128, 1, 2), (128, 64, 32, 0, 1), (64, 8, 128, 3, 2)]
 STEPS = 6
+ENV = {"OMP_NUM_THREADS": "1"}
+"""One thread per rank: on a 2-core machine shared with other work, a rank's two OpenMP threads
+spin-wait for each other (10x the CPU-seconds per step measured here, and 5x slower by the clock)."""
 
 
 def model_config(out: Path, width: int) -> str:
@@ -62,7 +66,7 @@ def run_grid(out: Path, reuse: bool, grid: slice = slice(None)) -> list[Path]:
         spec = TrialSpec(model=model_config(out, width), steps=STEPS, eval_every=1000, eval_tokens=4096,
                          layout={"gpus": ranks, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"})
         t0 = time.perf_counter()
-        result = run_trial(spec, d)
+        result = run_trial(spec, d, env=ENV)
         print(f"{d.name}: {result['status']} {result.get('tokens_per_s') or 0:,.0f} tokens/s (mean), "
               f"{(result.get('peak_mem_bytes') or 0) / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return dirs
