@@ -28,3 +28,18 @@ def test_calibration_info_holds_before_after_residuals_and_intervals() -> None:
     assert consts["comm_factor"]["low"] is None and "--gpus 2" in info.notes[0]
     fig = get_calibration_plot(info)
     assert len(fig.data) == 2 * 3 + 2  # before/after and a diagonal per panel, two residual bar series
+
+
+def test_report_shows_the_run_folders_calibration(study, tmp_path) -> None:
+    from trainplan.reports import DATA_DIR, build_report
+
+    points = [_measure(p, random.Random(2), 0.03) for p in _grid()]
+    out = tmp_path / "out"
+    out.mkdir()
+    fit(points).save(out / "calibration.json")
+    page = build_report(study, out).read_text()
+    assert 'id="fig-calibration"' in page and "Calibration (calibration.json, 12 trials)" in page
+    assert "e_max" in page and "90% interval" in page
+    assert (out / DATA_DIR / "calibration.csv").read_text().splitlines()[0].startswith("trial,tokens_per_s")
+    (out / "calibration.json").write_text("{}")
+    assert "Calibration not shown: not a trainplan calibration file" in build_report(study, out).read_text()
