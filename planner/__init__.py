@@ -6,7 +6,9 @@ estimate; ``trainplan run`` measures.
 
 from __future__ import annotations
 
+from trainplan.planner._calibration import Calibrated, Calibration, fit, load_calibration
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
+from trainplan.planner._device import device_profile
 from trainplan.planner._dsconfig import (
     ALLREDUCE_BUCKET_SIZE, PLAN_WARMUP_FRACTION, REDUCE_BUCKET_SIZE, SCHEDULES, Hyperparams, deepspeed_config,
     hyperparams_from_deepspeed_config, plan_deepspeed_config,
@@ -27,6 +29,7 @@ __all__ = [
     "ALLREDUCE_BUCKET_SIZE", "ATTENTION", "CHECKPOINTING", "FIT_MARGIN", "FRAMEWORKS", "LOSSES", "OBJECTIVES",
     "OFFLOADS", "OPTIMIZERS", "PLAN_WARMUP_FRACTION", "PRECISIONS", "REDUCE_BUCKET_SIZE", "SCHEDULES",
     "SUPPORTED_FAMILIES", "ZERO_STAGES",
+    "Calibrated", "Calibration", "device_profile", "fit", "load_calibration",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
     "chinchilla", "count_parameters", "deepspeed_config", "default_efficiency", "estimate_memory",

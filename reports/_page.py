@@ -135,6 +135,10 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
     est = _summary.get_estimate_info(record)
     parts.append(page.figure("estimate-vs-measured", _summary.get_estimate_plot(est), est)
                  if est.rows else _empty("No trial recorded both an estimate and a measurement."))
+    if (out / "calibration.json").is_file():  # written by `trainplan calibrate RUN_DIR -o RUN_DIR/calibration.json`
+        from trainplan.reports._calibration import calibration_section
+
+        calibration_section(page, parts, out / "calibration.json")
 
     parts = page.section(*SECTIONS[2])
     curves = _curves.get_curves_info(record, top_k)

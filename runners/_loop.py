@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from trainplan.runners._data import Corpus, load_corpus
+from trainplan.runners._device import cpu_peak_growth, describe_device, reset_peak
 from trainplan.runners._dist import init_distributed
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
 from trainplan.runners._spec import TrialSpec, is_checkpoint
@@ -110,7 +110,7 @@ def _peak_memory(device: Any) -> int:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+    return cpu_peak_growth()  # peak RSS growth since the model build began (docs/protocol.md)
 
 
 def _peak_reserved(device: Any) -> int | None:
@@ -140,6 +140,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     import deepspeed
     import torch
     import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -154,6 +155,13 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     corpus = load_corpus(data=spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer,
                          max_bytes=spec.max_data_bytes, eval_tokens=spec.eval_tokens,
                          seq_len=layout.seq_len, seed=spec.seed)
+    # Device first (its matmul peak is measured once per machine), then peak memory counts from here.
+    here = torch.device(get_accelerator().device_name(int(os.environ.get("LOCAL_RANK", "0"))))
+    describe_device(here, world)
+    if not is_checkpoint(spec.model):
+        with torch.device("meta"):  # imports the modeling code (~130 MB) before peak memory counts
+            build_model(spec, corpus.vocab_size)
+    reset_peak(here)
     model = build_model(spec, corpus.vocab_size)
     if layout.checkpointing == "full":  # recompute every block in backward (Hugging Face's own hook)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -180,6 +188,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         emit(initial)
     start = time.perf_counter()
     interval_start, interval_tokens, eval_time = start, 0, 0.0
+    cpu_start, eval_cpu = time.process_time(), 0.0  # rank 0's CPU-seconds: contention-free timing (issue 13)
     for step in range(1, spec.steps + 1):
         loss_sum = torch.zeros((), device=device)
         own_norm = None
@@ -200,9 +209,10 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         last = step == spec.steps or stop or diverged
         eval_loss = None
         if not diverged and (step % spec.eval_every == 0 or last):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             eval_loss = _evaluate(engine, corpus, micro)
             eval_time += time.perf_counter() - t0
+            eval_cpu += time.process_time() - c0
         if step % spec.log_every == 0 or last or eval_loss is not None:
             now = time.perf_counter()
             record = {
@@ -214,10 +224,12 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
                 "lr": float(engine.get_lr()[0]),
                 "grad_norm": finite_or_none(own_norm if plain_grads else _grad_norm(engine)),
                 "tokens_per_s": interval_tokens / max(now - interval_start - eval_time, 1e-9),
+                "cpu_s": round(time.process_time() - cpu_start - eval_cpu, 4),
                 "peak_mem_bytes": _peak_memory(device),
                 "peak_reserved_bytes": _peak_reserved(device),
             }
             interval_start, interval_tokens, eval_time = now, 0, 0.0
+            cpu_start, eval_cpu = time.process_time(), 0.0
             records.append(record)
             if rank == 0:
                 emit(record)

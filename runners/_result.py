@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from trainplan.runners._device import recorded_device, software_stack
+
 __all__ = [
     "STATUSES", "EXIT_CODES", "METRIC_KEYS", "build_result", "classify_exit", "planner_estimate",
     "read_metrics", "write_json",
@@ -130,4 +132,6 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
         "stderr_tail": stderr_tail,
         "estimate": estimate,
         "spec": spec_path,
+        "device": recorded_device(),  # where the trial ran (docs/protocol.md); None if it never started
+        "stack": software_stack(),
     }

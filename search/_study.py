@@ -220,6 +220,7 @@ def worker_devices(index: int, sweep: SweepSpec) -> dict[str, str] | None:
 
 def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guard: Any,
             stop: threading.Event, deadline: float | None, errors: list[BaseException], index: int) -> None:
+    from trainplan.search._calibrate import refit_calibration
     from trainplan.search._trial import run_trial_for
 
     try:
@@ -233,6 +234,7 @@ def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guar
                 continue
             try:
                 run_trial_for(study, trial, sweep, run_dir, guard, stop, env)
+                refit_calibration(study, sweep, run_dir)  # sweep key calibrate: true
             except BaseException as exc:
                 _fail_unfinished(study, trial, exc)
                 raise

@@ -180,6 +180,9 @@ class SweepSpec:
     """Model sizes of a ladder sweep (``trainplan scale`` fits across them); the study gets a
     ``size`` dimension with one choice per size, so the grid sampler runs every size on the
     same LR/batch grid (search/_ladder.py)."""
+    calibrate: bool = False
+    """Refit ``calibration.json`` in the run folder after each trial and screen with its memory's
+    upper bound (search/_calibrate.py)."""
 
     @property
     def directions(self) -> list[str]:
@@ -343,7 +346,10 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
         workers=raw.get("workers", 1), storage=raw.get("storage"),
         heartbeat_s=raw.get("heartbeat_s", 10), max_retries=raw.get("max_retries", 2), ladder=ladder,
         overfit=overfit,
+        calibrate=raw.get("calibrate", False),
     )
+    if not isinstance(spec.calibrate, bool):
+        raise UsageError("calibrate", f"must be true or false, got {spec.calibrate!r}")
     for key, value in (("workers", spec.workers), ("heartbeat_s", spec.heartbeat_s)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UsageError(key, f"must be a positive integer, got {value!r}")

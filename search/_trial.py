@@ -116,6 +116,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     import optuna
 
     from trainplan.runners import free_port, launch_trial
+    from trainplan.search._calibrate import calibrated_screen, current_calibration
     from trainplan.search._guard import process_start_ticks, session_cpu_ticks
     from trainplan.search._optuna import heartbeat_writer
     from trainplan.search._overfit import overfit_at
@@ -137,14 +138,16 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         _record_base(trial, None, values, trial_dir)
         return _tell_infeasible(study, trial, f"invalid configuration: {exc}", None)
     _record_base(trial, spec, values, trial_dir)
-    estimate = screen(spec, sweep)
+    cal = current_calibration(sweep, run_dir)  # sweep key calibrate: true (search/_calibrate.py)
+    estimate = calibrated_screen(spec, cal) if cal is not None else screen(spec, sweep)
     (trial_dir / "plan.json").write_text(json.dumps(estimate["plan"], indent=2) + "\n")
     trial.set_user_attr("estimate", {k: estimate[k] for k in ("memory_bytes", "tokens_per_s", "fits")})
     if estimate["fits"] is False:
         spec.to_json(trial_dir / "spec.json")  # so the user can see what was rejected
         gib = 2**30
         reason = (f"planner: needs {estimate['memory_bytes'] / gib:.2f} GiB per GPU, "
-                  f"{sweep.hardware.gpu} has {estimate['capacity_bytes'] / gib:.2f} GiB")
+                  f"{sweep.hardware.gpu if cal is None else cal.device['name'] + ' (calibrated, upper bound)'} "
+                  f"has {estimate['capacity_bytes'] / gib:.2f} GiB")
         return _tell_infeasible(study, trial, reason, estimate)
 
     try:

@@ -28,6 +28,7 @@ _VERBS: dict[str, tuple[str, str]] = {
     "trials": ("trainplan.cli.search:trials", "Export the trials of a study as CSV, Parquet or JSON."),
     "report": ("trainplan.cli.report:report", "Write one self-contained HTML report."),
     "scale": ("trainplan.cli.scale:scale", "Fit LR, batch and loss laws on a ladder study and plan the target run."),
+    "calibrate": ("trainplan.cli.calibrate:calibrate", "Fit the planner's constants to measured trials on one device."),
 }
 
 

@@ -163,6 +163,8 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a planner-only HTML page here.")
 @click.option("--dataset-tokens", default=None, help="Unique tokens of the training data, e.g. 500B: epochs and the data-constrained loss.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--calibration", type=click.Path(dir_okay=False), default=None,
+              help="Calibration file (trainplan calibrate): plan on its device, with intervals.")
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
     o["zero"] = int(o["zero"])
@@ -173,6 +175,11 @@ def plan(**o: Any) -> None:
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
     o["seq_len"] = o["seq_len"] or min(2048, model.max_position_embeddings)
     layout, global_batch = _layout(o)
+    cal = None
+    if o["calibration"]:  # plan on the calibrated device (trainplan/cli/calibrate.py)
+        from trainplan.cli.calibrate import calibrated_dict, calibrated_rows, use_calibration
+
+        cal, gpu, layout = use_calibration(o, layout, gpu)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
     data = _data_limit(single, parse_count(o["dataset_tokens"], "--dataset-tokens") if o["dataset_tokens"] else None)
     rec = None
@@ -192,6 +199,8 @@ def plan(**o: Any) -> None:
         out: dict[str, Any] = single.to_dict()
         if data is not None:
             out["scaling"]["data_constrained"] = data
+        if cal is not None:
+            out["calibrated"] = calibrated_dict(cal, single, o["calibration"])
         if rec is not None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
@@ -218,3 +227,5 @@ def plan(**o: Any) -> None:
                 return
         print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)" + (" -- the requested layout" if rec else ""),
                     ["", "estimate"], _plan_rows(single) + ([_data_row(data)] if data else []))
+        if cal is not None:
+            print_table("Calibrated (90% prediction intervals)", ["", "calibrated estimate"], calibrated_rows(cal, single))

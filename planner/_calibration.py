@@ -1,0 +1,484 @@
+"""Calibration: the planner's free constants fitted to the user's own measured trials.
+
+The analytic planner (``_perf``, ``_memory``) assumes a compute efficiency, an overlap of
+communication and no memory overhead beyond what it counts. A :class:`Calibration` replaces those
+assumptions, for one device and one software stack, with constants fitted to measured points
+(plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
+runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
+
+Step time (per optimizer step, one rank), linear in the three constants::
+
+    t = F / (P * e_max) + m * t_mb + s * C
+
+F the hardware FLOPs one rank runs per step (``_flops``), P the rank's measured matmul peak,
+m the micro-batches per step, C the planner's data-parallel communication time before overlap
+(``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
+micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
+launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
+communication time really exposed (the overlap and the real bandwidth together). Peak memory: ``measured = c0 + k * A``, A the planner's
+allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
+plus a share.
+
+Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
+intervals from a pairs bootstrap over the trials (seeded, so a file is reproducible); a
+prediction interval adds the trials' residual scatter to the bootstrap spread of the prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainplan.errors import UsageError
+from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._device import device_key, device_label, device_profile
+from trainplan.planner._layout import Layout
+from trainplan.planner._model import ModelSpec, from_hf_config
+from trainplan.planner._plan import Plan, plan
+
+__all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
+
+FORMAT_VERSION = 1
+"""Version of the calibration file; a file of another version is refused."""
+MIN_SPREAD = 1.5
+"""A regressor must span at least this ratio (max/min) across the trials to be identified."""
+BOOTSTRAP = 300
+"""Bootstrap resamples for the intervals."""
+Z90 = 1.645
+"""Two-sided 90% normal quantile, for the prediction intervals."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Constant:
+    """One fitted constant with its 90% interval."""
+
+    value: float
+    low: float
+    high: float
+    unit: str
+    doc: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Figure:
+    """One calibrated prediction with its 90% prediction interval and the uncalibrated estimate."""
+
+    value: float
+    low: float
+    high: float
+    uncalibrated: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calibrated:
+    """A plan's calibrated figures (what :meth:`Calibration.apply` returns)."""
+
+    tokens_per_s: Figure
+    step_time_s: Figure
+    memory_bytes: Figure
+    """Peak memory per rank as the trials measure it (docs/protocol.md), vs the plan's allocated bytes."""
+    efficiency: float
+    """Calibrated compute efficiency at this layout's work per micro-batch."""
+    outside_data: list[str]
+    """Why this prediction lies outside the trials' range (empty when inside)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Points -> the planner's features ---------------------------------------------------------------
+def _model(point: Mapping[str, Any]) -> ModelSpec:
+    return from_hf_config(dict(point["model"]), name=str(point.get("model_name", "calibration")))
+
+
+def _layout(point: Mapping[str, Any]) -> Layout:
+    return Layout(**dict(point["layout"]))
+
+
+def expected_peak_bytes(p: Plan) -> float:
+    """The planner's bytes as the trial's peak-memory measurement sees them (docs/protocol.md).
+
+    On a GPU, ``max_memory_allocated``: :attr:`MemoryEstimate.allocated`. On the CPU the resident
+    set counts only pages written to (first touch), and ZeRO-3's gradient reduce bucket is a
+    ``torch.empty`` of ``reduce_bucket_size`` elements (deepspeed/runtime/zero/stage3.py) of which a
+    step writes at most the rank's gradients: only that part is counted there.
+    """
+    allocated = float(p.memory.allocated)
+    if p.gpu.key.startswith("measured:cpu:") and p.layout.zero == 3:
+        from trainplan.planner._dsconfig import deepspeed_config
+        from trainplan.planner._memory import local_parameters
+
+        e = 2 if p.layout.mixed else 4
+        bucket = int(deepspeed_config(p.layout)["zero_optimization"]["reduce_bucket_size"])
+        n, _ = local_parameters(p.params, p.layout)
+        allocated -= (bucket - min(bucket, n)) * e
+    return allocated
+
+
+def _features(p: Plan) -> dict[str, float]:
+    """The regressors of one plan: see the module docstring."""
+    lay = p.layout
+    peak = p.gpu.peak_flops(lay.precision)
+    flops_rank = p.flops.hardware_per_step / lay.gpus
+    return {
+        "flops_term": flops_rank / peak,  # seconds at efficiency 1
+        "micro_batches": float(lay.grad_accum),
+        "comm_s": p.perf.dp_comm_s,
+        "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
+        "peak": peak,
+        "allocated": expected_peak_bytes(p),
+    }
+
+
+def _plan_point(point: Mapping[str, Any], device: Mapping[str, Any]) -> Plan:
+    layout = _layout(point)
+    threads = point.get("device", {}).get("threads_per_rank")
+    return plan(_model(point), layout, device_profile(device, layout.gpus, threads), tokens=float(layout.tokens_per_step))
+
+
+# Small weighted least squares (pure Python) -----------------------------------------------------
+def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[piv][c]) < 1e-300:
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def _wls(rows: list[list[float]], y: list[float]) -> list[float] | None:
+    """Non-negative least squares of y ~ rows, relative weights; tries every subset of columns
+    (at most 3 here) and keeps the best fit whose coefficients are all >= 0."""
+    k = len(rows[0])
+    best: tuple[float, list[float]] | None = None
+    for mask in range(1, 2**k):
+        cols = [j for j in range(k) if mask >> j & 1]
+        x = [[r[j] / yi for j in cols] for r, yi in zip(rows, y)]
+        ones = [1.0] * len(y)
+        ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
+        atb = [sum(xr[i] * o for xr, o in zip(x, ones)) for i in range(len(cols))]
+        sol = _solve(ata, atb)
+        if sol is None or min(sol) < 0:
+            continue
+        full = [0.0] * k
+        for j, v in zip(cols, sol):
+            full[j] = v
+        sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
+        if best is None or sse < best[0] - 1e-15:
+            best = (sse, full)
+    return best[1] if best else None
+
+
+def _interval(samples: list[float], value: float) -> tuple[float, float]:
+    s = sorted(samples)
+    if not s:
+        return value, value
+    return s[int(0.05 * (len(s) - 1))], s[int(math.ceil(0.95 * (len(s) - 1)))]
+
+
+def _rel_sd(pred: list[float], meas: list[float], params: int) -> float:
+    res = [math.log(m / p) for p, m in zip(pred, meas) if p > 0 and m > 0]
+    dof = max(1, len(res) - params)
+    return math.sqrt(sum(r * r for r in res) / dof)
+
+
+def _spread(values: Sequence[float]) -> float:
+    pos = [v for v in values if v > 0]
+    return max(pos) / min(pos) if pos else 1.0
+
+
+# The calibration ----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Calibration:
+    """Fitted constants for one device and software stack, and the trials they came from."""
+
+    device: dict[str, Any]
+    """The device the trials recorded (result.json ``device``)."""
+    stack: dict[str, str | None]
+    """Versions of torch, deepspeed, transformers the trials ran with."""
+    trials: list[dict[str, Any]]
+    """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
+    speed: dict[str, Constant]
+    """``e_max``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor`` (see module docstring)."""
+    memory: dict[str, Constant]
+    """``overhead_bytes`` (c0) and ``share`` (k)."""
+    residual: dict[str, float]
+    """Relative (log) residual standard deviation of the fits: ``tokens_per_s``, ``memory``."""
+    ranges: dict[str, Any]
+    """What the trials spanned: work per micro-batch, allocated bytes, ranks, ZeRO stages, precisions."""
+    notes: list[str] = field(default_factory=list)
+    """What could not be calibrated, and why."""
+    timing: str = "wall"
+    """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
+    rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
+    boot: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_mb, s]; ``memory``: [c0, k]), for prediction intervals."""
+    version: int = FORMAT_VERSION
+
+    # Prediction -----------------------------------------------------------------------------
+    def _speed_coefs(self) -> list[float]:
+        return [1 / self.speed["e_max"].value, self.speed["t_micro_batch_s"].value,
+                self.speed["comm_factor"].value]
+
+    def predict(self, p: Plan) -> Calibrated:
+        """Calibrated tokens/s, step time and peak memory of ``p`` (planned on this device's profile)."""
+        f = _features(p)
+        x = [f["flops_term"], f["micro_batches"], f["comm_s"]]
+
+        def step(c: Sequence[float]) -> float:
+            return sum(a * b for a, b in zip(c, x))
+
+        t = step(self._speed_coefs())
+        tb = [math.log(step(c) / t) for c in self.boot.get("speed", []) if step(c) > 0]
+        sd = math.sqrt(self.residual["tokens_per_s"] ** 2 + (statistics.pstdev(tb) if len(tb) > 1 else 0.0) ** 2)
+        tps = p.layout.tokens_per_step / t
+        mc = [self.memory["overhead_bytes"].value, self.memory["share"].value]
+        mem = mc[0] + mc[1] * f["allocated"]
+        mb = [math.log((c0 + k * f["allocated"]) / mem) for c0, k in self.boot.get("memory", [])
+              if c0 + k * f["allocated"] > 0]
+        msd = math.sqrt(self.residual["memory"] ** 2 + (statistics.pstdev(mb) if len(mb) > 1 else 0.0) ** 2)
+        eff = f["flops_term"] / max(t - x[2] * self._speed_coefs()[2], 1e-30)
+        return Calibrated(
+            tokens_per_s=Figure(value=tps, low=tps * math.exp(-Z90 * sd), high=tps * math.exp(Z90 * sd),
+                                uncalibrated=p.perf.tokens_per_s),
+            step_time_s=Figure(value=t, low=t * math.exp(-Z90 * sd), high=t * math.exp(Z90 * sd),
+                               uncalibrated=p.perf.step_time_s),
+            memory_bytes=Figure(value=mem, low=mem * math.exp(-Z90 * msd), high=mem * math.exp(Z90 * msd),
+                                uncalibrated=f["allocated"]),
+            efficiency=eff, outside_data=self.outside(p),
+        )
+
+    def outside(self, p: Plan) -> list[str]:
+        """Reasons ``p`` lies outside what the trials spanned (empty when inside)."""
+        f, r, lay = _features(p), self.ranges, p.layout
+        out = []
+        lo, hi = r["work_flops"]
+        if not lo / 1.05 <= f["work"] <= hi * 1.05:
+            out.append(f"work per micro-batch {f['work']:.3g} FLOPs outside the trials' {lo:.3g}-{hi:.3g}")
+        lo, hi = r["allocated_bytes"]
+        if not lo / 1.05 <= f["allocated"] <= hi * 1.05:
+            out.append(f"allocated memory {f['allocated'] / 2**20:.0f} MiB outside the trials' "
+                       f"{lo / 2**20:.0f}-{hi / 2**20:.0f} MiB")
+        if lay.gpus > max(r["ranks"]):
+            out.append(f"{lay.gpus} ranks; the trials ran at most {max(r['ranks'])}")
+        if lay.zero not in r["zero"]:
+            out.append(f"ZeRO-{lay.zero} not among the trials' stages {r['zero']}")
+        if lay.precision not in r["precision"]:
+            out.append(f"{lay.precision} not among the trials' precisions {r['precision']}")
+        if lay.dp > 1 and "comm_factor" in self.uncalibrated():
+            out.append("communication not calibrated (every trial ran on one rank)")
+        return out
+
+    def uncalibrated(self) -> list[str]:
+        """Constants the trials could not identify (kept at the planner's assumption)."""
+        return [k for k, c in self.speed.items() if c.low != c.low]  # NaN interval: not fitted
+
+    # Checks -----------------------------------------------------------------------------------
+    def check(self, *, device: Mapping[str, Any] | None = None, stack: Mapping[str, str | None] | None = None,
+              key: str = "--calibration") -> None:
+        """Refuse (UsageError naming ``key``) another device or software stack."""
+        if device is not None and device_key(device) != device_key(self.device):
+            raise UsageError(key, f"calibrated on {device_label(self.device)}, not {device_label(device)}; "
+                                  "calibrate on this device (trainplan calibrate RUN_DIR...)")
+        for name, want in (stack or {}).items():
+            have = self.stack.get(name)
+            if want is not None and have is not None and want != have:
+                raise UsageError(key, f"calibrated with {name} {have}, this environment has {name} {want}; "
+                                      "recalibrate with trials run on this stack")
+
+    def profile(self, ranks: int = 1) -> GPUSpec:
+        """The device profile (a :class:`GPUSpec`) the calibration applies to."""
+        return device_profile(self.device, ranks)
+
+    def apply(self, p: Plan) -> Calibrated:
+        """Calibrated figures of a plan; refused unless ``p`` was planned on this device's profile."""
+        if p.gpu.key != self.profile().key:
+            raise UsageError("--calibration", f"calibrated on {device_label(self.device)}, "
+                                              f"not {p.gpu.name} ({p.gpu.key}); plan on the calibrated device")
+        return self.predict(p)
+
+    # Files ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain({"format": "trainplan-calibration", **asdict(self)})
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, key: str = "--calibration") -> Calibration:
+        if d.get("format") != "trainplan-calibration":
+            raise UsageError(key, "not a trainplan calibration file (no \"format\": \"trainplan-calibration\")")
+        if d.get("version") != FORMAT_VERSION:
+            raise UsageError(key, f"calibration file version {d.get('version')}, this trainplan reads version "
+                                  f"{FORMAT_VERSION}; recalibrate (trainplan calibrate)")
+        try:
+            def consts(group: Mapping[str, Any]) -> dict[str, Constant]:
+                return {k: Constant(**{f: (math.nan if v[f] is None else v[f]) if f in ("low", "high", "value")
+                                       else v[f] for f in ("value", "low", "high", "unit", "doc")})
+                        for k, v in group.items()}
+
+            return cls(device=dict(d["device"]), stack=dict(d["stack"]), trials=list(d["trials"]),
+                       speed=consts(d["speed"]), memory=consts(d["memory"]), residual=dict(d["residual"]),
+                       ranges=dict(d["ranges"]), notes=list(d.get("notes", [])), boot=dict(d.get("boot", {})),
+                       timing=str(d.get("timing", "wall")))
+        except (KeyError, TypeError) as exc:
+            raise UsageError(key, f"malformed calibration file: missing or wrong {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN: an unidentified constant's interval is written as null."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def load_calibration(path: str | Path, *, key: str = "--calibration") -> Calibration:
+    """Read a calibration file; bad files are UsageErrors naming ``key``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(key, f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(key, f"{path} must hold one JSON object")
+    return Calibration.from_dict(data, key=key)
+
+
+# Fitting ------------------------------------------------------------------------------------------
+def _same(points: Sequence[Mapping[str, Any]], what: str, ident: Any, label: Any, key: str) -> None:
+    seen: dict[str, str] = {}
+    for p in points:
+        seen.setdefault(ident(p[what]), label(p[what]))
+    if len(seen) > 1:
+        raise UsageError(key, f"the trials ran on {len(seen)} different {what}s ({'; '.join(seen.values())}); "
+                              "calibrate each separately")
+
+
+def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int = 0) -> Calibration:
+    """Fit a :class:`Calibration` from measured points.
+
+    Each point is a plain dict: ``id``, ``model`` (HF config fields), ``layout`` (Layout fields),
+    ``tokens_per_s`` and ``peak_mem_bytes`` (measured), ``device`` and ``stack`` (as the trial
+    recorded them). Too few or too alike trials are refused, naming the measurement that would help.
+    """
+    pts = [p for p in points if p.get("tokens_per_s") and p.get("peak_mem_bytes") and p.get("device")]
+    if len(pts) < 5:
+        raise UsageError(key, f"{len(pts)} usable trial(s) (completed, with tokens/s, peak memory and a recorded "
+                              f"device); a calibration needs at least 5: run {5 - len(pts)} more at other "
+                              "micro-batch sizes or sequence lengths")
+    _same(pts, "device", device_key, device_label, key)
+    _same(pts, "stack", lambda s: json.dumps(s, sort_keys=True),
+          lambda s: ", ".join(f"{k} {v}" for k, v in s.items()), key)
+    timings = {p.get("timing", "wall") for p in pts}
+    if len(timings) > 1:
+        raise UsageError(key, f"the points mix timings {sorted(timings)}; calibrate one kind at a time")
+    device = dict(pts[0]["device"])
+    plans = [_plan_point(p, device) for p in pts]
+    feats = [_features(p) for p in plans]
+    step = [pl.layout.tokens_per_step / float(p["tokens_per_s"]) for p, pl in zip(pts, plans)]
+    mem = [float(p["peak_mem_bytes"]) for p in pts]
+
+    work = [f["work"] for f in feats]
+    if _spread(work) < MIN_SPREAD:
+        raise UsageError(key, f"every trial does about the same work per micro-batch ({min(work):.3g}-{max(work):.3g} "
+                              "FLOPs), so the compute efficiency cannot be told from the fixed cost per micro-batch: "
+                              "run one more micro-batch size (or sequence length) at least 2x larger or smaller")
+    alloc = [f["allocated"] for f in feats]
+    if _spread(alloc) < MIN_SPREAD:
+        raise UsageError(key, f"every trial's estimated memory is about the same ({min(alloc) / 2**20:.0f}-"
+                              f"{max(alloc) / 2**20:.0f} MiB), so the memory overhead cannot be told from its share: "
+                              "run one more micro-batch size or model width")
+    comm_fitted = sum(f["comm_s"] > 0 for f in feats) >= 2
+    notes = []
+    if not comm_fitted:
+        notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank "
+                     "(run trials with --gpus 2 to calibrate it); the planner's overlap assumption is kept")
+
+    def speed_fit(idx: Sequence[int]) -> list[float] | None:
+        rows = [[feats[i]["flops_term"], feats[i]["micro_batches"]] + ([feats[i]["comm_s"]] if comm_fitted else [])
+                for i in idx]
+        c = _wls(rows, [step[i] for i in idx])
+        return None if c is None or c[0] <= 0 else (c + [] if comm_fitted else c + [_default_share(plans)])
+
+    def mem_fit(idx: Sequence[int]) -> list[float] | None:
+        c = _wls([[1.0, alloc[i]] for i in idx], [mem[i] for i in idx])
+        return None if c is None or c[1] <= 0 else c
+
+    all_idx = list(range(len(pts)))
+    sc, mc = speed_fit(all_idx), mem_fit(all_idx)
+    if sc is None or mc is None:
+        what = "step time does not grow with the FLOPs per step" if sc is None else \
+            "peak memory does not grow with the estimated bytes"
+        raise UsageError(key, f"across these trials {what}, so no non-negative constants fit: the measurements are "
+                              "dominated by noise (on a machine shared with other work, try --timing cpu)")
+    rng = random.Random(seed)
+    sboot, mboot = [], []
+    for _ in range(BOOTSTRAP):
+        idx = [rng.randrange(len(pts)) for _ in pts]
+        if len({work[i] for i in idx}) < 2:
+            continue
+        if (s := speed_fit(idx)) is not None:
+            sboot.append(s)
+        if len({alloc[i] for i in idx}) >= 2 and (m := mem_fit(idx)) is not None:
+            mboot.append(m)
+
+    peak_ref = statistics.median(f["peak"] for f in feats)
+
+    def const(samples: list[float], value: float, unit: str, doc: str, fitted: bool = True) -> Constant:
+        lo, hi = _interval(samples, value) if fitted else (math.nan, math.nan)
+        return Constant(value=value, low=lo, high=hi, unit=unit, doc=doc)
+
+    e_max = 1 / sc[0]
+    speed = {
+        "e_max": const([1 / s[0] for s in sboot], e_max, "share of peak",
+                       "compute efficiency reached by large micro-batches (share of the measured matmul peak)"),
+        "t_micro_batch_s": const([s[1] for s in sboot], sc[1], "s", "fixed time per micro-batch per rank"),
+        "w_half_flops": const([s[1] * peak_ref / s[0] for s in sboot], sc[1] * peak_ref * e_max, "FLOPs",
+                              "work per micro-batch at which the efficiency is half of e_max (at the median peak)"),
+        "comm_factor": const([s[2] for s in sboot], sc[2], "x planner",
+                                    "exposed communication time / the planner's data-parallel communication time at the "
+                                    "assumed bandwidth (absorbs both the overlap and the real bandwidth)", comm_fitted),
+    }
+    memory = {
+        "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
+        "share": const([m[1] for m in mboot], mc[1], "x allocated", "measured / estimated allocated bytes, at the margin"),
+    }
+    x = [[f["flops_term"], f["micro_batches"], f["comm_s"]] for f in feats]
+    t_fit = [sum(a * b for a, b in zip(sc, xi)) for xi in x]
+    m_fit = [mc[0] + mc[1] * a for a in alloc]
+    trials = [{"id": p.get("id"), "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
+               "tokens_per_s": float(p["tokens_per_s"]), "tokens_per_s_fit": pl.layout.tokens_per_step / t,
+               "tokens_per_s_uncalibrated": pl.perf.tokens_per_s,
+               "peak_mem_bytes": m, "peak_mem_fit": mf, "peak_mem_uncalibrated": a}
+              for p, pl, t, m, mf, a in zip(pts, plans, t_fit, mem, m_fit, alloc)]
+    return Calibration(
+        device=device, stack=dict(pts[0]["stack"]), trials=trials, speed=speed, memory=memory,
+        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2)},
+        ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
+                "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
+                "precision": sorted({pl.layout.precision for pl in plans})},
+        notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
+    )
+
+
+def _default_share(plans: Sequence[Plan]) -> float:
+    from trainplan.planner._perf import OVERLAP
+
+    return 1 - OVERLAP  # the planner's own assumption, kept when the trials cannot identify it

@@ -1,0 +1,175 @@
+"""The device a trial runs on, recorded in ``result.json`` so the planner can be calibrated to it.
+
+A trial records one ``device`` object (docs/protocol.md, "Device and peak memory"):
+``kind`` (``gpu`` or ``cpu``), ``name`` (the GPU model, or the host CPU's model name), ``count``
+(ranks of the trial), ``cores`` (host CPU cores, or the GPU's multiprocessors), on the CPU
+``threads_per_rank`` (torch's intra-op threads in each rank), ``memory_bytes``
+(GPU memory, or host RAM), ``peak_flops`` (dense matmul FLOP/s by dtype, of one GPU or of the whole
+host CPU, *measured* here) and ``peak_source`` (how). The matmul peak is measured once per machine
+and kept beside the JIT-built ops, like py-cpuinfo's answer (runners/_dist.py): a trial must not
+pay for it twice, and every trial on one machine must divide by the same number.
+
+Peak memory, defined to match what the planner predicts (``MemoryEstimate.allocated``): on a GPU
+``torch.cuda.max_memory_allocated``; on the CPU the growth of the rank's peak resident set
+(``VmHWM``, reset through ``/proc/self/clear_refs``) over its resident set just before the model is
+built, i.e. after the imports, the process group and the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainplan.planner._device import software_stack
+
+__all__ = ["cpu_peak_growth", "describe_device", "measure_matmul_peak", "recorded_device",
+           "reset_peak", "software_stack"]
+
+_recorded: dict[str, Any] = {}
+_baseline: list[int] = []
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak(device: Any) -> None:
+    """Start the peak-memory measurement now. On a GPU: ``torch.cuda.reset_peak_memory_stats``.
+    On the CPU: reset ``VmHWM`` to the current resident set (proc(5), ``clear_refs`` value 5) and
+    remember that resident set as the baseline."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: fall back to the lifetime peak (ru_maxrss)
+        pass
+    rss = _status_kib("VmRSS")
+    _baseline[:] = [rss * 1024] if rss is not None else []
+
+
+def cpu_peak_growth() -> int:
+    """Bytes the rank's peak resident set grew above the baseline of :func:`reset_peak`."""
+    import resource
+
+    hwm = _status_kib("VmHWM")
+    peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(0, peak - (_baseline[0] if _baseline else 0))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _host_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def measure_matmul_peak(device: Any, dtypes: tuple[str, ...], *, size: int = 1024, repeats: int = 8) -> dict[str, float]:
+    """Dense matmul FLOP/s by dtype on ``device``: the best of ``repeats`` ``size``-cubed products
+    (2 size**3 FLOPs each) after one warm-up; on the CPU with every core's thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        out = {}
+        for name in dtypes:
+            dtype = getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[name])
+            a = torch.randn(size, size, device=device, dtype=dtype)
+            b = torch.randn(size, size, device=device, dtype=dtype)
+            best = float("inf")
+            for i in range(repeats + 1):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                (a @ b).sum()  # the sum keeps the product from being skipped and syncs on the CPU
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i:  # the first product pays for warm-up
+                    best = min(best, time.perf_counter() - t0)
+            out[name] = 2 * size**3 / best
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cached_peak(key: str, measure: Any) -> tuple[dict[str, float], str]:
+    from trainplan.runners._dist import machine_key
+    from trainplan.runners._launch import extensions_dir
+
+    machine = machine_key()
+    path = extensions_dir() / f"matmul-peak-{machine}-{key}.json" if machine else None
+    if path is not None:
+        try:
+            kept = json.loads(path.read_text())
+            return {k: float(v) for k, v in kept["peak_flops"].items()}, kept["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    peak, source = measure()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"peak_flops": peak, "source": source}))
+            os.replace(tmp, path)  # ranks starting together never read half a file
+            source += f", kept in {path}"
+        except OSError:
+            pass
+    return peak, source
+
+
+def describe_device(device: Any, ranks: int) -> dict[str, Any]:
+    """The ``device`` object of ``result.json`` for a trial of ``ranks`` ranks on ``device``;
+    also kept for :func:`recorded_device`."""
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        dtypes = ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        key = props.name.replace(" ", "_").replace("/", "_")
+        peak, source = _cached_peak(key, lambda: (measure_matmul_peak(device, dtypes, size=4096, repeats=10),
+                                                  "measured: best of 10 4096^3 matmuls per dtype"))
+        info = {"kind": "gpu", "name": props.name, "count": ranks, "cores": props.multi_processor_count,
+                "memory_bytes": int(props.total_memory), "peak_flops": peak, "peak_source": source}
+    else:
+        cores = os.cpu_count() or 1
+        peak, source = _cached_peak("cpu", lambda: (measure_matmul_peak(device, ("fp32",)),
+                                                    f"measured: best of 8 fp32 1024^3 matmuls on {cores} threads"))
+        info = {"kind": "cpu", "name": _cpu_name(), "count": ranks, "cores": cores,
+                "threads_per_rank": torch.get_num_threads(), "memory_bytes": _host_memory(),
+                "peak_flops": peak, "peak_source": source}
+    _recorded.clear()
+    _recorded.update(info)
+    return info
+
+
+def recorded_device() -> dict[str, Any] | None:
+    """The device this process's trial described (None in a process that ran no training loop)."""
+    return dict(_recorded) if _recorded else None

@@ -1,0 +1,118 @@
+"""Calibration (planner/_calibration.py): fitting recovers known constants from synthetic points the
+planner itself makes, with noise; refusals name what would help; files round-trip and are checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from trainplan.errors import UsageError
+from trainplan.planner import Calibration, fit, load_calibration, load_model, plan
+from trainplan.planner._calibration import _features, _plan_point
+
+DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_bytes": 24 * 2**30,
+          "peak_flops": {"fp32": 1.0e11}, "peak_source": "test"}
+STACK = {"torch": "2.13.0", "deepspeed": "0.19.0", "transformers": "4.99.0"}
+TINY = dict(load_model("trainplan-tiny").hf_config)
+TRUE = {"e_max": 0.6, "t_mb": 0.004, "share": 40.0, "c0": 150e6, "k": 1.3}
+
+
+def _grid() -> list[dict]:
+    grid = []
+    for width, mb, seq, zero, gpus in [(128, 16, 128, 0, 1), (128, 4, 128, 0, 1), (128, 32, 128, 1, 1),
+                                        (64, 16, 256, 2, 1), (256, 8, 128, 0, 1), (256, 16, 64, 3, 1),
+                                        (128, 8, 256, 0, 2), (128, 16, 128, 2, 2), (64, 2, 128, 0, 1),
+                                        (256, 32, 256, 1, 2), (128, 64, 64, 0, 1), (64, 8, 64, 3, 2)]:
+        model = {**TINY, "hidden_size": width, "intermediate_size": int(width * 2.75)}
+        layout = {"gpus": gpus, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"}
+        grid.append({"id": f"w{width}-mb{mb}-s{seq}-z{zero}-r{gpus}", "model": model, "layout": layout,
+                     "device": {**DEVICE, "count": gpus}, "stack": STACK})
+    return grid
+
+
+def _measure(point: dict, rng: random.Random, noise: float) -> dict:
+    """What a trial would measure if the true constants were TRUE (with multiplicative noise)."""
+    p = _plan_point(point, point["device"])
+    f = _features(p)
+    step = f["flops_term"] / TRUE["e_max"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
+    mem = TRUE["c0"] + TRUE["k"] * f["allocated"]
+    return {**point, "tokens_per_s": p.layout.tokens_per_step / step * math.exp(rng.gauss(0, noise)),
+            "peak_mem_bytes": int(mem * math.exp(rng.gauss(0, noise)))}
+
+
+def test_fit_recovers_known_constants_from_noisy_synthetic_points() -> None:
+    rng = random.Random(1)
+    cal = fit([_measure(p, rng, 0.02) for p in _grid()])
+    s, m = cal.speed, cal.memory
+    assert s["e_max"].value == pytest.approx(TRUE["e_max"], rel=0.08)
+    assert s["t_micro_batch_s"].value == pytest.approx(TRUE["t_mb"], rel=0.15)
+    assert s["comm_factor"].value == pytest.approx(TRUE["share"], rel=0.25)
+    assert m["overhead_bytes"].value == pytest.approx(TRUE["c0"], rel=0.1)
+    assert m["share"].value == pytest.approx(TRUE["k"], rel=0.1)
+    for c in (*s.values(), *m.values()):
+        assert c.low <= c.value <= c.high
+    assert s["e_max"].low <= TRUE["e_max"] <= s["e_max"].high
+    assert 0.005 < cal.residual["tokens_per_s"] < 0.05
+    assert len(cal.trials) == 12 and not cal.notes
+
+
+def test_noise_free_fit_is_exact_and_predictions_carry_intervals() -> None:
+    cal = fit([_measure(p, random.Random(0), 0.0) for p in _grid()])
+    held = _measure({**_grid()[0], "layout": {**_grid()[0]["layout"], "micro_batch": 12}}, random.Random(0), 0.0)
+    pl = _plan_point(held, DEVICE)
+    out = cal.apply(pl)
+    assert out.tokens_per_s.value == pytest.approx(held["tokens_per_s"], rel=1e-6)
+    assert out.memory_bytes.value == pytest.approx(held["peak_mem_bytes"], rel=1e-6)
+    assert out.tokens_per_s.low <= out.tokens_per_s.value <= out.tokens_per_s.high
+    assert out.tokens_per_s.uncalibrated == pl.perf.tokens_per_s and out.outside_data == []
+
+
+def test_prediction_outside_the_data_says_so() -> None:
+    cal = fit([_measure(p, random.Random(0), 0.01) for p in _grid()])
+    big = plan(load_model("trainplan-tiny"), _plan_point(_grid()[0], DEVICE).layout.with_(micro_batch=512, gpus=4),
+               cal.profile(4), tokens=1e6)
+    reasons = cal.apply(big).outside_data
+    assert any("work per micro-batch" in r for r in reasons) and any("4 ranks" in r for r in reasons)
+
+
+def test_too_few_or_too_alike_trials_are_refused_naming_the_measurement() -> None:
+    pts = [_measure(p, random.Random(0), 0.01) for p in _grid()]
+    with pytest.raises(UsageError, match="at least 5: run 2 more"):
+        fit(pts[:3])
+    same = [{**pts[0], "id": str(i)} for i in range(6)]
+    with pytest.raises(UsageError, match="run one more micro-batch size"):
+        fit(same)
+
+
+def test_single_rank_trials_leave_communication_uncalibrated() -> None:
+    pts = [_measure(p, random.Random(0), 0.01) for p in _grid() if p["layout"]["gpus"] == 1]
+    cal = fit(pts)
+    assert cal.uncalibrated() == ["comm_factor"] and "--gpus 2" in cal.notes[0]
+
+
+def test_mixed_devices_or_stacks_are_refused() -> None:
+    pts = [_measure(p, random.Random(0), 0.01) for p in _grid()]
+    pts[1] = {**pts[1], "device": {**DEVICE, "name": "Other CPU"}}
+    with pytest.raises(UsageError, match="2 different devices"):
+        fit(pts)
+
+
+def test_file_round_trip_and_refusals(tmp_path) -> None:
+    cal = fit([_measure(p, random.Random(0), 0.01) for p in _grid()[:8] if p["layout"]["gpus"] == 1] +
+              [_measure(p, random.Random(0), 0.01) for p in _grid()[8:] if p["layout"]["gpus"] == 1])
+    path = cal.save(tmp_path / "cal.json")
+    back = load_calibration(path)
+    assert back.speed["e_max"] == cal.speed["e_max"] and back.uncalibrated() == cal.uncalibrated()
+    assert isinstance(back, Calibration)
+    back.check(device=DEVICE, stack=STACK)
+    with pytest.raises(UsageError, match="not the CPU Other"):
+        back.check(device={**DEVICE, "name": "Other"})
+    with pytest.raises(UsageError, match="deepspeed 0.19.0, this environment has deepspeed 0.18.2"):
+        back.check(stack={**STACK, "deepspeed": "0.18.2"})
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "version": 99}))
+    with pytest.raises(UsageError, match="version 99"):
+        load_calibration(path)

@@ -1,0 +1,41 @@
+"""The device a real trial records (runners/_device.py) and the peak memory it measures on the CPU,
+and `trainplan calibrate` reading those real trials."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainplan.cli import main
+from trainplan.planner import device_profile, estimate_memory, load_model
+from trainplan.planner._device import software_stack
+from trainplan.runners import TrialSpec, run_trial
+
+SMALL = dict(eval_tokens=2048, max_data_bytes=300_000, eval_every=100, steps=3)
+
+
+@pytest.mark.slow
+def test_real_trials_record_device_and_peak_growth_then_calibrate(tmp_path, capsys):
+    results = {}
+    for mb in (4, 32):
+        spec = TrialSpec(layout={"micro_batch": mb, "seq_len": 64}, **SMALL)
+        results[mb] = run_trial(spec, tmp_path / f"mb{mb}")
+        assert results[mb]["status"] == "completed", results[mb].get("stderr_tail")
+    dev = results[4]["device"]
+    assert dev["kind"] == "cpu" and dev["count"] == 1 and dev["cores"] >= 1 and dev["memory_bytes"] > 2**30
+    assert dev["peak_flops"]["fp32"] > 1e8 and "measured" in dev["peak_source"]
+    assert results[32]["device"]["peak_flops"] == dev["peak_flops"]  # measured once per machine, then kept
+    assert results[4]["stack"] == software_stack() and results[4]["stack"]["deepspeed"]
+    # Peak RSS growth from the model build: the model states and activations, not the ~400 MB of
+    # imports a whole-process peak would hold; more for the larger micro-batch.
+    model = load_model("trainplan-tiny")
+    for mb, r in results.items():
+        allocated = estimate_memory(model, TrialSpec(layout={"micro_batch": mb, "seq_len": 64}).layout).allocated
+        assert allocated / 2 < r["peak_mem_bytes"] < 200 * 2**20, (mb, r["peak_mem_bytes"], allocated)
+    assert results[32]["peak_mem_bytes"] > results[4]["peak_mem_bytes"]
+    assert device_profile(dev, 2).peak_flops("fp32") == pytest.approx(dev["peak_flops"]["fp32"] / 2)
+
+    code = main(["calibrate", str(tmp_path), "-o", str(tmp_path / "cal.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "RUN_DIR: 2 usable trial(s)" in err and "run 3 more" in err
