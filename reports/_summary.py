@@ -127,7 +127,8 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
     folder = Path(best.trial_dir) if best.trial_dir else None
     # A trial whose ranks ran on the CPU (result.json "device") spent rank-hours, not GPU-hours.
     result_text = _read(folder / "result.json") if folder else ""
-    on_cpu = result_text.startswith("{") and json.loads(result_text).get("device") == "cpu"
+    device = json.loads(result_text).get("device") if result_text.startswith("{") else None
+    on_cpu = isinstance(device, dict) and device.get("kind") == "cpu"
     metrics["cpu_rank_hours" if on_cpu else "gpu_hours"] = best.gpu_hours
     ds_text = _read(folder / "ds_config.json") if folder else ""
     choices: list[LayoutChoice] = []

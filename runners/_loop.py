@@ -43,8 +43,6 @@ class Outcome:
     """The step whose loss was NaN/inf or exploded (``diverged`` only)."""
     loop_started: float = 0.0
     """``time.perf_counter()`` when the first step began: what came before is startup."""
-    device: str | None = None
-    """``cuda`` or ``cpu``: what the ranks trained on (a CPU trial's hours are not GPU-hours)."""
     optimizer: dict[str, Any] | None = None
     """What the engine's optimizer really holds (:func:`optimizer_settings`): ``result.json``'s
     ``optimizer``, the check that every setting came from ``ds_config.json``."""
@@ -236,11 +234,11 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         if diverged:
             what = "NaN/inf" if not math.isfinite(train_loss) else f"{train_loss:.3g} > {explode_at:.3g} (4 ln V)"
             return Outcome(status="diverged", reason=f"training loss {what} at step {step}",
-                           records=records, diverged_at_step=step, loop_started=start, optimizer=settings, device=device.type)
+                           records=records, diverged_at_step=step, loop_started=start, optimizer=settings)
         if stop:
             return Outcome(status="terminated", reason=f"stopped by a signal after step {step}",
-                           records=records, loop_started=start, optimizer=settings, device=device.type)
-    return Outcome(status="completed", reason="", records=records, loop_started=start, optimizer=settings, device=device.type)
+                           records=records, loop_started=start, optimizer=settings)
+    return Outcome(status="completed", reason="", records=records, loop_started=start, optimizer=settings)
 
 
 def _total_norm(module: Any) -> float:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
 
     def finish(status: str, reason: str, records: list[dict[str, Any]], startup_s: float | None = None,
-               optimizer: dict[str, Any] | None = None, device: str | None = None, **extra: Any) -> int:
+               optimizer: dict[str, Any] | None = None, **extra: Any) -> int:
         if rank == 0:
             result = build_result(records, status=status, reason=reason, exit_code=EXIT_CODES[status],
                                   estimate=planner_estimate(spec) if spec is not None else None,
@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
             # Seconds from this process's start to the first step: imports, data, model, engine.
             result["startup_s"] = startup_s
             result["optimizer"] = optimizer
-            result["device"] = device
             write_json(trial_dir / "result.json", result)
         return EXIT_CODES[status]
 
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = train(spec, ds_config, stop_requested=lambda: _stop, emit=tracked)
         startup = round(outcome.loop_started - began, 3)
         code = finish(outcome.status, outcome.reason, outcome.records, diverged_at_step=outcome.diverged_at_step,
-                      startup_s=startup, optimizer=outcome.optimizer, device=outcome.device)
+                      startup_s=startup, optimizer=outcome.optimizer)
     except BaseException as exc:  # classified and recorded, then the traceback goes to stderr
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

@@ -170,6 +170,6 @@ def test_microbatch_view_keeps_the_global_batch_and_says_when_it_is_flat(target:
 def test_a_cpu_trial_reports_rank_hours_not_gpu_hours(study: optuna.Study, target: Target) -> None:
     record = read_study(study)
     assert "gpu_hours" in get_summary_info(record, target).best_metrics  # no result.json: as recorded
-    (Path(record.best.trial_dir) / "result.json").write_text(json.dumps({"status": "completed", "device": "cpu"}))
+    (Path(record.best.trial_dir) / "result.json").write_text(json.dumps({"status": "completed", "device": {"kind": "cpu", "name": "host CPU"}}))
     metrics = get_summary_info(record, target).best_metrics
     assert "gpu_hours" not in metrics and metrics["cpu_rank_hours"] == record.best.gpu_hours
