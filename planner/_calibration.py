@@ -479,6 +479,10 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
 
 
 def _default_share(plans: Sequence[Plan]) -> float:
-    from trainplan.planner._perf import OVERLAP
+    """The planner's own exposed share of data-parallel communication, kept when the trials cannot
+    identify it: what ``_perf`` leaves exposed for these layouts (it depends on the compute each
+    collective hides behind), or its floor where no trial communicates."""
+    from trainplan.planner._perf import EXPOSED_FLOOR
 
-    return 1 - OVERLAP  # the planner's own assumption, kept when the trials cannot identify it
+    shares = [p.perf.dp_comm_exposed_s / p.perf.dp_comm_s for p in plans if p.perf.dp_comm_s > 0]
+    return sum(shares) / len(shares) if shares else EXPOSED_FLOOR
