@@ -36,7 +36,7 @@ def test_problems_lists_every_rule_broken_and_validate_raises_the_first():
     assert [p.key for p in layout.problems()] == ["--gpus", "--tp", "--offload"]
     with pytest.raises(UsageError) as err:
         layout.validate()
-    assert err.value.key == "--gpus" and "multiple of --tp x --pp = 4" in err.value.message
+    assert err.value.key == "--gpus" and "multiple of --tp x --pp x --cp = 4" in err.value.message
     assert Layout(gpus=8, zero=3, offload="nvme").problems() == []
 
 
