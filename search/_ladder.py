@@ -224,12 +224,11 @@ class ScaleDecision:
 
 
 def _round_batch(sequences: float) -> tuple[int, str]:
-    """Whole sequences that many GPU counts divide: a multiple of 32 from 32 up, else a power of two."""
-    if sequences >= 32:
-        gb = max(32, 32 * round(sequences / 32))
-        return gb, "nearest multiple of 32 sequences"
-    gb = 2 ** max(0, round(math.log2(max(sequences, 1))))
-    return gb, "nearest power of two sequences"
+    """Whole sequences that many GPU counts divide: the nearest multiple of the largest power of two
+    at most 1/16 of the batch (so within ~3%; 3008 -> 3072 = 3 x 1024, which dp up to 1024 divides)."""
+    step = 2 ** max(0, math.floor(math.log2(max(sequences, 1) / 16)))
+    gb = max(step, step * round(sequences / step))
+    return gb, f"nearest multiple of {step} sequences"
 
 
 FAR = 10.0
