@@ -172,8 +172,8 @@ def _decision_html(d: dict[str, Any]) -> str:
     ll = lay["layout"]
     rows = [
         ("target", f"{t['model']}: {t['non_embedding_params']:,.0f} non-embedding parameters, {t['tokens']:.4g} tokens"),
-        ("peak LR", f"{d['fit']['target']['lr']['value']:.3g} [{d['fit']['target']['lr']['low']:.3g}, "
-                    f"{d['fit']['target']['lr']['high']:.3g}]"),
+        ("peak LR", f"{t['lr']:.3g} in the spec (from {t['hyperparams_from']}); fit {d['fit']['target']['lr']['value']:.3g} "
+                    f"[{d['fit']['target']['lr']['low']:.3g}, {d['fit']['target']['lr']['high']:.3g}]"),
         ("global batch", f"{t['global_batch']:,} sequences of {t['seq_len']} ({t['batch_rounding']})"),
         ("steps, warm-up", f"{t['steps']:,}, {t['warmup_steps']:,}"),
         ("predicted final loss", f"{t['predicted_loss']['value']:.4f} [{t['predicted_loss']['low']:.4f}, "

@@ -193,6 +193,10 @@ class ScaleDecision:
     """Final eval loss: value, low, high (data-constrained when the data repeats)."""
     spec: Any
     """The target's :class:`~trainplan.runners.TrialSpec`."""
+    hyper_source: str = "fit"
+    """Where the spec's LR and batch come from: ``fit``, ``step_law`` or ``deepseek``."""
+    hyper_note: str = ""
+    """Why, when not the fit."""
     alternatives: list[Any] = field(default_factory=list)
     """With ``--dataset-tokens``: models 0.25-4x the target's size at the same compute, each with its
     epochs and data-constrained loss (:func:`~trainplan.planner._scaling.same_compute_sizes`)."""
@@ -202,10 +206,12 @@ class ScaleDecision:
 
         hp = self.spec.hyperparams
         return {
-            "kind": "scale-up", "mode": self.fit.mode, "notes": list(self.fit.notes),
+            "kind": "scale-up", "mode": self.fit.mode,
+            "notes": list(self.fit.notes) + ([self.hyper_note] if self.hyper_note else []),
             "target": {"model": self.spec.model, "non_embedding_params": self.fit.target_n, "tokens": self.tokens,
                        "seq_len": self.seq_len, "global_batch": self.global_batch, "batch_rounding": self.rounding,
                        "steps": self.steps, "warmup_steps": self.warmup_steps, "lr": hp.lr,
+                       "hyperparams_from": self.hyper_source,
                        "predicted_loss": self.predicted_loss, "predicted_loss_tokens": self.fit.loss_tokens},
             "fit": self.fit.to_dict(),
             "priors": [s.to_dict(self.seq_len) for s in self.priors],
@@ -218,19 +224,38 @@ class ScaleDecision:
 
 
 def _round_batch(sequences: float) -> tuple[int, str]:
-    """Whole sequences that many GPU counts divide: a multiple of 32 from 32 up, else a power of two."""
-    if sequences >= 32:
-        gb = max(32, 32 * round(sequences / 32))
-        return gb, "nearest multiple of 32 sequences"
-    gb = 2 ** max(0, round(math.log2(max(sequences, 1))))
-    return gb, "nearest power of two sequences"
+    """Whole sequences that many GPU counts divide: the nearest multiple of the largest power of two
+    at most 1/16 of the batch (so within ~3%; 3008 -> 3072 = 3 x 1024, which dp up to 1024 divides)."""
+    step = 2 ** max(0, math.floor(math.log2(max(sequences, 1) / 16)))
+    gb = max(step, step * round(sequences / step))
+    return gb, f"nearest multiple of {step} sequences"
+
+
+FAR = 10.0
+"""Beyond this factor outside the swept N or tokens, ``auto`` writes the Step Law prior into the
+target's spec instead of the fit's extrapolation (both are printed)."""
+HYPER_SOURCES = ("auto", "fit", "step_law", "deepseek")
+
+
+def _hyper_source(fit: Any, asked: str) -> tuple[str, str]:
+    if asked not in HYPER_SOURCES:
+        raise UsageError("--hyperparams-from", f"{asked!r} is not one of {', '.join(HYPER_SOURCES)}")
+    d_lo, d_hi = fit.fitted_tokens
+    d_far = max(fit.target_tokens / d_hi, d_lo / fit.target_tokens, 1.0)
+    if asked != "auto":
+        return asked, "" if asked == "fit" else f"the spec's LR and batch are the {asked} prior's (--hyperparams-from)"
+    if fit.extrapolation <= FAR and d_far <= FAR:
+        return "fit", ""
+    return "step_law", (f"the spec's LR and batch are the Step Law prior's: the target is {fit.extrapolation:.3g}x beyond "
+                        f"the swept N and {d_far:.3g}x beyond the swept tokens (more than {FAR:g}x), where the fit's "
+                        "extrapolation is not trusted; --hyperparams-from fit writes the fit's instead")
 
 
 def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | None = None, gpu: str = "h100-sxm",
                  max_gpus: int = 64, budget: float | None = None, dataset_tokens: float | None = None,
                  seq_len: int | None = None, tolerance: float = 0.02, warmup_fraction: float = 0.01,
                  data: str = "stdlib", optimize: str = "time", price: float | None = None,
-                 seed: int = 0) -> ScaleDecision:
+                 seed: int = 0, hyper_source: str = "auto") -> ScaleDecision:
     """Fit the ladder's ``points``, predict the target's hyperparameters and loss, and plan its layout."""
     from trainplan.planner import Hyperparams, Layout, LayoutSpace, chinchilla, count_parameters, load_gpu, load_model, recommend
     from trainplan.planner._hyperfit import Point, fit_ladder
@@ -246,7 +271,15 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
     fit = fit_ladder([Point(size=p.size, n_params=p.n_params, tokens=p.tokens, lr=p.lr,
                             batch_tokens=p.batch_tokens, loss=p.loss) for p in points],
                      counts.non_embedding, tokens, tolerance=tolerance, seed=seed)
-    global_batch, rounding = _round_batch(fit.batch_tokens.value / seq_len)
+    priors = suggest_hyperparams(n_layer=model.num_layers, d_model=model.hidden_size, seq_len=seq_len,
+                                 non_embedding_params=counts.non_embedding, tokens=tokens)
+    source, note = _hyper_source(fit, hyper_source)
+    if source == "fit":
+        lr, batch_tokens = fit.lr.value, fit.batch_tokens.value
+    else:
+        chosen = next(p for p in priors if p.law == source)
+        lr, batch_tokens = chosen.lr, chosen.batch_tokens
+    global_batch, rounding = _round_batch(batch_tokens / seq_len)
     steps = math.ceil(tokens / (global_batch * seq_len))
     warmup = max(1, min(round(warmup_fraction * steps), WARMUP_CAP_STEPS, steps))
     loss = fit.loss.to_dict()
@@ -270,12 +303,11 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
         raise UsageError("--budget", f"no layout up to {max_gpus} GPUs costs <= ${budget:,.0f}; the cheapest "
                                      f"costs ${cheapest:,.0f} (lower --tokens or raise --budget)")
     best = ranked[0]
-    hp = Hyperparams(lr=fit.lr.value, warmup_steps=warmup, total_steps=steps, schedule="cosine", weight_decay=0.1)
+    hp = Hyperparams(lr=lr, warmup_steps=warmup, total_steps=steps, schedule="cosine", weight_decay=0.1)
     spec = TrialSpec(model=model_ref, data=data, steps=steps, layout=best.layout, hyperparams=hp, gpu=card.key,
                      eval_every=max(1, steps // 20), log_every=10).validate()
     return ScaleDecision(
-        fit=fit, priors=suggest_hyperparams(n_layer=model.num_layers, d_model=model.hidden_size, seq_len=seq_len,
-                                            non_embedding_params=counts.non_embedding, tokens=tokens),
+        fit=fit, priors=priors, hyper_source=source, hyper_note=note,
         plan=best, recommendation=rec, global_batch=global_batch, rounding=rounding, seq_len=seq_len, steps=steps,
         warmup_steps=warmup, tokens=tokens, data=dc, predicted_loss=loss, spec=spec, alternatives=alternatives,
     )

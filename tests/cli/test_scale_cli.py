@@ -52,7 +52,9 @@ def test_scale_fits_the_ladder_and_writes_the_target_run(capsys, ladder_dir: Pat
     t = doc["target"]
     assert t["steps"] == math.ceil(2e12 / (t["global_batch"] * t["seq_len"]))
     spec = TrialSpec.from_json(out_dir / "spec.json")
-    assert spec.hyperparams.lr == pytest.approx(fit["target"]["lr"]["value"])
+    # 3,500x beyond the swept N: the spec takes the Step Law prior, and says so
+    assert t["hyperparams_from"] == "step_law" and any("Step Law prior's" in n for n in doc["notes"])
+    assert spec.hyperparams.lr == pytest.approx(doc["priors"][1]["lr"]) == t["lr"]
     assert spec.layout.global_batch == t["global_batch"] and spec.steps == t["steps"]
     ds = json.loads((out_dir / "ds_config.json").read_text())
     assert ds["train_batch_size"] == t["global_batch"]
@@ -138,3 +140,12 @@ def test_report_page_carries_the_fit_and_the_decision(capsys, ladder_dir: Path) 
     assert curve[-1]["n"] == pytest.approx(data["target"]["fit"]["target"]["non_embedding_params"])
     # the fitted LR falls with N (lr* = 2 N^-0.4 in the study)
     assert curve[-1]["lr_value"] < curve[0]["lr_value"]
+
+
+def test_hyperparams_from_fit_writes_the_fits_extrapolation(capsys, ladder_dir: Path) -> None:
+    out_dir = ladder_dir / "fit"
+    code, out, _ = run(capsys, "scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--tokens", "2T",
+                       "--max-gpus", "512", "--hyperparams-from", "fit", "--out", str(out_dir), "--format", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["target"]["hyperparams_from"] == "fit"
+    assert TrialSpec.from_json(out_dir / "spec.json").hyperparams.lr == pytest.approx(doc["fit"]["target"]["lr"]["value"])

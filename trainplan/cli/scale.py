@@ -62,9 +62,9 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
                                 f"loss alpha {_interval(fit['loss_alpha'])}" + ("" if fit["alpha_fitted"] else " (prior)")
                                 + f", E {_interval(fit['loss_e'])}"],
         ["target", f"{t['model']}: N {human_count(t['non_embedding_params'])} non-embedding, {human_count(t['tokens'])} tokens"],
-        ["peak LR", f"{_interval(fit['target']['lr'])} (predicted)"],
+        ["peak LR", f"{t['lr']:.3g} in the spec (from {t['hyperparams_from']}); fit {_interval(fit['target']['lr'])} (predicted)"],
         ["global batch", f"{t['global_batch']:,} sequences of {t['seq_len']} = {human_count(t['global_batch'] * t['seq_len'])} tokens "
-                         f"(fit {_interval(fit['target']['batch_tokens'])} tokens; {t['batch_rounding']})"],
+                         f"(from {t['hyperparams_from']}; fit {_interval(fit['target']['batch_tokens'])} tokens; {t['batch_rounding']})"],
         ["steps / warm-up", f"{t['steps']:,} steps, {t['warmup_steps']:,} warm-up"],
         ["final loss", f"{_interval(t['predicted_loss'], '.4f')} at {human_count(t['predicted_loss_tokens'])} tokens "
                        "(predicted; the ladder's data and tokenizer"
@@ -106,6 +106,10 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
 @click.option("--optimize", type=click.Choice(["time", "cost", "gpus"]), default="time", show_default=True)
 @click.option("--dataset-tokens", default=None, help="Unique tokens of the data: epochs and the data-constrained loss.")
 @click.option("--data", default=None, help="Training data of the target spec [the ladder's].")
+@click.option("--hyperparams-from", "hyper_source", type=click.Choice(["auto", "fit", "step_law", "deepseek"]),
+              default="auto", show_default=True,
+              help="LR and batch written to the spec: the fit, a prior, or auto (the fit unless the target is >10x "
+                   "beyond the swept N or tokens, then Step Law).")
 @click.option("--tolerance", type=float, default=0.02, show_default=True,
               help="Near-optimal set: trials within this fraction of each size's best loss.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -116,7 +120,7 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
 def scale(run_dir: Path | None, storage: str | None, study_name: str | None, target_model: str, tokens: str | None,
           seq_len: int | None, gpu: str, max_gpus: int, budget: float | None, optimize: str,
           dataset_tokens: str | None, data: str | None, tolerance: float, out_dir: Path | None,
-          report_path: Path | None, fmt: str) -> None:
+          report_path: Path | None, hyper_source: str, fmt: str) -> None:
     """Fit LR, batch and loss laws on a ladder study and plan the target run."""
     from trainplan.search._ladder import ladder_points, scale_target, write_target
 
@@ -130,7 +134,7 @@ def scale(run_dir: Path | None, storage: str | None, study_name: str | None, tar
         gpu=gpu, max_gpus=max_gpus, budget=budget, optimize=optimize,
         dataset_tokens=parse_count(dataset_tokens, "--dataset-tokens") if dataset_tokens else None,
         seq_len=seq_len, tolerance=tolerance, warmup_fraction=float(base.get("warmup_fraction", 0.01)),
-        data=data or base.get("data", "stdlib"),
+        data=data or base.get("data", "stdlib"), hyper_source=hyper_source,
     )
     out = out_dir or ((run_dir or Path(".")) / "target")
     paths = write_target(decision, out)
