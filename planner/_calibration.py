@@ -275,6 +275,9 @@ class Calibration:
             out.append(f"{lay.gpus} ranks; the trials ran at most {max(r['ranks'])}")
         if lay.zero not in r["zero"]:
             out.append(f"ZeRO-{lay.zero} not among the trials' stages {r['zero']}")
+        elif lay.dp > 1 and lay.zero not in r.get("zero_across_ranks", r["zero"]):
+            # each stage communicates differently: one seen on one rank says nothing of its collectives
+            out.append(f"ZeRO-{lay.zero} across {lay.dp} ranks; the trials ran it on one rank only")
         if lay.precision not in r["precision"]:
             out.append(f"{lay.precision} not among the trials' precisions {r['precision']}")
         if lay.dp > 1 and "comm_factor" in self.uncalibrated():
@@ -473,6 +476,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2)},
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
+                "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
                 "precision": sorted({pl.layout.precision for pl in plans})},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
