@@ -15,8 +15,9 @@ m the micro-batches per step, C the planner's data-parallel communication time b
 (``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
-communication time really exposed (the overlap and the real bandwidth together). Peak memory: ``measured = c0 + k * A``, A the planner's
-allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
+communication time really exposed (the overlap and the real bandwidth together). Peak memory:
+``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3 engine path
+(none at stage 0; ~50 MB more at stages 1-2 on this CPU), A the planner's allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
 plus a share.
 
 Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
@@ -228,6 +229,11 @@ class Calibration:
     version: int = FORMAT_VERSION
 
     # Prediction -----------------------------------------------------------------------------
+    def _mem_coefs(self) -> list[float]:
+        m = self.memory
+        return [m["overhead_bytes"].value, m["overhead_zero12_bytes"].value, m["overhead_zero3_bytes"].value,
+                m["share"].value]
+
     def _speed_coefs(self) -> list[float]:
         return [1 / self.speed["e_max"].value, self.speed["t_micro_batch_s"].value,
                 self.speed["comm_factor"].value]
@@ -244,10 +250,9 @@ class Calibration:
         tb = [math.log(step(c) / t) for c in self.boot.get("speed", []) if step(c) > 0]
         sd = math.sqrt(self.residual["tokens_per_s"] ** 2 + (statistics.pstdev(tb) if len(tb) > 1 else 0.0) ** 2)
         tps = p.layout.tokens_per_step / t
-        mc = [self.memory["overhead_bytes"].value, self.memory["share"].value]
-        mem = mc[0] + mc[1] * f["allocated"]
-        mb = [math.log((c0 + k * f["allocated"]) / mem) for c0, k in self.boot.get("memory", [])
-              if c0 + k * f["allocated"] > 0]
+        xm = _mem_row(p.layout.zero, f["allocated"])
+        mem = sum(a * b for a, b in zip(self._mem_coefs(), xm))
+        mb = [math.log(v / mem) for c in self.boot.get("memory", []) if (v := sum(a * b for a, b in zip(c, xm))) > 0]
         msd = math.sqrt(self.residual["memory"] ** 2 + (statistics.pstdev(mb) if len(mb) > 1 else 0.0) ** 2)
         eff = f["flops_term"] / max(t - x[2] * self._speed_coefs()[2], 1e-30)
         return Calibrated(
@@ -420,9 +425,11 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         c = _wls(rows, [step[i] for i in idx])
         return None if c is None or c[0] <= 0 else (c + [] if comm_fitted else c + [_default_share(plans)])
 
+    zeros = [pl.layout.zero for pl in plans]
+
     def mem_fit(idx: Sequence[int]) -> list[float] | None:
-        c = _wls([[1.0, alloc[i]] for i in idx], [mem[i] for i in idx])
-        return None if c is None or c[1] <= 0 else c
+        c = _wls([_mem_row(zeros[i], alloc[i]) for i in idx], [mem[i] for i in idx])
+        return None if c is None or c[3] <= 0 else c
 
     all_idx = list(range(len(pts)))
     sc, mc = speed_fit(all_idx), mem_fit(all_idx)
@@ -461,11 +468,17 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     }
     memory = {
         "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
-        "share": const([m[1] for m in mboot], mc[1], "x allocated", "measured / estimated allocated bytes, at the margin"),
+        "overhead_zero12_bytes": const([m[1] for m in mboot], mc[1], "bytes",
+                                       "more constant memory under ZeRO-1/2 (DeepSpeed's partitioning optimizer)",
+                                       any(z in (1, 2) for z in zeros)),
+        "overhead_zero3_bytes": const([m[2] for m in mboot], mc[2], "bytes",
+                                      "more constant memory under ZeRO-3 (parameter partitioning and its hooks)",
+                                      3 in zeros),
+        "share": const([m[3] for m in mboot], mc[3], "x allocated", "measured / estimated allocated bytes, at the margin"),
     }
     x = [[f["flops_term"], f["micro_batches"], f["comm_s"]] for f in feats]
     t_fit = [sum(a * b for a, b in zip(sc, xi)) for xi in x]
-    m_fit = [mc[0] + mc[1] * a for a in alloc]
+    m_fit = [sum(c * v for c, v in zip(mc, _mem_row(z, a))) for z, a in zip(zeros, alloc)]
     trials = [{"id": p.get("id"), "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
                "tokens_per_s": float(p["tokens_per_s"]), "tokens_per_s_fit": pl.layout.tokens_per_step / t,
                "tokens_per_s_uncalibrated": pl.perf.tokens_per_s,
@@ -473,13 +486,19 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
               for p, pl, t, m, mf, a in zip(pts, plans, t_fit, mem, m_fit, alloc)]
     return Calibration(
         device=device, stack=dict(pts[0]["stack"]), trials=trials, speed=speed, memory=memory,
-        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2)},
+        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
                 "precision": sorted({pl.layout.precision for pl in plans})},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
+
+
+def _mem_row(zero: int, allocated: float) -> list[float]:
+    """Memory regressors: a constant, the extra constants of the ZeRO-1/2 and ZeRO-3 engine paths,
+    and the planner's bytes (see the module docstring)."""
+    return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
 
 def _default_share(plans: Sequence[Plan]) -> float:
