@@ -307,8 +307,10 @@ class Calibration:
                                       "recalibrate with trials run on this stack")
 
     def profile(self, ranks: int = 1) -> GPUSpec:
-        """The device profile (a :class:`GPUSpec`) the calibration applies to."""
-        return device_profile(self.device, ranks)
+        """The device profile (a :class:`GPUSpec`) the calibration applies to, with the threads per
+        rank the trials of ``ranks`` ranks ran (on the CPU; else the runner's default)."""
+        threads = self.ranges.get("threads_per_rank", {}).get(str(ranks))
+        return device_profile(self.device, ranks, threads)
 
     def apply(self, p: Plan) -> Calibrated:
         """Calibrated figures of a plan; refused unless ``p`` was planned on this device's profile."""
@@ -490,6 +492,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
+                "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
+                                     for p in pts if p["device"].get("threads_per_rank")},
                 "precision": sorted({pl.layout.precision for pl in plans})},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
