@@ -419,7 +419,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     notes = []
     if not comm_fitted:
         notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank "
-                     "(run trials with --gpus 2 to calibrate it); the planner's overlap assumption is kept")
+                     "(run trials with --gpus 2 to calibrate it); all of the planner's communication time is counted "
+                     "as exposed")
 
     def speed_fit(idx: Sequence[int]) -> list[float] | None:
         rows = [[feats[i]["flops_term"], feats[i]["micro_batches"]] + ([feats[i]["comm_s"]] if comm_fitted else [])
@@ -506,6 +507,6 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
 
 
 def _default_share(plans: Sequence[Plan]) -> float:
-    from trainplan.planner._perf import OVERLAP
-
-    return 1 - OVERLAP  # the planner's own assumption, kept when the trials cannot identify it
+    """When the trials cannot identify the communication factor: all of the planner's
+    communication time counted as exposed (conservative; flagged as outside the data)."""
+    return 1.0

@@ -41,14 +41,22 @@ class GPUSpec:
     """Default on-demand USD per GPU-hour; override with ``--price``."""
     source: str = ""
     """Where the figures come from."""
+    usable_mib: int | None = None
+    """Total memory the driver reports (nvidia-smi, MiB), when known; else ``memory_gib``."""
 
     @property
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 2**30)
 
+    @property
+    def usable_bytes(self) -> int:
+        """Memory a process can hold on this GPU: nvidia-smi's total where the catalog has it, never
+        more than ``memory_gib`` (so a smaller ``memory_gib`` given by a sweep file still counts)."""
+        return min(self.usable_mib * 2**20, self.memory_bytes) if self.usable_mib else self.memory_bytes
+
     def peak_flops(self, precision: str) -> float:
         """Peak dense FLOP/s for a training precision (fp32 math uses TF32 where it exists)."""
-        key = {"fp32": "tf32" if "tf32" in self.tflops else "fp32"}.get(precision, precision)
+        key = {"fp32": "tf32" if "tf32" in self.tflops else "fp32", "bf16-pure": "bf16"}.get(precision, precision)
         if key not in self.tflops:
             raise UsageError("--precision", f"{self.key} has no {precision} peak in the catalog")
         return self.tflops[key] * 1e12

@@ -3,19 +3,46 @@
 Keys follow the DeepSpeed configuration reference (https://www.deepspeed.ai/docs/config-json/):
 batch sizes, ``zero_optimization`` (stage, offload_optimizer, offload_param), ``bf16``/``fp16``,
 ``gradient_clipping``, an AdamW ``optimizer`` and a Warmup* ``scheduler``.
+
+:func:`hyperparams_from_deepspeed_config` reads a (possibly hand-edited) config back into
+:class:`Hyperparams`, so the runner takes every optimizer setting from the one file the engine
+uses, or refuses the file with the key at fault. :func:`plan_deepspeed_config` is the config of a
+planned run: its own step count, warm-up and learning rate, and a ``trainplan`` key naming where
+each came from.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._layout import Layout
 
-__all__ = ["Hyperparams", "SCHEDULES", "deepspeed_config"]
+__all__ = [
+    "ALLREDUCE_BUCKET_SIZE", "Hyperparams", "PLAN_WARMUP_FRACTION", "REDUCE_BUCKET_SIZE", "SCHEDULES",
+    "STAGE3_MAX_LIVE_PARAMETERS", "STAGE3_PARAM_PERSISTENCE_THRESHOLD", "STAGE3_PREFETCH_BUCKET_SIZE",
+    "deepspeed_config", "hyperparams_from_deepspeed_config", "plan_deepspeed_config",
+]
 
 SCHEDULES = ("cosine", "linear", "constant")
+
+# DeepSpeed's bucket sizes, in elements (https://www.deepspeed.ai/docs/config-json/, ZeRO section):
+# the ds_config written here and the planner's memory model (_memory.py) read the same numbers.
+REDUCE_BUCKET_SIZE = 500_000_000
+"""``zero_optimization.reduce_bucket_size`` (ZeRO 1-3; DeepSpeed's default)."""
+ALLREDUCE_BUCKET_SIZE = 500_000_000
+"""The engine's gradient all-reduce bucket at ZeRO 0/1 (``allreduce_bucket_size`` default)."""
+STAGE3_PREFETCH_BUCKET_SIZE = 50_000_000
+"""``stage3_prefetch_bucket_size``: parameters gathered ahead of use."""
+STAGE3_PARAM_PERSISTENCE_THRESHOLD = 100_000
+"""``stage3_param_persistence_threshold``: smaller parameters stay whole on every rank."""
+STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000
+"""``stage3_max_live_parameters``: cap on gathered parameters alive at once."""
+
+PLAN_WARMUP_FRACTION = 0.01
+"""Warm-up of a planned run when none is given: 1% of its steps (at least one step)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,10 +99,11 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
     hp = hp or Hyperparams()
     zero: dict[str, Any] = {"stage": layout.zero}
     if layout.zero >= 1:
-        zero.update(overlap_comm=layout.zero >= 2, contiguous_gradients=True, reduce_bucket_size=int(5e8))
+        zero.update(overlap_comm=layout.zero >= 2, contiguous_gradients=True, reduce_bucket_size=REDUCE_BUCKET_SIZE)
     if layout.zero == 3:
-        zero.update(stage3_prefetch_bucket_size=int(5e7), stage3_param_persistence_threshold=int(1e5),
-                    stage3_max_live_parameters=int(1e9), stage3_gather_16bit_weights_on_model_save=True)
+        zero.update(stage3_prefetch_bucket_size=STAGE3_PREFETCH_BUCKET_SIZE,
+                    stage3_param_persistence_threshold=STAGE3_PARAM_PERSISTENCE_THRESHOLD,
+                    stage3_max_live_parameters=STAGE3_MAX_LIVE_PARAMETERS, stage3_gather_16bit_weights_on_model_save=True)
     if layout.offload != "none":
         target = {"device": layout.offload, "pin_memory": True}
         if layout.offload == "nvme":
@@ -119,3 +147,95 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
     if layout.checkpointing != "none":
         config["activation_checkpointing"] = {"partition_activations": False, "contiguous_memory_optimization": False}
     return config
+
+
+_SCHEDULERS = {"WarmupCosineLR": "cosine", "WarmupDecayLR": "linear", "WarmupLR": "constant"}
+
+
+def hyperparams_from_deepspeed_config(config: dict[str, Any], like: Hyperparams, *,
+                                      where: str = "ds_config.json") -> Hyperparams:
+    """The :class:`Hyperparams` a DeepSpeed ``config`` trains with, read back from its optimizer,
+    scheduler and clipping; ``like`` supplies what the file does not say (its own values when the
+    file says the same).
+
+    A config is read back whole or refused: the result's :func:`deepspeed_config` must give the
+    file's ``optimizer``, ``scheduler`` and ``gradient_clipping`` exactly, so a setting this module
+    cannot express (another optimizer or scheduler type, a scheduler peak that disagrees with the
+    optimizer's ``lr``) raises :class:`UsageError` naming ``where`` and the key.
+    """
+    def bad(key: str, msg: str) -> UsageError:
+        return UsageError(f"{where}:{key}", msg)
+
+    optimizer, scheduler = config.get("optimizer"), config.get("scheduler")
+    if not isinstance(optimizer, dict) or optimizer.get("type") != "AdamW":
+        raise bad("optimizer.type", f"{(optimizer or {}).get('type')!r}: the runner trains with AdamW only")
+    if not isinstance(scheduler, dict) or scheduler.get("type") not in _SCHEDULERS:
+        raise bad("scheduler.type", f"{(scheduler or {}).get('type')!r} is not one of {', '.join(_SCHEDULERS)}")
+    opt, sched = dict(optimizer.get("params") or {}), dict(scheduler.get("params") or {})
+    values: dict[str, Any] = {"schedule": _SCHEDULERS[scheduler["type"]]}
+    try:
+        for key in ("lr", "eps", "weight_decay"):
+            if key in opt:
+                values[key] = float(opt[key])
+        if "betas" in opt:
+            values["betas"] = tuple(float(b) for b in opt["betas"])
+        if "gradient_clipping" in config:
+            values["grad_clip"] = float(config["gradient_clipping"])
+        if "total_num_steps" in sched:
+            values["total_steps"] = int(sched["total_num_steps"])
+        if "warmup_num_steps" in sched:
+            # deepspeed_config writes max(warmup, 1): a file saying 1 where the spec says 0 is the same.
+            warmup = int(sched["warmup_num_steps"])
+            values["warmup_steps"] = like.warmup_steps if warmup == 1 and like.warmup_steps == 0 else warmup
+        if "cos_min_ratio" in sched:
+            values["min_lr_ratio"] = float(sched["cos_min_ratio"])
+    except (TypeError, ValueError) as exc:
+        raise bad("optimizer", f"unreadable value: {exc}") from None
+    hp = replace(like, **values)
+    if values["schedule"] != "cosine" and "warmup_max_lr" in sched and "lr" not in opt:
+        hp = replace(hp, lr=float(sched["warmup_max_lr"]))
+    hp.validate(prefix=f"{where}:")
+    _check_read_back(config, deepspeed_config(Layout(), hp), bad)
+    return hp
+
+
+def _check_read_back(config: dict[str, Any], rebuilt: dict[str, Any], bad: Any) -> None:
+    """Refuse ``config`` unless ``rebuilt`` (its reading, written again) gives its optimizer,
+    scheduler and clipping exactly: whatever did not survive the reading would be half applied."""
+    clip = rebuilt["gradient_clipping"]
+    if config.get("gradient_clipping", clip) != clip:
+        raise bad("gradient_clipping", f"{config.get('gradient_clipping')!r} cannot be read back (expected {clip})")
+    for section in ("optimizer", "scheduler"):
+        params = config[section].get("params") or {}
+        for key, expected in rebuilt[section]["params"].items():
+            got = params.get(key, expected)
+            if (list(got) if isinstance(got, (list, tuple)) else got) != expected:
+                raise bad(f"{section}.params.{key}", f"{got!r} disagrees with the rest of the file (which implies "
+                                                     f"{expected!r}); edit both or neither")
+        extra = sorted(set(params) - set(rebuilt[section]["params"]))
+        if extra:
+            raise bad(f"{section}.params.{extra[0]}", "is not a setting trainplan can apply; remove it")
+
+
+def plan_deepspeed_config(plan: Any, hp: Hyperparams | None = None,
+                          sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``ds_config.json`` of a planned run (``plan``: a :class:`~trainplan.planner.Plan`, typed
+    loosely because the plan module imports this one): the plan's own step count as the schedule's horizon,
+    a warm-up of :data:`PLAN_WARMUP_FRACTION` of it, and ``hp``'s learning rate (``Hyperparams``'
+    default when not given). The ``trainplan.sources`` key names where each of the three came from
+    (DeepSpeed reads only the keys it knows)."""
+    given = hp is not None
+    hp = hp or Hyperparams()
+    steps = plan.steps
+    warmup = max(1, math.ceil(PLAN_WARMUP_FRACTION * steps))
+    hp = replace(hp, total_steps=steps, warmup_steps=min(warmup, steps))
+    tokens = "--tokens" if plan.tokens_source == "--tokens" else "the compute-optimal tokens (Chinchilla)"
+    named = {
+        "total_num_steps": f"the plan: {plan.tokens:,.0f} tokens from {tokens} / "
+                           f"{plan.layout.tokens_per_step:,} tokens per step, rounded up = {steps:,} steps",
+        "warmup_num_steps": f"{PLAN_WARMUP_FRACTION:.0%} of the plan's {steps:,} steps, rounded up = {hp.warmup_steps:,}",
+        "lr": ("given" if given else "trainplan's default peak learning rate (Hyperparams.lr); "
+               "not tuned for this model: search it or edit it") + f" = {hp.lr:g}",
+        **(sources or {}),
+    }
+    return {**deepspeed_config(plan.layout, hp), "trainplan": {"sources": named}}

@@ -22,6 +22,11 @@ Three figures, all per token of training (forward + backward) unless a name says
     ``torch.utils.flop_counter.FlopCounterMode`` counts them (2 m n k per matmul; a linear layer's
     backward is two matmuls of the forward's size; biases, norms, softmax and the embedding lookup
     are not counted). Attention costs depend on the kernel, see :data:`ATTENTION_KERNELS`.
+
+For a spec counted on the meta device (``source == "meta-device"``: an architecture without
+formulas here) N is the measured parameter count and ``counted`` is FlopCounterMode's own count of
+a forward + backward at the plan's sequence length, run by :mod:`trainplan.planner._meta` (which
+imports torch; the analytic families never do).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from functools import lru_cache
 from trainplan.errors import UsageError
 from trainplan.planner._layout import CHECKPOINTING
 from trainplan.planner._model import ModelSpec
-from trainplan.planner._params import count_parameters
+from trainplan.planner._params import blocks, count_parameters, ends_matmul_per_token
 
 __all__ = [
     "ATTENTION_KERNELS",
@@ -96,8 +101,12 @@ def _check(seq_len: int, checkpointing: str) -> None:
 
 
 def _attention_core_forward(model: ModelSpec, seq_len: int) -> int:
-    """QK^T and AV of one layer for one query token: 2 x 2 s (h d_head), full square."""
-    return 4 * seq_len * model.q_size
+    """QK^T and AV of one layer for one query token: 2 s h d_qk + 2 s h d_v, full square.
+
+    ``4 s (h d_head)`` where value and key heads are equally wide; multi-head latent attention
+    (DeepSeek) scores with d_qk = nope + rope dims and mixes values of v_head_dim.
+    """
+    return 2 * seq_len * model.num_heads * (model.head_dim + model.value_head_dim)
 
 
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> int:
@@ -105,6 +114,14 @@ def model_flops_per_token(model: ModelSpec, seq_len: int) -> int:
     _check(seq_len, "none")
     n = count_parameters(model).active
     return 6 * n + 3 * model.num_layers * _attention_core_forward(model, seq_len)
+
+
+def _active_block_params(model: ModelSpec) -> int:
+    """Parameters of all blocks one token uses (what full checkpointing reruns, 2 FLOPs each)."""
+    if model.source != "analytic":
+        p = count_parameters(model)
+        return p.layers - (p.total - p.active)  # the unused routed experts all sit in blocks
+    return sum(b.total - b.unused for b in blocks(model))
 
 
 def hardware_flops_per_token(model: ModelSpec, seq_len: int, checkpointing: str = "none") -> int:
@@ -115,22 +132,22 @@ def hardware_flops_per_token(model: ModelSpec, seq_len: int, checkpointing: str 
     if checkpointing == "selective":
         return flops + core
     if checkpointing == "full":
-        p = count_parameters(model)
-        per_layer_active = p.per_layer - (model.num_experts - model.experts_per_token) * p.per_expert
-        return flops + 2 * model.num_layers * per_layer_active + core
+        return flops + 2 * _active_block_params(model) + core
     return flops
 
 
 def _linear_forward(model: ModelSpec) -> tuple[int, int, int]:
-    """Matmul FLOPs per token of one layer's dense linears, its routed experts, and the LM head."""
-    d, q, kv, inner = model.hidden_size, model.q_size, model.kv_size, model.intermediate_size
-    projections = 2 * (d * q + 2 * d * kv + q * d)
-    mlp = 2 * (3 if model.gated_mlp else 2) * d * inner
-    if model.is_moe:
-        # Router Linear(d, E) for every token, then k experts per token (Fedus et al. 2021,
-        # "Switch Transformers", section 2: compute scales with experts per token, not experts).
-        return projections + 2 * d * model.num_experts, model.experts_per_token * mlp, 2 * d * model.vocab_size
-    return projections + mlp, 0, 2 * d * model.vocab_size
+    """Matmul FLOPs per token of all blocks' dense linears, their routed experts, and the ends.
+
+    A linear layer's forward is 2 FLOPs per weight per token. An MoE block runs its router
+    Linear(d, E) and shared expert for every token, then k routed experts (Fedus et al. 2021,
+    "Switch Transformers", section 2: compute scales with experts per token, not experts). The
+    ends are the LM head (a V x d matmul even when tied) and OPT's embedding projections.
+    """
+    every = blocks(model)
+    routed = sum(2 * model.experts_per_token * b.expert for b in every if b.routed)
+    dense = sum(2 * b.matmul_per_token for b in every) - routed
+    return dense, routed, 2 * ends_matmul_per_token(model)
 
 
 def counted_flops_per_step(
@@ -164,18 +181,22 @@ def counted_flops_per_step(
         raise UsageError("experts", f"{experts!r} is not one of {', '.join(EXPERT_KERNELS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise UsageError("--micro-batch", f"must be a positive integer, got {batch!r}")
+    if model.source != "analytic":
+        from trainplan.planner._meta import meta_counted_per_token  # imports torch
+
+        return meta_counted_per_token(model, seq_len, checkpointing, attention, experts) * seq_len * batch
     dense, routed, head = _linear_forward(model)
     if experts == "uncounted":
         routed = 0
     fwd_mult, bwd_mult = ATTENTION_KERNELS[attention]
     core = _attention_core_forward(model, seq_len)
     # Forward + backward: every linear three times its forward, the attention core per kernel.
-    per_layer = 3 * (dense + routed) + round((fwd_mult + bwd_mult) * core)
+    layers = model.num_layers
+    per_token = 3 * (dense + routed) + layers * round((fwd_mult + bwd_mult) * core) + 3 * head
     if checkpointing == "full":
-        per_layer += dense + routed + round(fwd_mult * core)
+        per_token += dense + routed + layers * round(fwd_mult * core)
     elif checkpointing == "selective" and attention == "matmul":
-        per_layer += core
-    per_token = model.num_layers * per_layer + 3 * head
+        per_token += layers * core
     return per_token * seq_len * batch
 
 

@@ -1,4 +1,5 @@
-"""Per-GPU memory of a training layout, term by term, as a DeepSpeed 0.19 engine really holds it.
+"""Per-GPU memory of a training layout, term by term, as a DeepSpeed 0.19 engine (or the stack
+``Layout.framework`` names) really holds it.
 
 Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020, "ZeRO", Sec. 3.1 and
 5: 2 + 2 + K bytes per parameter for mixed-precision Adam, K = 12, the partitioned parts divided
@@ -22,10 +23,33 @@ gradient partitions coexist at the step, so stage 3 costs 20/Nd bytes, not 16/Nd
 mixed costs 18 bytes, not 16. ZeRO-3's reduce bucket (``reduce_bucket_size`` elements of
 gradient dtype) is allocated whole, whatever the model size: 1 GB at the default 5e8 in bf16.
 
-Activations are counted tensor by tensor from what the Hugging Face modeling code of each family
-saves for backward (see :func:`activation_bytes`), in the spirit of Korthikanti et al. 2022,
-"Reducing Activation Recomputation in Large Transformer Models", Sec. 4 (their GPT block:
-s*b*h*(34 + 5*a*s/h) bytes in fp16 without recompute, with dropout masks).
+Other stacks (``Layout.framework``) differ in these bytes only:
+
+- ``fsdp`` (FSDP2 as torchtitan runs it, ``MixedPrecisionPolicy(param_dtype=bf16,
+  reduce_dtype=fp32)``): the sharded parameters *are* the fp32 master (4/Nd), fp32 sharded
+  gradients (4/Nd), moments 8/Nd: 16/Nd and no separate master; the unsharded lp parameters of the
+  layer in use and of the one prefetched (2 blocks x e) and one block's unsharded gradients in lp
+  and fp32 (e + 4) in flight (torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py). ZeRO 2
+  here means ``reshard_after_forward=False`` (all lp parameters kept from forward to backward),
+  as torchtitan also does under pipeline parallelism, where unsharded fp32 gradients accumulate
+  over the micro-batches too (+ e + 4 bytes a parameter of the stage);
+  ZeRO 0-1 means DDP: fp32 weights and gradients and a second fp32 copy of the gradients in its
+  buckets (``gradient_as_bucket_view=False``, torch/nn/parallel/distributed.py).
+- ``megatron`` (Megatron-LM/Core): lp weights (e), an fp32 ``main_grad`` buffer for every
+  parameter (4), fp32 master and moments (12): 18 bytes, or 6 + 12/Nd with the distributed
+  optimizer (ZeRO >= 1 here), as Megatron's docs tabulate (docs/source/api-guide/
+  dist_optimizer.md); the gradient buckets are views into ``main_grad``, so no extra buffers.
+
+Activations and logits are counted in ``_activations.py`` (eager HF kernels for ``deepspeed``,
+fused kernels after Korthikanti et al. 2022 for the others).
+
+The peak is taken where the terms coexist, not as their sum: at the end of the forward pass the
+saved activations meet the logits and loss buffers; later in backward they meet the block that
+checkpointing rebuilds (the logits are gone by then); under pipeline parallelism the first stage
+holds p micro-batches of activations and no logits, the last one micro-batch and the logits. The
+largest of these is ``max_allocated`` (what ``torch.cuda.max_memory_allocated`` reports); the
+caching allocator reserves ``FRAGMENTATION`` more, and the process holds the CUDA context on top:
+``total`` is what ``nvidia-smi`` shows, and ``fits`` compares it with the GPU's usable memory.
 """
 
 from __future__ import annotations
@@ -33,7 +57,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from trainplan.planner._dsconfig import deepspeed_config
+from trainplan.planner._activations import ActivationBytes, activation_bytes, logits_bytes
+from trainplan.planner._dsconfig import ALLREDUCE_BUCKET_SIZE, deepspeed_config
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import ParamCounts, count_parameters
@@ -43,9 +68,14 @@ __all__ = ["ActivationBytes", "MemoryEstimate", "activation_bytes", "estimate_me
 
 CUDA_CONTEXT_BYTES = 1 << 30
 """CUDA context, cuBLAS/cuDNN workspaces and NCCL's own buffers: seen by nvidia-smi, not by
-``torch.cuda.max_memory_allocated`` (assumption: ~0.5 GiB context + workspaces on H100/A100)."""
+``torch.cuda.max_memory_allocated`` (assumption, fitted to no run: ~0.5 GiB context with lazy
+module loading on A100/H100, plus NCCL channel buffers and workspaces)."""
 FRAGMENTATION = 0.05
-"""Share of the allocated bytes the caching allocator reserves but cannot reuse (assumption)."""
+"""Share of the allocated bytes the caching allocator reserves but cannot reuse. Checked against the
+35 measured peak-memory rows of tests/planner/data/published_runs.json (torchtitan, Trainy,
+torchtune, Qwen, ms-swift, DeepSpeed #5305): 0.05 puts 25 within tolerance with a median error of
+-2%; 0 gives 23 (-7%), 0.10 gives 24 (+2%); a larger value also answers fits: false for more of
+the layouts those sources trained."""
 NVME_STAGING_BYTES = 4 * int(1e8) * 4
 """Pinned host buffers for NVMe swapping: DeepSpeed's default aio ``buffer_count`` 4-5 x
 ``buffer_size`` 1e8 fp32 elements (https://www.deepspeed.ai/docs/config-json/#parameter-offloading)."""
@@ -64,10 +94,10 @@ class MemoryEstimate:
     master_weights: int
     """fp32 copy of the parameters the optimizer updates (mixed precision, and fp32 at ZeRO >= 1)."""
     activations: int
-    """Tensors autograd saves for backward, for all micro-batches in flight on this GPU."""
+    """Activation bytes alive at the peak: saved for backward (all micro-batches in flight on
+    this GPU) plus, when the peak falls in backward, the block checkpointing rebuilds."""
     logits: int
-    """LM-head output and cross-entropy buffers: low-precision logits, the fp32 log-softmax the
-    loss saves, and two fp32 gradient buffers in backward."""
+    """LM-head output and loss buffers alive at the peak (0 when the peak is not at the loss)."""
     comm_buffers: int
     """DeepSpeed reduce/all-reduce buckets and, at ZeRO-3, the gathered (live + prefetched) layers."""
     overhead: int
@@ -76,6 +106,13 @@ class MemoryEstimate:
     """Host memory per GPU under offload (states moved there, pinned staging buffers)."""
     nvme_bytes: int = 0
     """NVMe bytes per GPU under NVMe offload."""
+    logits_peak: int = 0
+    """LM-head and loss buffers at the loss (last stage), whether or not that is the GPU's peak."""
+    peak_phase: str = ""
+    """Where the peak falls: ``loss`` (end of forward), ``backward`` (a rebuilt block) and, under
+    pipeline parallelism, on which stage."""
+
+    _EXTRA = ("cpu_bytes", "nvme_bytes", "logits_peak", "peak_phase")
 
     @property
     def model_states(self) -> int:
@@ -84,17 +121,22 @@ class MemoryEstimate:
 
     @property
     def allocated(self) -> int:
-        """What ``torch.cuda.max_memory_allocated`` would report at the peak."""
-        return self.total - self.overhead
+        """Peak of ``torch.cuda.max_memory_allocated``: the tensors alive at the peak."""
+        return self.model_states + self.activations + self.logits + self.comm_buffers
+
+    @property
+    def reserved(self) -> int:
+        """Peak of ``torch.cuda.max_memory_reserved``: allocated plus allocator fragmentation."""
+        return self.total - CUDA_CONTEXT_BYTES
 
     @property
     def total(self) -> int:
-        """Everything on the GPU: compare with its memory to know whether the layout fits."""
-        return self.model_states + self.activations + self.logits + self.comm_buffers + self.overhead
+        """What ``nvidia-smi`` shows for the process (reserved + CUDA context): ``fits`` uses it."""
+        return self.allocated + self.overhead
 
     def breakdown(self) -> dict[str, int]:
-        """GPU terms by name, in display order (``cpu_bytes``/``nvme_bytes`` excluded)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("cpu_bytes", "nvme_bytes")}
+        """GPU terms by name, in display order; they sum to ``total``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._EXTRA}
 
 
 def local_parameters(params: ParamCounts, layout: Layout) -> tuple[int, int]:
@@ -126,7 +168,13 @@ def _optimizer_bytes_per_param(layout: Layout) -> float:
 
 def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
     """GPU and host bytes of weights, gradients, moments and master copy (module table)."""
-    nd, zero = layout.dp, layout.zero
+    if layout.precision == "bf16-pure":
+        return _pure_states(n, layout)
+    if layout.framework == "fsdp":
+        return _fsdp_states(n, layout)
+    if layout.framework == "megatron":
+        return _megatron_states(n, layout)
+    nd, zero = shard_degree(layout), layout.zero
     e = 2 if layout.mixed else 4
     if zero in (1, 2):
         # The flat buffer is padded to a multiple of 2 * Nd elements (stage_1_and_2.py,
@@ -164,161 +212,148 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
                 cpu_bytes=cpu, nvme_bytes=nvme)
 
 
+_STATES = {
+    "deepspeed": "DeepSpeed engine: ZeRO-0 mixed 18 B/param; ZeRO-1/2 2 + (4 + 4 + 8)/Nd with full lp "
+                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist)",
+    "megatron-deepspeed": "DeepSpeed engine states (as deepspeed), Megatron kernels and loss",
+    "fsdp": "FSDP2: sharded fp32 params are the master, 16/Nd, no separate master; DDP (ZeRO 0-1) "
+            "fp32 weights and gradients plus bucket copies",
+    "megatron": "Megatron: lp weights + fp32 main_grad + fp32 master and moments, 18 B/param, or "
+                "6 + 12/Nd with the distributed optimizer",
+}
+
+
+def framework_profile(layout: Layout) -> dict[str, str]:
+    """Which bytes this layout's stack holds differently, in words (the plan's JSON repeats it)."""
+    kernels = ("Hugging Face eager modeling code (fp32 norm copies, four SwiGLU intermediates)"
+               if layout.framework == "deepspeed" else
+               "fused kernels (norm inputs + fp32 stats, SwiGLU input + output; Korthikanti et al. 2022)")
+    loss = {"default": {"deepspeed": "HF: lp logits, fp32 upcast and log-softmax, two fp32 grads (e + 12 B/logit)",
+                        "fsdp": "fp32 log-softmax and two fp32 grads (12 B/logit)",
+                        "megatron": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)",
+                        "megatron-deepspeed": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)"}[layout.framework],
+            "fused": "one kernel on the lp logits: logits + gradient (2e B/logit)",
+            "chunked": "chunked/fused linear cross-entropy: about b*s*d*(8 + e) bytes"}[layout.loss]
+    states = "bf16-pure: bf16 weights, gradients and moments, no master (8 B/param)" \
+        if layout.precision == "bf16-pure" else _STATES[layout.framework]
+    return {"framework": layout.framework, "model_states": states, "activations": kernels, "loss": loss}
+
+
+def shard_degree(layout: Layout) -> int:
+    """GPUs ZeRO/FSDP/the distributed optimizer shard states over: data x context parallel
+    (torchtitan's FSDP mesh folds cp into dp_shard; DeepSpeed Ulysses shards over all its ranks)."""
+    return layout.dp * layout.cp
+
+
+def _pure_states(n: int, layout: Layout) -> dict[str, int]:
+    """``bf16-pure`` (torchtune's default): bf16 weights, gradients and AdamW moments, no master:
+    2 + 2 + 4 bytes, each part divided by Nd where the stage (or FSDP) shards it."""
+    nd, zero = shard_degree(layout), layout.zero
+    part = math.ceil(n / nd)
+    opt_pp = _optimizer_bytes_per_param(layout) / 2  # moments in the parameters' dtype
+    states = dict(weights=2 * (part if zero == 3 else n), gradients=2 * (part if zero >= 2 else n),
+                  optimizer=int(opt_pp * (part if zero >= 1 else n)), master_weights=0, cpu_bytes=0, nvme_bytes=0)
+    if layout.offload != "none":  # parameters (ZeRO-3/FSDP), gradients and moments on the host
+        states.update(_host(layout, states["optimizer"], 0, states["gradients"] + (states["weights"] if zero == 3 else 0)))
+        states.update(optimizer=0, gradients=0, weights=0 if zero == 3 else states["weights"])
+    return states
+
+
+def _host(layout: Layout, opt: int, master: int, grads: int) -> dict[str, int]:
+    """Offloaded optimizer states (fp32 master, moments, fp32 gradients) on the host or NVMe."""
+    host = opt + master + grads
+    if layout.offload == "cpu":
+        return dict(cpu_bytes=host, nvme_bytes=0)
+    return dict(cpu_bytes=NVME_STAGING_BYTES, nvme_bytes=host)
+
+
+def _fsdp_states(n: int, layout: Layout) -> dict[str, int]:
+    """FSDP2 / DDP bytes (module docstring): 16/Nd fully sharded, no separate master."""
+    nd, e = shard_degree(layout), (2 if layout.mixed else 4)
+    opt_pp = _optimizer_bytes_per_param(layout)
+    if layout.zero <= 1:  # DDP: fp32 params and grads; bucket copies counted under comm_buffers
+        return dict(weights=4 * n, gradients=4 * n, optimizer=int(opt_pp * n), master_weights=0,
+                    cpu_bytes=0, nvme_bytes=0)
+    part = math.ceil(n / nd)
+    # Under pipeline parallelism torchtitan keeps the lp parameters unsharded from forward to
+    # backward (reshard_after_forward=False, "to avoid per-microbatch all-gathers") and the
+    # pipeline stage defers the gradient reduce-scatter to the last micro-batch
+    # (torch.distributed.pipelining, backward_maybe_with_nosync), so FSDP2 accumulates unsharded
+    # gradients in reduce_dtype, fp32 (_fsdp_param.py, unsharded_accumulated_grad).
+    unsharded = layout.mixed and (layout.zero == 2 or layout.pp > 1)
+    weights = 4 * part + (e * n if unsharded else 0)
+    grads = 4 * part + (4 * n if layout.pp > 1 else 0)
+    states = dict(weights=weights, gradients=grads, optimizer=int(opt_pp * part), master_weights=0,
+                  cpu_bytes=0, nvme_bytes=0)
+    if layout.offload != "none":
+        # CPUOffloadPolicy: sharded parameters, gradients and optimizer states live on the host.
+        states.update(_host(layout, states["optimizer"], 4 * part, 4 * part))
+        states.update(weights=weights - 4 * part, gradients=grads - 4 * part, optimizer=0)
+    return states
+
+
+def _megatron_states(n: int, layout: Layout) -> dict[str, int]:
+    """Megatron bytes (module docstring): 18 per parameter, or 6 + 12/Nd distributed."""
+    nd, e = shard_degree(layout), (2 if layout.mixed else 4)
+    opt_pp = _optimizer_bytes_per_param(layout)
+    shard = n if layout.zero == 0 else math.ceil(n / nd)
+    master = 4 * shard if layout.mixed else 0
+    states = dict(weights=e * n, gradients=4 * n, optimizer=int(opt_pp * shard), master_weights=master,
+                  cpu_bytes=0, nvme_bytes=0)
+    if layout.offload != "none":  # optimizer CPU offload: master and moments move to the host
+        states.update(_host(layout, states["optimizer"], master, 0))
+        states.update(optimizer=0, master_weights=0)
+    return states
+
+
 def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
     """Buckets the engine allocates, sized from the very ds_config the runner uses."""
+    e = 2 if layout.mixed else 4
+    block = params.per_layer // layout.tp
+    if layout.framework == "megatron":
+        return 0  # gradient buckets are views into the main_grad buffer
+    if layout.framework == "fsdp":
+        if layout.zero <= 1:
+            return 4 * n if shard_degree(layout) > 1 else 0  # DDP's bucket copies of the gradients
+        # Unsharded lp parameters of the current and the prefetched block (zero 3; zero 2 keeps
+        # all of them, counted as weights), one block's unsharded gradients in lp and fp32.
+        return (2 * block * e if layout.zero == 3 else 0) + block * (e + 4)
     zero_cfg = deepspeed_config(layout)["zero_optimization"]
     e = 2 if layout.mixed else 4
     if layout.zero == 3:
         # stage3.py allocates the gradient reduce bucket whole (measured: 5e8 x 2 bytes in bf16),
         # and gathers one block plus the prefetch bucket ahead of use, capped by max_live.
         bucket = int(zero_cfg["reduce_bucket_size"]) * e
-        live = min(params.per_layer // layout.tp + int(zero_cfg["stage3_prefetch_bucket_size"]),
+        live = min(block + int(zero_cfg["stage3_prefetch_bucket_size"]),
                    int(zero_cfg["stage3_max_live_parameters"]), n)
         return bucket + live * e
-    if layout.dp == 1:
+    if shard_degree(layout) == 1:
         return 0  # nothing to reduce across ranks
     if layout.zero == 2:
         # overlap_comm + contiguous_gradients: the ipg bucket of reduce_bucket_size elements.
         return min(int(zero_cfg["reduce_bucket_size"]), n) * e
     # Stage 0/1 all-reduce flattens the gradients in buckets of up to 5e8 elements
     # (engine.allreduce_bucket_size default) before reducing.
-    return min(int(5e8), n) * e
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ActivationBytes:
-    """What autograd saves for backward on one GPU, split the way the tests measure it."""
-
-    per_layer: int
-    """Bytes one block saves for one micro-batch (full checkpointing: only the block input)."""
-    layers: int
-    """Blocks on this GPU (its pipeline stage)."""
-    other: int
-    """Per micro-batch, outside the blocks: token ids and shifted labels, rotary cos/sin tables,
-    embedding dropout mask, the final norm, and a checkpointed 4-D mask (GPT-2 eager)."""
-    in_flight: int
-    """Micro-batches whose activations are alive at once: pp on the first stage under 1F1B
-    (Narayanan et al. 2021, Sec. 2.2), else 1."""
-    recompute: int
-    """Full checkpointing: one block's activations rebuilt during backward (peak, not saved in forward)."""
-    logits_saved: int
-    """Per micro-batch, the fp32 log-softmax cross-entropy saves (counted under ``logits``)."""
-
-    @property
-    def forward(self) -> int:
-        """Saved by the end of the forward pass: what ``saved_tensors_hooks`` sees, logits aside."""
-        return self.in_flight * (self.layers * self.per_layer + self.other)
-
-    @property
-    def total(self) -> int:
-        """Peak activation bytes: saved tensors plus one recomputed block."""
-        return self.forward + self.recompute
-
-
-def _dropout(cfg: dict, *keys: str) -> float:
-    return max((float(cfg.get(k) or 0.0) for k in keys), default=0.0)
-
-
-def _block_bytes_per_token(model: ModelSpec, layout: Layout, e: int, mask_bytes: int, *,
-                           selective: bool) -> float:
-    """Bytes one block saves per token, op by op, as the HF modeling code of the family runs.
-
-    Read off ``saved_tensors_hooks`` on real models (tests/planner/test_activations.py) and the
-    modeling code: every linear saves its input, SiLU/GeLU theirs, multiplies both operands.
-    """
-    cfg, fam, t = dict(model.hf_config), model.family, layout.tp
-    d, s = model.hidden_size, layout.seq_len
-    q, kv, heads = model.q_size / t, model.kv_size / t, model.num_heads / t
-    inner = model.intermediate_size / t
-    gpt2, neox = fam == "gpt2", fam == "gpt_neox"
-    if model.norm == "rmsnorm":
-        # RMSNorm upcasts: fp32 input and rsqrt kept, then the normed lp copy and the output.
-        norm = 4 * (d + 1) + 2 * d * e
-    else:
-        norm = 2 * d * e + 8  # F.layer_norm saves input, mean and rstd (fp32); the linear its output
-    norms = 2 * norm
-    if neox and cfg.get("use_parallel_residual", True):
-        norms -= d * e  # both norms read the same block input
-    p_attn = _dropout(cfg, "attn_pdrop", "attention_dropout")
-    p_hidden = _dropout(cfg, "resid_pdrop", "hidden_dropout")
-    if layout.attention == "eager":
-        # k^T and q copies made by matmul, v, the output fed to o_proj (GQA repeats k/v to q size);
-        # the score matrix: softmax output in fp32 (plus its lp copy) except GPT-2 (model dtype).
-        softmax = e if gpt2 else (4 if e == 4 else 4 + e)
-        scores = heads * s * (softmax + (mask_bytes + e if p_attn > 0 else 0))
-        attn = 4 * q * e + (0 if selective else scores)
-    else:
-        # SDPA/flash save q, k, v, the output and an fp32 log-sum-exp per head (Dao 2022, Sec. 3.1);
-        # GPT-NeoX also copies q/k/v in its partial rotary and the output for the dense layer.
-        attn = (5 * q * e if neox else (2 * q + 2 * kv) * e) + 4 * heads
-    if model.is_moe:
-        k = model.experts_per_token
-        # Router softmax (fp32) and top-k indices (int64); per routed copy: gathered input,
-        # gate/up output, SiLU output, product, routing weight, expert output.
-        mlp = 4 * (model.num_experts / 1 + 1 + k) + 32 * k + k * ((2 * d + 4 * inner) * e + 4)
-    elif model.gated_mlp:
-        mlp = 4 * inner * e  # gate out, up out, act out, act * up
-    elif gpt2:
-        mlp = 5 * inner * e  # gelu_new in Python: fc out, pow/tanh/add/mul intermediates, gelu out
-    else:
-        mlp = 2 * inner * e  # exact GeLU: fc_in out, gelu out
-    masks = 2 * d * mask_bytes if p_hidden > 0 else 0
-    return norms + attn + mlp + masks
-
-
-def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -> ActivationBytes:
-    """Activation bytes of ``layout`` (see :class:`ActivationBytes`).
-
-    ``mask_bytes`` is the size of one dropout-mask element: 1 on CUDA (``native_dropout`` keeps a
-    bool mask), 4 on the CPU in fp32 (the mask is kept in the input dtype). Under SDPA on a GPU,
-    attention dropout happens inside the kernel and saves no mask.
-    """
-    e = 2 if layout.mixed else 4
-    tokens = layout.micro_batch * layout.seq_len
-    cfg = dict(model.hf_config)
-    full = layout.checkpointing == "full"
-    block = _block_bytes_per_token(model, layout, e, mask_bytes, selective=layout.checkpointing == "selective")
-    d = model.hidden_size
-    final_norm = 4 * (d + 1) + 2 * d * e if model.norm == "rmsnorm" else 2 * d * e + 8
-    other = tokens * (16 + final_norm)  # int64 token ids and shifted labels
-    if not model.learned_positions:
-        rotary = model.head_dim * float(cfg.get("rotary_pct", 1.0)) if model.family == "gpt_neox" else model.head_dim
-        other += int(2 * layout.seq_len * rotary * e)  # cos and sin, shared by every block
-    if _dropout(cfg, "embd_pdrop") > 0:
-        other += tokens * d * mask_bytes
-    if full and model.family == "gpt2" and layout.attention == "eager":
-        other += layout.micro_batch * layout.seq_len ** 2 * e  # the 4-D causal mask is a checkpoint input
-    layers = math.ceil(model.num_layers / layout.pp)
-    per_layer = tokens * d * e if full else int(tokens * block)
-    return ActivationBytes(
-        per_layer=per_layer, layers=layers, other=int(other), in_flight=layout.pp,
-        recompute=int(tokens * block) if full else 0,
-        logits_saved=tokens * math.ceil(model.vocab_size / layout.tp) * 4,
-    )
-
-
-def logits_bytes(model: ModelSpec, layout: Layout) -> int:
-    """Peak LM-head and loss buffers for one micro-batch on the last stage.
-
-    Hugging Face's ``ForCausalLMLoss`` upcasts the logits to fp32 and cross-entropy saves its
-    fp32 log-softmax; backward then holds the fp32 gradients of the log-softmax and of the
-    logits while the lp logits the model returned are still referenced: e + 4 + 4 + 4 bytes each.
-    """
-    e = 2 if layout.mixed else 4
-    return layout.micro_batch * layout.seq_len * math.ceil(model.vocab_size / layout.tp) * (e + 12)
+    return min(ALLREDUCE_BUCKET_SIZE, n) * e
 
 
 def estimate_memory(model: ModelSpec, layout: Layout) -> MemoryEstimate:
-    """Per-GPU bytes of training ``model`` laid out as ``layout`` under DeepSpeed."""
+    """Per-GPU bytes of training ``model`` laid out as ``layout`` (module docstring)."""
     params = count_parameters(model)
     n, vectors = local_parameters(params, layout)
     states = _model_states(n, vectors, layout)
     act = activation_bytes(model, layout)
-    # Pipeline stages other than the last hold no logits; the estimate keeps the worst GPU, so it
-    # adds the last stage's logits to the first stage's activations (conservative for pp > 1).
     logits = logits_bytes(model, layout)
     comm = _comm_buffers(params, n, layout)
+    # Candidate peaks as (activations, logits, phase); the largest is the GPU's peak.
+    inner = "first stage, 1F1B steady state" if layout.pp > 1 else "backward"
+    candidates = [
+        (act.last_stage, logits, ("last stage, " if layout.pp > 1 else "") + "loss"),
+        (act.total, 0, inner),
+    ]
+    acts, logit_peak, phase = max(candidates, key=lambda c: c[0] + c[1])
     allocated = (states["weights"] + states["gradients"] + states["optimizer"] + states["master_weights"]
-                 + act.total + logits + comm)
+                 + acts + logit_peak + comm)
     overhead = CUDA_CONTEXT_BYTES + int(FRAGMENTATION * allocated)
-    return MemoryEstimate(activations=act.total, logits=logits, comm_buffers=comm, overhead=overhead, **states)
+    return MemoryEstimate(activations=acts, logits=logit_peak, comm_buffers=comm, overhead=overhead,
+                          logits_peak=logits, peak_phase=phase, **states)

@@ -3,11 +3,23 @@
 A :class:`ModelSpec` is read from a built-in preset, a local ``config.json`` (or a folder holding
 one) or, when online, a hub id. Only what the estimates need is kept, plus the raw config so the
 runner and the tests can build the very same model with ``transformers``.
+
+Two paths, and the spec says which it took (``source``):
+
+- ``"analytic"``: the ``model_type`` is one of ``SUPPORTED_FAMILIES``, whose modeling code is
+  described here field by field; pure Python, no torch.
+- ``"meta-device"``: any other causal LM transformers knows is built on the meta device by
+  :mod:`trainplan.planner._meta` (imports torch and transformers, only then), which counts its
+  parameters and FLOPs exactly.
+
+Every config value the estimates read is checked here first (type, finiteness, range), so a bad
+config is one ``--model`` error naming the config key and what it allows, never a wrong plan.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,10 +28,16 @@ from typing import Any
 
 from trainplan.errors import UsageError, close_matches
 
-__all__ = ["ModelSpec", "SUPPORTED_FAMILIES", "from_hf_config", "load_model"]
+__all__ = ["ModelSpec", "SOURCES", "SUPPORTED_FAMILIES", "from_hf_config", "load_model"]
 
-# Hugging Face ``model_type`` values whose architecture the planner models exactly.
-SUPPORTED_FAMILIES = ("gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "gemma")
+# Hugging Face ``model_type`` values whose architecture the planner models exactly, in pure Python.
+SUPPORTED_FAMILIES = (
+    "gpt2", "gpt_neox", "llama", "mistral", "mixtral", "qwen2", "gemma",
+    "opt", "falcon", "phi3", "qwen3", "qwen2_moe", "qwen3_moe", "gemma2", "gemma3_text",
+    "deepseek_v2", "deepseek_v3",
+)
+SOURCES = ("analytic", "meta-device")
+"""How a spec's parameters and FLOPs are counted (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +82,40 @@ class ModelSpec:
     """Experts per MoE layer; 1 for a dense model."""
     experts_per_token: int = 1
     """Experts each token is routed to."""
+    moe_intermediate_size: int = 0
+    """Inner width of one routed expert when it differs from ``intermediate_size`` (Qwen MoE,
+    DeepSeek: there ``intermediate_size`` is the dense layers' MLP); 0 = ``intermediate_size``."""
+    shared_expert_size: int = 0
+    """Inner width of the always-on shared expert MLP (Qwen2-MoE, DeepSeek); 0 = none."""
+    shared_expert_gate: bool = False
+    """A Linear(d, 1) sigmoid gate scales the shared expert (Qwen2-MoE)."""
+    dense_layers: tuple[int, ...] = ()
+    """In an MoE model, the blocks whose MLP is dense (``intermediate_size``), by index."""
+    norms_per_layer: int = 2
+    """Hidden-size norms in one block: 2 pre-norms; 4 for Gemma 2/3 (pre and post norms around
+    attention and MLP); 1 for Falcon-7B style parallel blocks."""
+    qk_norm: bool = False
+    """A per-head RMSNorm (head_dim weights) on queries and keys (Qwen3, Gemma 3)."""
+    final_norm: bool = True
+    """A norm after the last block (OPT-350m, post-norm, has none)."""
+    position_offset: int = 0
+    """Extra rows of a learned position table (OPT keeps 2 for its padding offset)."""
+    embed_proj_dim: int = 0
+    """Width of the token embedding when it differs from d, with bias-free projections in and out
+    (OPT's ``word_embed_proj_dim``); 0 = d."""
+    q_lora_rank: int = 0
+    """Multi-head latent attention (DeepSeek V2/V3): rank of the query compression; 0 = a plain
+    q_proj."""
+    kv_lora_rank: int = 0
+    """MLA: rank of the joint key/value compression; 0 = not MLA."""
+    qk_rope_head_dim: int = 0
+    """MLA: rotary part of each query/key head (``head_dim`` = nope + rope part)."""
+    v_head_dim: int = 0
+    """Width of one value head when it differs from ``head_dim`` (MLA); 0 = ``head_dim``."""
+    source: str = "analytic"
+    """How parameters and FLOPs are counted, one of ``SOURCES``."""
+    exact_params: tuple[tuple[str, int], ...] = ()
+    """``source == "meta-device"``: the parameter counts measured on the built model."""
     hf_config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The raw Hugging Face config this spec came from."""
 
@@ -74,6 +126,19 @@ class ModelSpec:
     @property
     def q_size(self) -> int:
         return self.num_heads * self.head_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def expert_size(self) -> int:
+        """Inner width of one routed expert."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
 
     @property
     def kv_size(self) -> int:
@@ -107,6 +172,45 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma": dict(vocab_size=256000, hidden_size=3072, num_hidden_layers=28, num_attention_heads=16,
                   num_key_value_heads=16, head_dim=256, intermediate_size=24576,
                   max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False),
+    "opt": dict(vocab_size=50272, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                ffn_dim=3072, max_position_embeddings=2048, tie_word_embeddings=True, enable_bias=True,
+                do_layer_norm_before=True, layer_norm_elementwise_affine=True),
+    "falcon": dict(vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                   max_position_embeddings=2048, tie_word_embeddings=True, new_decoder_architecture=False,
+                   multi_query=True, parallel_attn=True, bias=False, alibi=False),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=None, intermediate_size=8192, max_position_embeddings=4096,
+                 tie_word_embeddings=False),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, head_dim=128, intermediate_size=22016,
+                  max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False),
+    "qwen2_moe": dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+                      num_key_value_heads=16, intermediate_size=5632, max_position_embeddings=32768,
+                      tie_word_embeddings=False, qkv_bias=True, num_experts=60, num_experts_per_tok=4,
+                      moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                      decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+                      num_key_value_heads=4, intermediate_size=6144, max_position_embeddings=32768,
+                      tie_word_embeddings=False, attention_bias=False, num_experts=128, num_experts_per_tok=8,
+                      moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[]),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                   num_key_value_heads=4, head_dim=256, intermediate_size=9216, max_position_embeddings=8192,
+                   tie_word_embeddings=True, attention_bias=False),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                        num_key_value_heads=4, head_dim=256, intermediate_size=9216,
+                        max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False),
+    "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                        intermediate_size=11008, max_position_embeddings=2048, tie_word_embeddings=False,
+                        attention_bias=False, mlp_bias=False, n_routed_experts=64,
+                        moe_intermediate_size=1407, n_shared_experts=2, first_k_dense_replace=0,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                        v_head_dim=128),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, num_hidden_layers=61, num_attention_heads=128,
+                        intermediate_size=18432, max_position_embeddings=4096, tie_word_embeddings=False,
+                        attention_bias=False, n_routed_experts=256, num_experts_per_tok=8,
+                        moe_intermediate_size=2048, n_shared_experts=1, first_k_dense_replace=3,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                        v_head_dim=128),
 }
 
 # GPT-2's config names the same fields differently (its ``attribute_map`` accepts both).
@@ -122,11 +226,88 @@ def _field(cfg: Mapping[str, Any], family: str, key: str) -> Any:
     return _HF_DEFAULTS[family].get(key)
 
 
-def _positive_int(cfg: Mapping[str, Any], family: str, key: str) -> int:
+def _bad(key: str, allowed: str, value: Any) -> UsageError:
+    return UsageError("--model", f"config key {key} must be {allowed}, got {value!r}")
+
+
+def _int(cfg: Mapping[str, Any], family: str, key: str, *, minimum: int = 1, optional: bool = False) -> Any:
+    """An integer config value >= ``minimum`` (JSON floats such as 64.0, NaN and bools refused);
+    ``None`` when ``optional`` and the config has it null or missing without a default."""
     value = _field(cfg, family, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UsageError("--model", f"config field {key} must be a positive integer, got {value!r}")
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise _bad(key, allowed + (" or null" if optional else ""), value)
     return value
+
+
+def _positive_int(cfg: Mapping[str, Any], family: str, key: str) -> int:
+    return _int(cfg, family, key)
+
+
+def _bool(cfg: Mapping[str, Any], family: str, key: str) -> bool:
+    """A JSON true/false (a string "false" would be truthy in Python: refused)."""
+    value = _field(cfg, family, key)
+    if not isinstance(value, bool):
+        raise _bad(key, "true or false", value)
+    return value
+
+
+# Config values the memory estimate reads besides the shapes: dropout probabilities in [0, 1) and
+# GPT-NeoX's rotary share in (0, 1]. Checked for every family so none reaches a float() later.
+_FRACTIONS = {"attn_pdrop": "[0, 1)", "resid_pdrop": "[0, 1)", "embd_pdrop": "[0, 1)",
+              "attention_dropout": "[0, 1)", "hidden_dropout": "[0, 1)", "dropout": "[0, 1)",
+              "rotary_pct": "(0, 1]"}
+
+
+def _check_fractions(cfg: Mapping[str, Any]) -> None:
+    for key, allowed in _FRACTIONS.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = ok and (0 <= value < 1 if allowed == "[0, 1)" else 0 < value <= 1)
+        if not ok:
+            raise _bad(key, f"a number in {allowed}", value)
+
+
+def _attention_shape(cfg: Mapping[str, Any], family: str, d: int, heads: int) -> tuple[int, int]:
+    """``(kv_heads, head_dim)`` with the family's rules: explicit head_dim or d // heads."""
+    if family in ("gpt2", "gpt_neox", "opt", "falcon"):  # no head_dim field: d // heads
+        explicit, kv_heads = None, heads
+    else:
+        explicit = _int(cfg, family, "head_dim", optional=True)
+        kv_heads = _int(cfg, family, "num_key_value_heads", optional=True) or heads
+    if family == "falcon":
+        # modeling_falcon.py FalconAttention: new_decoder_architecture reads num_kv_heads, else
+        # multi_query means one shared k/v head, else multi-head.
+        if _bool(cfg, family, "new_decoder_architecture"):
+            kv_heads = _int(cfg, family, "num_kv_heads", optional=True) or heads
+        elif _bool(cfg, family, "multi_query"):
+            kv_heads = 1
+    if explicit is None and d % heads:
+        raise UsageError("--model", f"num_attention_heads {heads} does not divide hidden_size {d}")
+    if heads % kv_heads:
+        raise UsageError("--model", f"num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}")
+    return kv_heads, explicit or d // heads
+
+
+def _moe_layers(cfg: Mapping[str, Any], family: str, layers: int) -> tuple[int, tuple[int, ...]]:
+    """``(experts, dense layer indices)`` of the Qwen and DeepSeek MoE families."""
+    if family.startswith("deepseek"):
+        experts = _int(cfg, family, "n_routed_experts")
+        # modeling_deepseek_v3.py DeepseekV3DecoderLayer: MoE from first_k_dense_replace on.
+        first = _int(cfg, family, "first_k_dense_replace", minimum=0)
+        return experts, tuple(range(min(first, layers)))
+    experts = _int(cfg, family, "num_experts", minimum=0)
+    step = _int(cfg, family, "decoder_sparse_step")
+    only = _field(cfg, family, "mlp_only_layers")
+    if not isinstance(only, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in only):
+        raise _bad("mlp_only_layers", "a list of layer indices (integers >= 0)", only)
+    # modeling_qwen2_moe.py Qwen2MoeDecoderLayer: sparse unless listed or off the sparse step.
+    dense = tuple(i for i in range(layers) if i in only or experts == 0 or (i + 1) % step)
+    return max(experts, 1), dense
 
 
 def from_hf_config(cfg: Mapping[str, Any], name: str = "custom") -> ModelSpec:
@@ -134,68 +315,131 @@ def from_hf_config(cfg: Mapping[str, Any], name: str = "custom") -> ModelSpec:
 
     Missing fields take the defaults of the family's transformers config class, and each family's
     biases follow its modeling code (e.g. Mistral ignores ``attention_bias``, Qwen2 always has
-    q/k/v biases and never an output-projection bias).
+    q/k/v biases and never an output-projection bias). A ``model_type`` outside
+    ``SUPPORTED_FAMILIES`` is built on the meta device (:mod:`trainplan.planner._meta`).
     """
+    if not isinstance(cfg, Mapping):
+        raise UsageError("--model", f"a config must be a JSON object, got {type(cfg).__name__}")
     family = cfg.get("model_type")
-    if family not in SUPPORTED_FAMILIES:
-        raise UsageError(
-            "--model",
-            f"model_type {family!r} is not supported; supported: {', '.join(SUPPORTED_FAMILIES)}",
-        )
+    if not isinstance(family, str) or not family:
+        raise _bad("model_type", "a transformers model type such as 'llama'", family)
+    _check_fractions(cfg)
+    if family not in SUPPORTED_FAMILIES or _needs_meta(cfg, family):
+        from trainplan.planner._meta import meta_spec  # imports torch and transformers
+
+        return meta_spec(cfg, name)
     d = _positive_int(cfg, family, "hidden_size")
     heads = _positive_int(cfg, family, "num_attention_heads")
-    # GPT-2 and GPT-NeoX have no grouped-query attention and no head_dim field.
-    kv_heads = heads if family in ("gpt2", "gpt_neox") else int(_field(cfg, family, "num_key_value_heads") or heads)
-    explicit_head_dim = None if family in ("gpt2", "gpt_neox") else _field(cfg, family, "head_dim")
-    if explicit_head_dim is None and d % heads:
-        raise UsageError("--model", f"num_attention_heads {heads} does not divide hidden_size {d}")
-    head_dim = int(explicit_head_dim or d // heads)
-    if kv_heads <= 0 or heads % kv_heads:
-        raise UsageError("--model", f"num_key_value_heads {kv_heads} does not divide num_attention_heads {heads}")
+    layers = _positive_int(cfg, family, "num_hidden_layers")
+    kv_heads, head_dim = _attention_shape(cfg, family, d, heads)
     common = dict(
-        name=name,
-        family=family,
-        vocab_size=_positive_int(cfg, family, "vocab_size"),
-        hidden_size=d,
-        num_layers=_positive_int(cfg, family, "num_hidden_layers"),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        name=name, family=family, vocab_size=_positive_int(cfg, family, "vocab_size"), hidden_size=d,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
         max_position_embeddings=_positive_int(cfg, family, "max_position_embeddings"),
-        tie_word_embeddings=bool(_field(cfg, family, "tie_word_embeddings")),
-        hf_config=dict(cfg),
+        tie_word_embeddings=_bool(cfg, family, "tie_word_embeddings"), hf_config=dict(cfg),
     )
+    no_bias = dict(qkv_bias=False, out_bias=False, mlp_bias=False)
     if family == "gpt2":
-        return ModelSpec(
-            **common, intermediate_size=int(cfg.get("n_inner") or 4 * d), gated_mlp=False,
-            norm="layernorm", qkv_bias=True, out_bias=True, mlp_bias=True, learned_positions=True,
-        )
-    inner = _positive_int(cfg, family, "intermediate_size")
+        inner = _int(cfg, family, "n_inner", optional=True) or 4 * d  # GPT2MLP: n_inner or 4 d
+        return ModelSpec(**common, intermediate_size=inner, gated_mlp=False, norm="layernorm",
+                         qkv_bias=True, out_bias=True, mlp_bias=True, learned_positions=True)
+    if family == "opt":
+        bias = _bool(cfg, family, "enable_bias")
+        proj = _int(cfg, family, "word_embed_proj_dim", optional=True) or d
+        # modeling_opt.py OPTDecoder: a final norm only for pre-norm models (OPT-350m has none);
+        # the position table has max_position_embeddings + 2 rows (OPTLearnedPositionalEmbedding).
+        return ModelSpec(**common, intermediate_size=_positive_int(cfg, family, "ffn_dim"), gated_mlp=False,
+                         norm="layernorm", qkv_bias=bias, out_bias=bias, mlp_bias=bias, learned_positions=True,
+                         position_offset=2, embed_proj_dim=0 if proj == d else proj,
+                         final_norm=_bool(cfg, family, "do_layer_norm_before"))
+    if family == "falcon":
+        bias = _bool(cfg, family, "bias")
+        inner = _int(cfg, family, "ffn_hidden_size", optional=True) or 4 * d  # FalconConfig default
+        # FalconDecoderLayer: two norms unless a parallel block with one (Falcon-7B style).
+        parallel, new = _bool(cfg, family, "parallel_attn"), _bool(cfg, family, "new_decoder_architecture")
+        ln = _int(cfg, family, "num_ln_in_parallel_attn", optional=True) or (2 if new else 1)
+        return ModelSpec(**common, intermediate_size=inner, gated_mlp=False, norm="layernorm",
+                         qkv_bias=bias, out_bias=bias, mlp_bias=bias, learned_positions=False,
+                         norms_per_layer=2 if not parallel or ln == 2 else 1)
     if family == "gpt_neox":
-        bias = bool(_field(cfg, family, "attention_bias"))
-        return ModelSpec(
-            **common, intermediate_size=inner, gated_mlp=False, norm="layernorm",
-            qkv_bias=bias, out_bias=bias, mlp_bias=True, learned_positions=False,
-        )
+        bias = _bool(cfg, family, "attention_bias")
+        return ModelSpec(**common, intermediate_size=_positive_int(cfg, family, "intermediate_size"),
+                         gated_mlp=False, norm="layernorm", qkv_bias=bias, out_bias=bias, mlp_bias=True,
+                         learned_positions=False)
     # llama-style families: RMSNorm, gated MLP, rotary positions; biases differ per family.
-    attn_bias = bool(_field(cfg, family, "attention_bias")) if family in ("llama", "gemma") else False
+    llama_like = dict(gated_mlp=True, norm="rmsnorm", learned_positions=False)
+    inner = _positive_int(cfg, family, "intermediate_size")
+    if family.startswith("deepseek"):
+        return _deepseek(cfg, family, common, inner)
+    if family in ("qwen2_moe", "qwen3_moe"):
+        experts, dense = _moe_layers(cfg, family, layers)
+        per_token = _positive_int(cfg, family, "num_experts_per_tok") if experts > 1 else 1
+        if per_token > experts:
+            raise UsageError("--model", f"num_experts_per_tok {per_token} exceeds num_experts {experts}")
+        shared = _int(cfg, family, "shared_expert_intermediate_size", minimum=0) if family == "qwen2_moe" else 0
+        bias = (dict(qkv_bias=_bool(cfg, family, "qkv_bias"), out_bias=False, mlp_bias=False)
+                if family == "qwen2_moe" else dict(no_bias, qkv_bias=_bool(cfg, family, "attention_bias"),
+                                                   out_bias=_bool(cfg, family, "attention_bias")))
+        return ModelSpec(**common, **llama_like, **bias, intermediate_size=inner, num_experts=experts,
+                         experts_per_token=per_token, qk_norm=family == "qwen3_moe",
+                         moe_intermediate_size=_positive_int(cfg, family, "moe_intermediate_size"),
+                         shared_expert_size=shared, shared_expert_gate=shared > 0,
+                         dense_layers=dense if experts > 1 else ())
+    attn_bias = (_bool(cfg, family, "attention_bias")
+                 if family in ("llama", "gemma", "qwen3", "gemma2", "gemma3_text") else False)
     moe = family == "mixtral"
     experts = _positive_int(cfg, family, "num_local_experts") if moe else 1
     per_token = _positive_int(cfg, family, "num_experts_per_tok") if moe else 1
     if per_token > experts:
         raise UsageError("--model", f"num_experts_per_tok {per_token} exceeds num_local_experts {experts}")
     return ModelSpec(
-        **common, intermediate_size=inner, gated_mlp=True, norm="rmsnorm",
+        **common, **llama_like, intermediate_size=inner,
         qkv_bias=attn_bias or family == "qwen2", out_bias=attn_bias,
-        mlp_bias=bool(_field(cfg, family, "mlp_bias")) if family == "llama" else False,
-        learned_positions=False, num_experts=experts, experts_per_token=per_token,
+        mlp_bias=_bool(cfg, family, "mlp_bias") if family == "llama" else False,
+        num_experts=experts, experts_per_token=per_token,
+        norms_per_layer=4 if family in ("gemma2", "gemma3_text") else 2,
+        qk_norm=family in ("qwen3", "gemma3_text"),
     )
+
+
+def _deepseek(cfg: Mapping[str, Any], family: str, common: dict[str, Any], inner: int) -> ModelSpec:
+    """DeepSeek V2/V3: multi-head latent attention, shared + routed experts, dense first layers
+    (DeepSeek-AI 2024, "DeepSeek-V2", section 2.1; modeling_deepseek_v3.py)."""
+    experts, dense = _moe_layers(cfg, family, common["num_layers"])
+    per_token = _positive_int(cfg, family, "num_experts_per_tok")
+    if per_token > experts:
+        raise UsageError("--model", f"num_experts_per_tok {per_token} exceeds n_routed_experts {experts}")
+    moe_inner = _positive_int(cfg, family, "moe_intermediate_size")
+    rope, nope = _positive_int(cfg, family, "qk_rope_head_dim"), _positive_int(cfg, family, "qk_nope_head_dim")
+    bias = _bool(cfg, family, "attention_bias")
+    heads = common["num_heads"]
+    # MLA expands keys and values to every head; eager attention then repeats them by
+    # heads // num_key_value_heads, which only works when the two are equal (real configs are).
+    kv_heads = _int(cfg, family, "num_key_value_heads", optional=True) or heads
+    if kv_heads != heads:
+        raise _bad("num_key_value_heads", f"equal to num_attention_heads ({heads}) under MLA", kv_heads)
+    spec = dict(common, num_kv_heads=heads, head_dim=rope + nope)
+    return ModelSpec(
+        **spec, intermediate_size=inner, gated_mlp=True, norm="rmsnorm", learned_positions=False,
+        qkv_bias=bias, out_bias=bias, mlp_bias=_bool(cfg, family, "mlp_bias") if family == "deepseek_v2" else False,
+        num_experts=experts, experts_per_token=per_token, moe_intermediate_size=moe_inner,
+        shared_expert_size=moe_inner * _int(cfg, family, "n_shared_experts", minimum=0),
+        dense_layers=dense, q_lora_rank=_int(cfg, family, "q_lora_rank", optional=True) or 0,
+        kv_lora_rank=_positive_int(cfg, family, "kv_lora_rank"), qk_rope_head_dim=rope,
+        v_head_dim=_positive_int(cfg, family, "v_head_dim"),
+    )
+
+
+def _needs_meta(cfg: Mapping[str, Any], family: str) -> bool:
+    """Rare variants of an analytic family that its description here leaves out."""
+    # OPT without affine norms (layer_norm_elementwise_affine: false) has parameter-free norms.
+    return family == "opt" and _bool(cfg, family, "layer_norm_elementwise_affine") is False
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError("--model", f"cannot read {path}: {exc}") from None
 
 

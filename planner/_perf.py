@@ -2,21 +2,36 @@
 communication that does not overlap with it.
 
 Every figure here is an estimate from a simple model whose assumptions are stated below and in
-``Perf.assumptions``; ``trainplan run`` measures the real thing.
+the constants' docstrings; ``trainplan run`` measures the real thing.
 
-- Compute: hardware FLOPs per step / (GPUs x peak x efficiency). The default efficiency (the
-  share of peak the matmuls reach) is the GPU's ``compute_efficiency`` from the catalog (fitted
-  for A100 and H100 to published MFUs: llm-foundry, torchtitan, Megatron-LM, Llama 3), lowered
-  for narrow models whose matmuls are too small to fill the GPU: x (d/4096)**0.15 below
-  d=4096 (0.90 at d=2048, 0.78 at d=768); ``--mfu`` overrides it.
-- Data-parallel collectives use ring algorithms: an all-reduce moves 2(n-1)/n of the buffer per
-  GPU, a reduce-scatter or all-gather (n-1)/n (Patarasuk & Yuan 2009). ZeRO stages 1-2 move what an
-  all-reduce moves; stage 3 moves 1.5x that, once per micro-batch (Rajbhandari et al. 2020, Sec. 7).
-  A fixed share of it overlaps with the backward pass (DeepSpeed's overlap_comm buckets).
-- Tensor parallelism: 4 all-reduces of the b x s x d activations per layer per micro-batch
-  (2 forward, 2 backward; Narayanan et al. 2021, Sec. 3.2), on the node's links, not overlapped.
-- Pipeline bubble: (p - 1) / m of the ideal compute time with m micro-batches (Narayanan et al.
-  2021, Sec. 2.2, 1F1B schedule).
+- Compute: the block and LM-head matmuls (hardware FLOPs less the attention core) at the
+  GPU's ``compute_efficiency`` (by generation: fitted to published runs, see
+  ``planner/data/gpus.json``), lowered for narrow models whose matmuls cannot fill the GPU:
+  x (d/4096)**0.15 below d = 4096 (0.90 at d = 2048, 0.78 at d = 768); ``--mfu`` overrides it.
+  The attention core (QK^T and AV, 12 L (h d_head) s per token in the MFU convention) is taken at
+  the same efficiency under flash/SDPA: the kernel skips the masked half of the causal square
+  (Dao 2023, "FlashAttention-2", Sec. 3.1.1) but reaches a lower share of peak than dense GEMMs
+  (Sec. 4.1, Fig. 4-5: 50-70% of peak on A100), a simplification that keeps MFU <= efficiency.
+  Eager attention also streams the score matrix through HBM for mask, softmax and dropout
+  (``EAGER_SCORE_BYTES``), memory-bound time added on top.
+- Data-parallel collectives are ring collectives: an all-reduce moves 2(n-1)/n of the buffer per
+  GPU, a reduce-scatter or all-gather (n-1)/n (Patarasuk & Yuan 2009), sized from this GPU's share
+  of the model, at NCCL's bus bandwidth: NVLink inside a node, and across nodes the NICs that the
+  group's GPUs on one node own together (one ring per NIC), each at its measured efficiency. What overlaps depends on how long the compute it hides behind takes: each
+  collective is exposed by max(floor x comm, comm - window), the window being the compute it runs
+  beside (ZeRO-3/FSDP: parameter all-gather beside forward, all-gather and reduce-scatter beside
+  backward, every micro-batch, Rajbhandari et al. 2020, Sec. 7; ZeRO-1/2 and Megatron's
+  distributed optimizer: the gradient reduction beside the last micro-batch's backward).
+- Tensor parallelism: 4 all-reduces (or all-gather + reduce-scatter pairs under sequence
+  parallelism, the same bytes) of the b x s x d activations per layer per micro-batch, 2 more when
+  full checkpointing reruns the forward (Korthikanti et al. 2022, Sec. 4.2.2 and Table 2), on the
+  node's links, not overlapped.
+- Pipeline: bubble (p - 1) / (v m) of the ideal compute with m micro-batches and v chunks per
+  stage (Narayanan et al. 2021, Sec. 2.2.2, interleaved 1F1B); point-to-point sends of the b x s x
+  d activations and gradients at every stage boundary, v times per micro-batch when interleaved,
+  divided by t with the scatter/gather optimization (Sec. 4.1), over the inter-node network.
+- Context parallelism splits each sequence over cp GPUs (activations and TP/PP messages / cp);
+  its own ring-attention or all-to-all traffic is not modelled.
 - CPU offload: gradients down and parameters up over PCIe each step, and the optimizer step on the
   host at an assumed CPU-Adam rate (ZeRO-Offload, Ren et al. 2021, Sec. 5), not overlapped.
 """
@@ -32,14 +47,28 @@ from trainplan.planner._model import ModelSpec
 
 __all__ = ["Perf", "default_efficiency", "estimate_perf"]
 
-OVERLAP = 0.7
-"""Share of data-parallel communication hidden behind the backward pass (assumption)."""
+EXPOSED_FLOOR = 0.15
+"""Share of every overlapped collective that stays exposed however long the compute beside it:
+the first gather / last bucket of a pass and the slowdown of kernels sharing SMs and HBM with
+NCCL (assumption, not fitted: over the 61 throughput rows of tests/planner/data/published_runs.json
+any value from 0 to 0.4 puts 40-43 rows within tolerance, so the data cannot pin it down)."""
+EAGER_SCORE_BYTES = 24
+"""HBM bytes per attention-score element per layer of a training step under eager attention:
+scores written and read for the mask and softmax, fp32 softmax out, its lp copy, and as much again
+in backward (count from the Hugging Face eager path; assumption on the traffic, not fitted)."""
 PCIE_GBPS = 25.0
 """Host <-> GPU copy bandwidth under offload, GB/s per GPU (PCIe 4 x16, measured ~25 of 32)."""
 CPU_ADAM_PARAMS_PER_S = 2.0e9
 """Parameters a node's CPU-Adam updates per second (assumption; ZeRO-Offload reports ~1 s/B on 1 node)."""
 NVME_GBPS = 6.0
 """NVMe read+write bandwidth per node, GB/s (assumption)."""
+NVLINK_EFFICIENCY = 0.78
+"""NCCL bus bandwidth reached inside an NVLink node, as a share of the link's per-direction rate:
+232.5 GB/s all-reduce busbw on 8 x A100 SXM (300 GB/s) in NVIDIA/nccl issue #1048 (0.775)."""
+NETWORK_EFFICIENCY = 0.86
+"""NCCL bus bandwidth reached across nodes, as a share of the node's aggregate NIC rate: 86 of
+100 GB/s on 2 x (8 A100, 4 x HDR 200G) in NVIDIA/nccl issue #1048; 84.8 (peak 96) of 100 GB/s on
+3 such nodes in NVIDIA/nccl-tests issue #119."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +76,7 @@ class Perf:
     """Estimated timing of one optimizer step."""
 
     compute_s: float
-    """Forward, backward and recompute at the assumed efficiency."""
+    """Forward, backward and recompute at the assumed efficiency (attention as its kernel runs it)."""
     dp_comm_s: float
     """Data-parallel / ZeRO collectives, total (before overlap)."""
     dp_comm_exposed_s: float
@@ -59,7 +88,7 @@ class Perf:
     offload_s: float
     """Host transfers and the CPU optimizer step under offload."""
     step_time_s: float
-    """compute + exposed communication + bubble + offload."""
+    """compute + exposed communication + bubble + pipeline sends + offload."""
     tokens_per_s: float
     """Training tokens per second, all GPUs."""
     mfu: float
@@ -68,6 +97,8 @@ class Perf:
     """Hardware FLOPs utilisation, recompute counted."""
     efficiency: float
     """The compute efficiency assumed (share of peak the matmuls reach)."""
+    pp_p2p_s: float = 0.0
+    """Pipeline point-to-point sends of activations and gradients (not overlapped)."""
 
 
 def default_efficiency(model: ModelSpec, gpu: GPUSpec) -> float:
@@ -80,6 +111,35 @@ def _ring(n: int, factor: float, nbytes: float, gbps: float) -> float:
     if n <= 1 or nbytes <= 0:
         return 0.0
     return factor * (n - 1) / n * nbytes / (gbps * 1e9)
+
+
+def _group_bandwidth(layout: Layout, gpu: GPUSpec, group: int, stride: int) -> float:
+    """NCCL bus bandwidth, GB/s, of a ring over ``group`` GPUs spaced ``stride`` apart in rank order.
+
+    Inside a node the ring runs over NVLink. Across nodes NCCL runs one ring per NIC (channel), each
+    leaving the node once, so the ring's bus bandwidth is the NICs the group's members on one node
+    own together, not one GPU's NIC (the nccl-tests issues of ``NETWORK_EFFICIENCY``: 4 NICs x 25
+    GB/s give ~86-96 GB/s busbw), capped by NVLink.
+    """
+    per_node = max(1, min(group, layout.gpus_per_node // stride))
+    if group * stride <= layout.gpus_per_node:
+        return gpu.intra_node_gbps * NVLINK_EFFICIENCY
+    return min(gpu.intra_node_gbps * NVLINK_EFFICIENCY, per_node * gpu.inter_node_gbps * NETWORK_EFFICIENCY)
+
+
+def _exposed(comm: float, window: float) -> float:
+    """What a collective of ``comm`` seconds leaves on the critical path beside ``window`` of compute."""
+    return max(EXPOSED_FLOOR * comm, comm - window)
+
+
+def _eager_attention_s(model: ModelSpec, layout: Layout, gpu: GPUSpec, passes: int) -> float:
+    """Memory-bound seconds per step on one GPU that eager attention adds to the matmuls: the
+    score matrix (heads x s x s per sequence and layer) through HBM; ``passes`` 4 with recompute."""
+    if layout.attention != "eager":
+        return 0.0
+    sequences = layout.micro_batch * layout.grad_accum  # per data-parallel rank and step
+    scores = model.num_heads / layout.tp * layout.seq_len ** 2 * math.ceil(model.num_layers / layout.pp) * sequences
+    return scores * EAGER_SCORE_BYTES * (passes / 3) / (gpu.hbm_gbps * 1e9)
 
 
 def estimate_perf(
@@ -95,45 +155,68 @@ def estimate_perf(
     """Estimate step time and throughput of ``layout`` on ``gpu`` (see module docstring)."""
     eff = efficiency if efficiency is not None else default_efficiency(model, gpu)
     peak = gpu.peak_flops(layout.precision)
-    compute = hardware_flops_per_step / (layout.gpus * peak * eff)
+    passes = 4 if layout.checkpointing in ("selective", "full") else 3
+    compute = hardware_flops_per_step / (layout.gpus * peak * eff) + _eager_attention_s(model, layout, gpu, passes)
+    micro = compute / layout.grad_accum  # one micro-batch, forward + backward (+ recompute)
+    fwd_share = 1 / passes
+    forward, backward = micro * fwd_share, micro * (1 - fwd_share)
 
-    # Data parallel: gradients and (ZeRO-3) parameters of this GPU's model shard.
+    # Data parallel: this GPU's model shard (parameters e bytes; gradient reduction in e, or fp32
+    # under FSDP2's reduce_dtype and Megatron's fp32 main_grad).
     shard = params_total / (layout.tp * layout.pp)
     elem = 4 if layout.precision == "fp32" else 2
-    gbytes = shard * elem
-    spans_nodes = layout.gpus > layout.gpus_per_node
-    dp_bw = gpu.inter_node_gbps if spans_nodes else gpu.intra_node_gbps
-    if layout.zero <= 1:
-        dp_comm = _ring(layout.dp, 2, gbytes, dp_bw)  # one all-reduce at the step boundary
-    elif layout.zero == 2:
-        # reduce-scatter every micro-batch, all-gather of updated parameters once a step
-        dp_comm = layout.grad_accum * _ring(layout.dp, 1, gbytes, dp_bw) + _ring(layout.dp, 1, gbytes, dp_bw)
+    grad_elem = 4 if layout.framework in ("fsdp", "megatron") else elem
+    m, nd = layout.grad_accum, layout.dp * layout.cp  # ZeRO/FSDP shard over data x context parallel
+    dp_bw = _group_bandwidth(layout, gpu, nd, layout.tp)
+    sharded = layout.zero == 3 or (layout.framework == "fsdp" and layout.zero >= 2)
+    if sharded:
+        gather = _ring(nd, 1, shard * elem, dp_bw)  # one parameter all-gather
+        scatter = _ring(nd, 1, shard * grad_elem, dp_bw)
+        dp_comm = m * (2 * gather + scatter)
+        dp_exposed = m * (_exposed(gather, forward) + _exposed(gather + scatter, backward))
+    elif layout.zero == 2 and layout.framework == "deepspeed":
+        # reduce-scatter every micro-batch beside its backward, all-gather of updated parameters
+        # after the step (not overlapped)
+        scatter, gather = _ring(nd, 1, shard * grad_elem, dp_bw), _ring(nd, 1, shard * elem, dp_bw)
+        dp_comm = m * scatter + gather
+        dp_exposed = m * _exposed(scatter, backward) + gather
+    elif layout.zero >= 1 and layout.framework == "megatron":
+        # distributed optimizer: reduce-scatter beside the last backward, all-gather beside the
+        # next step's first forward (overlap_grad_reduce / overlap_param_gather)
+        scatter, gather = _ring(nd, 1, shard * grad_elem, dp_bw), _ring(nd, 1, shard * elem, dp_bw)
+        dp_comm = scatter + gather
+        dp_exposed = _exposed(scatter, backward) + _exposed(gather, forward)
     else:
-        # two parameter all-gathers (forward, backward) and a reduce-scatter per micro-batch
-        dp_comm = layout.grad_accum * _ring(layout.dp, 3, gbytes, dp_bw)
-    backward = compute * 2 / 3
-    dp_exposed = dp_comm * (1 - OVERLAP) + max(0.0, dp_comm * OVERLAP - backward)
+        dp_comm = _ring(nd, 2, shard * grad_elem, dp_bw)  # one all-reduce at the step boundary
+        dp_exposed = _exposed(dp_comm, backward)
 
-    # Tensor parallel: activations b*s*d in the compute dtype, 4 all-reduces per layer per micro-batch.
-    act_bytes = layout.micro_batch * layout.seq_len * model.hidden_size * elem
+    # Tensor parallel: activations b*s*d in the compute dtype.
+    act_bytes = layout.micro_batch * layout.seq_len // layout.cp * model.hidden_size * elem
     layers_here = math.ceil(model.num_layers / layout.pp)
-    tp_comm = layout.grad_accum * layers_here * 4 * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps)
+    per_layer = 6 if layout.checkpointing == "full" else 4
+    tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps * NVLINK_EFFICIENCY)
 
-    bubble = compute * (layout.pp - 1) / layout.grad_accum if layout.pp > 1 else 0.0
+    p, v = layout.pp, layout.pp_interleave
+    bubble = compute * (p - 1) / (v * m) if p > 1 else 0.0
+    p2p = 0.0
+    if p > 1:
+        link = gpu.inter_node_gbps * NETWORK_EFFICIENCY if layout.tp * p > layout.gpus_per_node \
+            else gpu.intra_node_gbps * NVLINK_EFFICIENCY
+        p2p = m * v * 2 * (act_bytes / layout.tp) / (link * 1e9)
 
     offload = 0.0
     if layout.offload != "none":
-        per_gpu_params = shard / layout.dp
+        per_gpu_params = shard / nd
         # fp32 grads down, 16-bit params up, then the host's Adam over this node's partitions.
         offload = per_gpu_params * (4 + elem) / (PCIE_GBPS * 1e9)
         offload += per_gpu_params * min(layout.gpus, layout.gpus_per_node) / CPU_ADAM_PARAMS_PER_S
         if layout.offload == "nvme":
             offload += per_gpu_params * 16 * min(layout.gpus, layout.gpus_per_node) / (NVME_GBPS * 1e9)
 
-    step = compute + dp_exposed + tp_comm + bubble + offload
+    step = compute + dp_exposed + tp_comm + bubble + p2p + offload
     return Perf(
         compute_s=compute, dp_comm_s=dp_comm, dp_comm_exposed_s=dp_exposed, tp_comm_s=tp_comm,
-        bubble_s=bubble, offload_s=offload, step_time_s=step,
+        bubble_s=bubble, offload_s=offload, step_time_s=step, pp_p2p_s=p2p,
         tokens_per_s=layout.tokens_per_step / step,
         mfu=model_flops_per_step / (step * layout.gpus * peak),
         hfu=hardware_flops_per_step / (step * layout.gpus * peak),

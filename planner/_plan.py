@@ -8,21 +8,29 @@ and renders itself as the ``--format json`` object documented in the README.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from trainplan import __version__
 from trainplan.errors import UsageError
+from trainplan.planner._activations import op_recompute_flops_per_token
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._flops import FlopCounts, flops
+from trainplan.planner._hyperlaws import HyperSuggestion, suggest_hyperparams
 from trainplan.planner._layout import Layout
-from trainplan.planner._memory import MemoryEstimate, estimate_memory
+from trainplan.planner._memory import MemoryEstimate, estimate_memory, framework_profile
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import ParamCounts, count_parameters
 from trainplan.planner._perf import Perf, estimate_perf
 from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
-__all__ = ["Plan", "plan"]
+__all__ = ["FIT_MARGIN", "Plan", "plan"]
+
+FIT_MARGIN = 0.02
+"""Share of the GPU's reported memory (nvidia-smi's total) a layout must leave free to count as
+fitting. Memory the driver keeps out of a process's reach: an A100-SXM4-40GB reports 40960 MiB in
+nvidia-smi but 40339 MiB to ``cudaMemGetInfo`` (1.5%; deviceQuery output in
+bottlerocket-os/bottlerocket PR #3873), rounded up."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,12 +54,18 @@ class Plan:
 
     # Derived ---------------------------------------------------------------------------------
     @property
+    def usable_bytes(self) -> int:
+        """What ``fits`` compares ``memory.total`` (the nvidia-smi estimate) with: the GPU's
+        reported memory less ``FIT_MARGIN``."""
+        return int(self.gpu.usable_bytes * (1 - FIT_MARGIN))
+
+    @property
     def fits(self) -> bool:
-        return self.memory.total <= self.gpu.memory_bytes
+        return self.memory.total <= self.usable_bytes
 
     @property
     def headroom_bytes(self) -> int:
-        return self.gpu.memory_bytes - self.memory.total
+        return self.usable_bytes - self.memory.total
 
     @property
     def steps(self) -> int:
@@ -90,7 +104,16 @@ class Plan:
                             "total_bytes": mem.total},
                 "cpu_bytes_per_node": mem.cpu_bytes * min(lay.gpus, lay.gpus_per_node),
                 "nvme_bytes_per_node": mem.nvme_bytes * min(lay.gpus, lay.gpus_per_node),
+                "max_allocated_bytes": mem.allocated,
+                "reserved_bytes": mem.reserved,
+                "nvidia_smi_bytes": mem.total,
+                "logits_peak_bytes": mem.logits_peak,
+                "peak_phase": mem.peak_phase,
+                "framework": lay.framework,
+                "profile": framework_profile(lay),
                 "gpu_capacity_bytes": self.gpu.memory_bytes,
+                "usable_bytes": self.usable_bytes,
+                "fit_margin": FIT_MARGIN,
                 "headroom_bytes": self.headroom_bytes,
             },
             "fits": self.fits,
@@ -101,13 +124,21 @@ class Plan:
                 "assumed_compute_efficiency": self.perf.efficiency,
                 "compute_s": self.perf.compute_s, "dp_comm_s": self.perf.dp_comm_s,
                 "dp_comm_exposed_s": self.perf.dp_comm_exposed_s, "tp_comm_s": self.perf.tp_comm_s,
-                "pipeline_bubble_s": self.perf.bubble_s, "offload_s": self.perf.offload_s,
+                "pipeline_bubble_s": self.perf.bubble_s, "pp_p2p_s": self.perf.pp_p2p_s,
+                "offload_s": self.perf.offload_s,
             },
             "time": {"tokens": self.tokens, "tokens_source": self.tokens_source, "steps": self.steps,
                      "hours": self.hours, "gpu_hours": self.gpu_hours},
             "cost": {"usd": self.cost_usd, "price_per_gpu_hour": self.price_per_hour},
             "scaling": {**asdict(self.scaling), "law": "Chinchilla, Besiroglu et al. 2024 refit"},
+            "hyperparams": {"kind": "prior", "suggested": [s.to_dict(lay.seq_len) for s in self.suggested_hyperparams()]},
         }
+
+    def suggested_hyperparams(self) -> list[HyperSuggestion]:
+        """Peak LR and global batch from the published laws (priors; planner/_hyperlaws.py)."""
+        return suggest_hyperparams(n_layer=self.model.num_layers, d_model=self.model.hidden_size,
+                                   seq_len=self.layout.seq_len, non_embedding_params=self.params.non_embedding,
+                                   tokens=self.tokens)
 
 
 def plan(
@@ -136,6 +167,10 @@ def plan(
     params = count_parameters(model)
     scaling = chinchilla(params.active, tokens)
     fl = flops(model, layout.seq_len, layout.tokens_per_step, layout.checkpointing)
+    if layout.checkpointing == "selective-op":  # every other matmul of each block rerun (torchtitan)
+        extra = op_recompute_flops_per_token(model)
+        fl = replace(fl, hardware_per_token=fl.hardware_per_token + extra,
+                     hardware_per_step=(fl.hardware_per_token + extra) * layout.tokens_per_step)
     perf = estimate_perf(
         model, layout, gpu, params_total=params.total,
         model_flops_per_step=fl.model_per_step, hardware_flops_per_step=fl.hardware_per_step,

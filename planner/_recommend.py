@@ -2,7 +2,9 @@
 
 The global batch (sequences per optimizer step) is held fixed, since it changes the optimisation,
 not only the speed; every candidate reaches it with its own micro-batch x accumulation x data
-parallelism. Candidates the planner rejects (memory, divisibility) are counted, not shown.
+parallelism (:meth:`Layout.with_global_batch`, the one rule). A candidate is kept only when
+:meth:`Layout.problems` finds nothing wrong with it (the same rules ``plan`` validates); those that
+do not fit in memory are counted, not shown.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from itertools import product
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
-from trainplan.planner._layout import Layout
+from trainplan.planner._layout import ZERO_STAGES, Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._plan import Plan, plan
 
@@ -28,7 +30,7 @@ class LayoutSpace:
 
     max_gpus: int = 64
     """Largest GPU count tried (powers of two up to a node, then whole nodes)."""
-    zero: tuple[int, ...] = (0, 1, 2, 3)
+    zero: tuple[int, ...] = ZERO_STAGES
     """ZeRO stages tried."""
     offload: tuple[str, ...] = ("none", "cpu")
     """Offload targets tried (nvme is only chosen when asked for with --offload)."""
@@ -68,24 +70,25 @@ class Recommendation:
 
 
 def candidate_layouts(model: ModelSpec, base: Layout, global_batch: int, space: LayoutSpace) -> Iterator[Layout]:
-    """Every layout of ``space`` that reaches ``global_batch`` and is valid for ``model``."""
+    """Every layout of ``space`` that reaches ``global_batch`` and has no :meth:`Layout.problems` for ``model``."""
+    settings: dict[tuple[int, int], list[tuple[int, str, str]]] = {}
     for gpus, tp, pp in product(space.gpu_counts(base.gpus_per_node), space.tp, space.pp):
-        if gpus % (tp * pp) or tp > base.gpus_per_node or model.num_heads % tp or pp > model.num_layers:
+        shape = base.with_(gpus=gpus, tp=tp, pp=pp, zero=0, offload="none")
+        if shape.problems(model):  # most (gpus, tp, pp) fail here, before anything else is tried
             continue
-        if tp > 1 and model.num_kv_heads % tp and tp % model.num_kv_heads:
-            continue
-        dp = gpus // (tp * pp)
+        if (tp, pp) not in settings:  # a pre-filter only: every layout yielded is checked whole below
+            settings[tp, pp] = [(z, o, c) for z, o, c in product(space.zero, space.offload, space.checkpointing)
+                                if not shape.with_(zero=z, offload=o, checkpointing=c).problems(model)]
         for mb in space.micro_batch:
-            if global_batch % (mb * dp):
+            if global_batch % (mb * shape.dp):
                 continue
-            accum = global_batch // (mb * dp)
-            if pp > 1 and accum < pp:  # too few micro-batches to fill the pipeline
+            sized = shape.with_(micro_batch=mb).with_global_batch(global_batch)
+            if pp > 1 and sized.grad_accum < pp:  # too few micro-batches to fill the pipeline
                 continue
-            for zero, offload, ckpt in product(space.zero, space.offload, space.checkpointing):
-                if (offload != "none" and zero == 0) or (offload == "nvme" and zero != 3) or (pp > 1 and zero > 1):
-                    continue
-                yield base.with_(gpus=gpus, tp=tp, pp=pp, micro_batch=mb, grad_accum=accum,
-                                 zero=zero, offload=offload, checkpointing=ckpt)
+            for zero, offload, ckpt in settings[tp, pp]:
+                layout = sized.with_(zero=zero, offload=offload, checkpointing=ckpt)
+                if not layout.problems(model):
+                    yield layout
 
 
 def _key(p: Plan, optimize: str) -> tuple[float, ...]:

@@ -169,10 +169,16 @@ def _dimension(name: str, values: list[Any], log: bool) -> dict[str, Any]:
             "tickvals": list(range(len(choices))), "ticktext": [plain(c) for c in choices]}
 
 
+PARCOORDS_TOP = 110
+"""Top margin (px) of the parallel-coordinates figure: title (~30 px) plus the axis labels and
+their top tick labels (~60 px) that plotly.js draws above the plot area."""
+
+
 def get_parallel_plot(info: ScatterInfo) -> go.Figure:
     import plotly.graph_objects as go
 
-    fig = new_figure("Parallel coordinates (completed trials)")
+    # The axis labels sit above the plot area: the top margin holds them under the title, not on it.
+    fig = new_figure("Parallel coordinates (completed trials)", margin={"l": 60, "r": 60, "t": PARCOORDS_TOP, "b": 40})
     if not info.numbers:
         return fig
     dims = [{"label": plain(info.objective), "values": info.values}]

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainplan.safe import csv_cell, redact
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -55,6 +57,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    value = _jsonable(value)
+    return csv_cell(redact(value)) if isinstance(value, str) else value
 
 
 def pre_json(value: Any) -> str:
@@ -98,14 +105,16 @@ class Page:
         data_dir = self.out_dir / DATA_DIR
         data_dir.mkdir(parents=True, exist_ok=True)
         payload = _jsonable(info)
-        (data_dir / f"{fid}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        # redact: no storage password reaches a file that gets shared (trainplan.safe).
+        (data_dir / f"{fid}.json").write_text(redact(json.dumps(payload, indent=1, sort_keys=True)) + "\n")
         rows = info.rows() if callable(getattr(info, "rows", None)) else getattr(info, "rows", None)
         if isinstance(rows, list) and rows:
             fields = list(dict.fromkeys(k for r in rows for k in r))
             with (data_dir / f"{fid}.csv").open("w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
-                writer.writerows({k: _jsonable(v) for k, v in r.items()} for r in rows)
+                # A text cell starting = + - @ would run as a spreadsheet formula: neutralised.
+                writer.writerows({k: _csv_value(v) for k, v in r.items()} for r in rows)
 
     def render(self) -> str:
         import plotly.offline
@@ -131,5 +140,5 @@ class Page:
     def write(self, name: str = "report.html") -> Path:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / name
-        path.write_text(self.render(), encoding="utf-8")
+        path.write_text(redact(self.render()), encoding="utf-8")
         return path

@@ -174,6 +174,10 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
 
     parts = page.section(*SECTIONS[4])
     _scaling_section(page, parts, target, record)
+    from trainplan.reports._scaleup import add_scaleup_section, ladder_info
+
+    if (ladder := ladder_info(study)) is not None:  # a ladder study: the fit across its sizes
+        add_scaleup_section(page, page.section("scaleup", "Scale-up across the ladder"), ladder)
 
     parts = page.section(*SECTIONS[5])
     table = _table.get_table_info(record)

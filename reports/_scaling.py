@@ -3,11 +3,16 @@
 Everything here is the planner's estimate (``trainplan.planner.plan``) for layouts around the
 target's: the GPU count and ZeRO stage vary with the micro-batch fixed and the accumulation
 chosen to keep the global batch (rounded up to at least one micro-batch per rank); then the
-micro-batch varies on the target's GPU count.
+micro-batch varies on the target's GPU count at the target's global batch (the accumulation takes
+up the rest, as ``Layout.with_global_batch`` states).
+
+Log axes get explicit ranges: plotly.js places annotations on a log axis in log10 units, so an
+``add_hline`` label at "80 GiB" stretched the memory axis to 1e80.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +32,17 @@ __all__ = [
 GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 _ZERO_COLORS = ("#0072B2", "#009E73", "#E69F00", "#CC79A7")
+"""Line colour per ZeRO stage (indexed by the stage of ``trainplan.planner.ZERO_STAGES``)."""
+FLAT = 0.01
+"""Throughput that varies less than this (relative) across micro-batches is called flat."""
+
+
+def log_range(values: list[float], pad: float = 1.25) -> list[float]:
+    """An explicit log-axis range (log10 units) around ``values``, padded by ``pad`` each side."""
+    positive = [v for v in values if v and v > 0]
+    if not positive:
+        return [0.0, 1.0]
+    return [math.log10(min(positive) / pad), math.log10(max(positive) * pad)]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +72,8 @@ def _plan_row(target: Target, **changes: Any) -> dict[str, Any] | None:
 
 
 def get_gpu_scaling_info(target: Target) -> GpuScalingInfo:
+    from trainplan.planner import ZERO_STAGES
+
     base = target.layout
     rows = []
     for gpus in GPU_COUNTS:
@@ -63,7 +81,7 @@ def get_gpu_scaling_info(target: Target) -> GpuScalingInfo:
             continue
         dp = gpus // (base.tp * base.pp)
         accum = max(1, -(-base.global_batch // (base.micro_batch * dp)))
-        for zero in (0, 1, 2, 3):
+        for zero in ZERO_STAGES:
             row = _plan_row(target, gpus=gpus, zero=zero, grad_accum=accum,
                             offload=base.offload if zero else "none")
             if row:
@@ -79,10 +97,14 @@ def get_memory_plot(info: GpuScalingInfo) -> go.Figure:
         rows = [r for r in info.rows if r["zero"] == zero]
         fig.add_trace(go.Scatter(x=[r["gpus"] for r in rows], y=[r["memory_bytes"] / GIB for r in rows],
                                  mode="lines+markers", name=f"ZeRO-{zero}", line={"color": _ZERO_COLORS[zero]}))
-    fig.add_hline(y=info.gpu_memory_bytes / GIB, line={"color": "#D55E00", "dash": "dash"},
-                  annotation_text=f"{info.gpu_name} memory", annotation_position="top left")
+    gpus = sorted({r["gpus"] for r in info.rows}) or [1]
+    capacity = info.gpu_memory_bytes / GIB
+    # A trace, not add_hline: its label would sit at y=10^capacity on this log axis.
+    fig.add_trace(go.Scatter(x=[gpus[0], gpus[-1]], y=[capacity, capacity], mode="lines",
+                             name=f"{info.gpu_name} memory", line={"color": "#D55E00", "dash": "dash"}))
     fig.update_xaxes(type="log", tickvals=list(GPU_COUNTS), ticktext=[str(g) for g in GPU_COUNTS])
-    fig.update_yaxes(type="log")  # small models sit orders of magnitude under the GPU's memory
+    # Log: small models sit orders of magnitude under the GPU's memory.
+    fig.update_yaxes(type="log", range=log_range([r["memory_bytes"] / GIB for r in info.rows] + [capacity]))
     return fig
 
 
@@ -107,29 +129,50 @@ def get_time_cost_plot(info: GpuScalingInfo) -> go.Figure:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MicroBatchInfo:
-    """Planner throughput and memory per micro-batch on the target's GPU count and ZeRO stage."""
+    """Planner throughput and memory per micro-batch on the target's GPU count, ZeRO stage and global batch."""
 
     gpus: int
     """GPU count held fixed."""
     zero: int
     """ZeRO stage held fixed."""
+    global_batch: int
+    """Global batch held fixed: each micro-batch that divides it, with the accumulation making up the rest."""
     gpu_memory_bytes: int
     """Memory of the target GPU."""
     rows: list[dict[str, Any]]
     """Rows as in :class:`GpuScalingInfo`, one per micro-batch."""
 
+    @property
+    def flat(self) -> bool:
+        """The planner predicts (nearly) the same tokens/s for every micro-batch: one GPU, or
+        nothing per micro-batch to amortise; memory is then all the micro-batch changes."""
+        speeds = [r["tokens_per_s"] for r in self.rows]
+        return len(speeds) < 2 or max(speeds) - min(speeds) <= FLAT * max(speeds)
+
 
 def get_microbatch_info(target: Target) -> MicroBatchInfo:
-    rows = [r for mb in MICRO_BATCHES if (r := _plan_row(target, micro_batch=mb))]
-    return MicroBatchInfo(gpus=target.layout.gpus, zero=target.layout.zero,
+    base = target.layout
+    rows = []
+    for mb in MICRO_BATCHES:
+        try:
+            layout = base.with_(micro_batch=mb).with_global_batch(base.global_batch)
+        except UsageError:  # this micro-batch does not divide the global batch
+            continue
+        if row := _plan_row(target, micro_batch=mb, grad_accum=layout.grad_accum):
+            rows.append(row)
+    return MicroBatchInfo(gpus=base.gpus, zero=base.zero, global_batch=base.global_batch,
                           gpu_memory_bytes=target.gpu.memory_bytes, rows=rows)
 
 
 def get_microbatch_plot(info: MicroBatchInfo) -> go.Figure:
     import plotly.graph_objects as go
 
-    fig = new_figure(f"Throughput and memory against micro-batch ({info.gpus} GPUs, ZeRO-{info.zero})",
-                     xaxis="micro-batch (sequences per GPU)", yaxis="tokens/s (all GPUs)")
+    title = f"Throughput and memory against micro-batch ({info.gpus} GPUs, ZeRO-{info.zero}, global batch {info.global_batch})"
+    if info.flat:
+        title += "<br><sub>the planner predicts the same tokens/s for every micro-batch here (nothing per micro-batch " \
+                 "to amortise); memory is what changes</sub>"
+    fig = new_figure(title, xaxis="micro-batch (sequences per GPU)", yaxis="tokens/s (all GPUs)",
+                     margin={"l": 60, "r": 60, "t": 80, "b": 50})
     x = [r["micro_batch"] for r in info.rows]
     fig.add_trace(go.Scatter(x=x, y=[r["tokens_per_s"] for r in info.rows], name="tokens/s", mode="lines+markers",
                              line={"color": "#0072B2"}))
@@ -137,7 +180,10 @@ def get_microbatch_plot(info: MicroBatchInfo) -> go.Figure:
                              mode="lines+markers", line={"color": "#009E73"}, yaxis="y2"))
     fig.add_trace(go.Scatter(x=[x[0], x[-1]] if x else [], y=[info.gpu_memory_bytes / GIB] * (2 if x else 0),
                              name="GPU memory", mode="lines", line={"color": "#D55E00", "dash": "dash"}, yaxis="y2"))
-    fig.update_layout(yaxis2={"title": {"text": "GiB per GPU"}, "overlaying": "y", "side": "right"})
+    fig.update_layout(yaxis2={"title": {"text": "GiB per GPU"}, "overlaying": "y", "side": "right",
+                              "rangemode": "tozero"})
+    if info.flat and info.rows:  # a flat line at a readable scale, not an axis zoomed onto rounding noise
+        fig.update_yaxes(range=[0, 1.2 * max(r["tokens_per_s"] for r in info.rows)])
     fig.update_xaxes(type="log", tickvals=list(MICRO_BATCHES), ticktext=[str(m) for m in MICRO_BATCHES])
     return fig
 

@@ -57,7 +57,8 @@ class SummaryInfo:
     best_params: dict[str, Any] = field(default_factory=dict)
     """Its sampled hyperparameters."""
     best_metrics: dict[str, float | None] = field(default_factory=dict)
-    """Objective values and measurements (tokens, tokens_per_s, peak_mem_bytes, elapsed_s, gpu_hours)."""
+    """Objective values and measurements (tokens, tokens_per_s, peak_mem_bytes, elapsed_s, and
+    gpu_hours, or cpu_rank_hours for a trial that ran on the CPU)."""
     best_trial_dir: str = ""
     """Its folder."""
     best_command: str = ""
@@ -71,15 +72,12 @@ class SummaryInfo:
 
 
 def _launch_command(layout: Any) -> str:
-    # The runner's entry (docs/protocol.md): the deepspeed launcher starts
-    # `-m trainplan.runners.train --spec spec.json` on every rank; --module is the launcher's flag
-    # for a module entry (https://www.deepspeed.ai/getting-started/#launching-deepspeed-training).
-    per_node = min(layout.gpus, layout.gpus_per_node)
-    argv = ["deepspeed"]
-    if layout.nodes > 1:
-        argv += ["--hostfile", "hostfile", "--num_nodes", str(layout.nodes)]
-    argv += ["--num_gpus", str(per_node), "--module", "trainplan.runners.train", "--spec", "spec.json"]
-    return shlex.join(argv)
+    # The runner builds every launch command (runners.build_command); this one runs elsewhere.
+    from trainplan.runners import build_command
+
+    return shlex.join(build_command("spec.json", gpus=min(layout.gpus, layout.gpus_per_node), master_port=None,
+                                    hostfile="hostfile" if layout.nodes > 1 else None, nodes=layout.nodes,
+                                    portable=True))
 
 
 def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
@@ -125,8 +123,13 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
                            message=target if isinstance(target, str) else "no completed trial")
     metrics: dict[str, float | None] = dict(zip(study.objective_names, best.values or ()))
     metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
-                   elapsed_s=best.elapsed_s, gpu_hours=best.gpu_hours)
+                   elapsed_s=best.elapsed_s)
     folder = Path(best.trial_dir) if best.trial_dir else None
+    # A trial whose ranks ran on the CPU (result.json "device") spent rank-hours, not GPU-hours.
+    result_text = _read(folder / "result.json") if folder else ""
+    device = json.loads(result_text).get("device") if result_text.startswith("{") else None
+    on_cpu = isinstance(device, dict) and device.get("kind") == "cpu"
+    metrics["cpu_rank_hours" if on_cpu else "gpu_hours"] = best.gpu_hours
     ds_text = _read(folder / "ds_config.json") if folder else ""
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
@@ -136,7 +139,7 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
         # The runner trains data-parallel (ZeRO) layouts only, so recommend what it can launch.
         rec = recommend(target.model, target.gpu, target.layout, global_batch=target.layout.global_batch,
                         tokens=target.tokens, optimize="time", space=LayoutSpace(tp=(1,), pp=(1,)))
-        ranked = list(getattr(rec, "ranked", rec))
+        ranked = rec.ranked
         if ranked:
             cheapest = min(ranked, key=lambda p: (p.cost_usd, p.hours, p.layout.gpus))
             choices.append(layout_choice("fastest", ranked[0], target))

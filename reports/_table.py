@@ -101,12 +101,17 @@ def get_environment_info(study: StudyRecord) -> EnvironmentInfo:
     import optuna
     import plotly
 
+    from trainplan.safe import mask_argv, mask_url
+
+    sweep = dict(study.sweep)
+    if isinstance(sweep.get("storage"), str):  # studies written before passwords were masked
+        sweep["storage"] = mask_url(sweep["storage"])
     return EnvironmentInfo(
-        command=shlex.join(study.command) if study.command else "", sweep_environment=dict(study.environment),
+        command=shlex.join(mask_argv(study.command)) if study.command else "", sweep_environment=dict(study.environment),
         report_environment={"trainplan": __version__, "python": platform.python_version(),
                             "optuna": optuna.__version__, "plotly": plotly.__version__,
                             "platform": f"{sys.platform}-{platform.machine()}"},
-        sweep=dict(study.sweep))
+        sweep=sweep)
 
 
 def kv_table(values: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 The sweep trains a small budget on whatever hardware it had; the decision is about the full run
 on the target GPU. The target takes the model, layout and hyperparameters of the best trial, the
 GPU named by ``--gpu`` (default: the sweep's ``hardware.gpu``) and the token budget named by
-``--tokens`` (default: the sweep's ``target.tokens``, else the planner's compute-optimal tokens).
+``--tokens`` (default: the planner's compute-optimal tokens for the model).
 """
 
 from __future__ import annotations
@@ -74,9 +74,6 @@ def resolve_target(study: StudyRecord, *, gpu: str | None = None, tokens: float 
         hp = Hyperparams(**hp_values)
     except (UsageError, TypeError) as exc:
         return f"cannot rebuild trial {trial.number}'s configuration: {exc}"
-    if tokens is None:
-        budget = (study.sweep.get("target") or {}).get("tokens") if isinstance(study.sweep.get("target"), dict) else None
-        tokens = float(budget) if budget else None
     if tokens is not None and tokens <= 0:
         raise UsageError("--tokens", f"must be positive, got {tokens:g}")
     return Target(model=model, layout=layout, hyperparams=hp, gpu=gpu_spec, tokens=tokens, spec=dict(trial.config))

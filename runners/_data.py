@@ -12,6 +12,7 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sysconfig
@@ -25,7 +26,7 @@ from trainplan.errors import UsageError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Corpus", "check_data", "load_corpus", "stdlib_text"]
+__all__ = ["Corpus", "check_data", "load_corpus", "split_problem", "stdlib_text"]
 
 _SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -123,14 +124,104 @@ def _data_files(path: Path) -> list[Path]:
     return [path]
 
 
-def check_data(data: str) -> None:
-    """Fail fast in the parent (before any launch) on a data reference that cannot work."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_data(data: str, *, text_key: str = "text", tokenizer: str | None = None, max_bytes: int | None = None,
+               seq_len: int | None = None, eval_tokens: int | None = None) -> None:
+    """Fail fast in the parent, before any launch, on data that cannot work: a missing path, an
+    empty or non-UTF-8 file, malformed JSONL, a wrong ``--text-key``, a ``--tokenizer`` that is no
+    local tokenizer folder (which would fall back to the hub), or, with byte tokens, too few
+    tokens for one training and one held-out evaluation block (the rule :func:`load_corpus` applies).
+
+    The files are read and decoded as a rank would (up to ``max_bytes``), so this costs one pass
+    over at most ``--max-data-bytes`` of text.
+    """
+    if tokenizer is not None:
+        folder = Path(os.path.expanduser(tokenizer))
+        if not folder.is_dir():
+            raise UsageError("--tokenizer", f"{tokenizer!r} is not a folder; give a local Hugging Face tokenizer "
+                                            "folder (trainplan never downloads one), or leave it out for byte tokens")
+        if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            raise UsageError("--tokenizer", f"{tokenizer} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)")
     if data == "stdlib" or data.startswith("hf:"):
         return
     path = Path(os.path.expanduser(data))
     if not path.exists():
         raise UsageError("--data", f"{data!r} is not 'stdlib', 'hf:NAME' or an existing file or folder")
-    _data_files(path)
+    limit = max_bytes if max_bytes is not None else 4_000_000
+    total, docs = 0, 0
+    for file in _data_files(path):
+        if file.stat().st_size == 0:
+            raise UsageError("--data", f"{file} is empty")
+        for text in _checked_documents(file, text_key, limit - total):
+            total += len(text.encode()) + 2 * (docs > 0)  # documents are joined by a blank line
+            docs += 1
+            if total >= limit:
+                break
+        if total >= limit:
+            break
+    if tokenizer is None and seq_len is not None and eval_tokens is not None:
+        problem = split_problem(min(total, limit), eval_tokens, seq_len)
+        if problem:
+            raise UsageError("--data", f"{data}: {problem}")
+
+
+def split_problem(n_tokens: int, eval_tokens: int, seq_len: int) -> str | None:
+    """Why ``n_tokens`` cannot give one training and one held-out block of ``seq_len``, or None."""
+    held = min(eval_tokens, n_tokens // 10) // seq_len * seq_len
+    if held < seq_len or n_tokens - held < seq_len:
+        return (f"{n_tokens} tokens are too few for --seq-len {seq_len}: need at least {10 * seq_len} to train "
+                "and hold out one evaluation block")
+    return None
+
+
+def _checked_documents(file: Path, text_key: str, budget: int) -> Iterator[str]:
+    """The documents of one local file, decoded strictly, each problem a one-line UsageError."""
+    if file.suffix == ".txt":
+        raw = file.read_bytes()[:max(budget, 1)]
+        try:  # a cut at the byte budget may split a character: only complete ones must decode
+            yield codecs.getincrementaldecoder("utf-8")().decode(raw, final=len(raw) == file.stat().st_size)
+        except UnicodeDecodeError as exc:
+            raise UsageError("--data", f"{file}: not UTF-8 text (byte {exc.start})") from None
+        return
+    if file.suffix == ".jsonl":
+        with file.open("rb") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except UnicodeDecodeError as exc:
+                    raise UsageError("--data", f"{file}:{lineno}: not UTF-8 text (byte {exc.start})") from None
+                except json.JSONDecodeError as exc:
+                    raise UsageError("--data", f"{file}:{lineno}: not a JSON line ({exc.msg}, column {exc.colno})") from None
+                if not isinstance(record, dict) or text_key not in record:
+                    keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                    raise UsageError("--text-key", f"{file}:{lineno} has no field {text_key!r} (it has: {keys})")
+                if not isinstance(record[text_key], str):
+                    raise UsageError("--text-key", f"{file}:{lineno}: field {text_key!r} holds "
+                                                   f"{type(record[text_key]).__name__}, not text")
+                yield record[text_key]
+                budget -= len(line)
+                if budget <= 0:
+                    return
+        return
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(file)
+    except ImportError:
+        raise UsageError("--data", "Parquet files need pyarrow (pip install pyarrow)") from None
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors: a damaged or non-Parquet file
+        raise UsageError("--data", f"{file}: not a readable Parquet file ({type(exc).__name__})") from None
+    if text_key not in table.column_names:
+        raise UsageError("--text-key", f"{file} has no column {text_key!r}; columns: {', '.join(table.column_names)}")
+    for value in table.column(text_key).to_pylist():
+        if not isinstance(value, str):
+            raise UsageError("--text-key", f"{file}: column {text_key!r} holds {type(value).__name__}, not text")
+        yield value
 
 
 def _documents(data: str, text_key: str, max_bytes: int) -> Iterator[str]:
@@ -202,7 +293,7 @@ def load_corpus(*, data: str, text_key: str, tokenizer: str | None, max_bytes: i
         ids = torch.tensor(flat, dtype=torch.int32)
         vocab = len(tok)
     held = min(eval_tokens, ids.numel() // 10) // seq_len * seq_len
-    if held < seq_len or ids.numel() - held < seq_len:
-        raise UsageError("--data", f"{ids.numel()} tokens are too few for --seq-len {seq_len}: "
-                                   f"need at least {10 * seq_len} to hold out one evaluation block")
+    problem = split_problem(ids.numel(), eval_tokens, seq_len)
+    if problem:
+        raise UsageError("--data", problem)
     return Corpus(train=ids[:-held], eval=ids[-held:], vocab_size=vocab, seq_len=seq_len, seed=seed)

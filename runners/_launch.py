@@ -25,10 +25,10 @@ from trainplan.runners._data import check_data
 from trainplan.runners._result import build_result, classify_exit, planner_estimate, read_metrics, write_json
 from trainplan.runners._spec import TrialSpec
 
-__all__ = ["TrialHandle", "adopt_orphans", "build_command", "free_port", "launch_trial", "ops_compiled", "prepare_trial",
-           "run_trial"]
+__all__ = ["TrialHandle", "adopt_orphans", "build_command", "free_port", "is_trial_dir", "launch_trial", "ops_compiled",
+           "prepare_trial", "rotate_trial_files", "run_trial"]
 
-_TRIAL_FILES = ("metrics.jsonl", "result.json", "stdout.log", "stderr.log")
+_TRIAL_FILES = ("spec.json", "ds_config.json", "cmd.txt", "metrics.jsonl", "result.json", "stdout.log", "stderr.log")
 
 
 def _ephemeral_low() -> int:
@@ -69,18 +69,26 @@ def _deepspeed_exe() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def build_command(spec_path: str | Path, *, gpus: int, master_port: int, include: str | None = None,
-                  hostfile: str | None = None) -> list[str]:
-    """The launcher command line for a trial whose spec is at ``spec_path``."""
-    cmd = _deepspeed_exe()
+def build_command(spec_path: str | Path, *, gpus: int, master_port: int | None, include: str | None = None,
+                  hostfile: str | None = None, nodes: int = 1, portable: bool = False) -> list[str]:
+    """The launcher command line for a trial whose spec is at ``spec_path`` (``gpus`` per node).
+
+    ``portable`` is for a run on other machines (the report's recommended run): the plain
+    ``deepspeed`` launcher and ``spec_path`` as given, instead of this environment's launcher and
+    the absolute path.
+    """
+    cmd = ["deepspeed"] if portable else _deepspeed_exe()
     if hostfile:
         cmd += ["--hostfile", str(hostfile)]
+    if nodes > 1:
+        cmd += ["--num_nodes", str(nodes)]
     if include:
         cmd += ["--include", include]  # names hosts and devices itself; --num_gpus would conflict
     else:
         cmd += ["--num_gpus", str(gpus)]
-    cmd += ["--master_port", str(master_port), "--module", "trainplan.runners.train",
-            "--spec", str(Path(spec_path).resolve())]
+    if master_port is not None:
+        cmd += ["--master_port", str(master_port)]
+    cmd += ["--module", "trainplan.runners.train", "--spec", str(spec_path if portable else Path(spec_path).resolve())]
     return cmd
 
 
@@ -293,15 +301,35 @@ def _tail(path: Path, limit: int = 4000) -> str:
         return ""
 
 
+def rotate_trial_files(trial_dir: Path, names: tuple[str, ...] = _TRIAL_FILES) -> int | None:
+    """Move an earlier trial's files in ``trial_dir`` aside as ``<name>.N`` (N: 1 for the first
+    earlier trial, then 2, ...), all with one N so they stay together; nothing is deleted or
+    overwritten. Returns N, or None when the folder held none of ``names``."""
+    present = [name for name in names if (trial_dir / name).exists()]
+    if not present:
+        return None
+    used = [int(p.name.rsplit(".", 1)[1]) for name in _TRIAL_FILES for p in trial_dir.glob(f"{name}.*")
+            if p.name.rsplit(".", 1)[1].isdigit()]
+    generation = max(used, default=0) + 1
+    for name in present:
+        (trial_dir / name).rename(trial_dir / f"{name}.{generation}")
+    return generation
+
+
+def is_trial_dir(path: Path) -> bool:
+    """``path`` holds (or held) a trial: its ``spec.json`` or ``cmd.txt``, current or rotated."""
+    return any(any(path.glob(f"{name}*")) for name in ("spec.json", "cmd.txt"))
+
+
 def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,
                   include: str | None = None, hostfile: str | None = None) -> list[str]:
     """Validate ``spec`` and write ``spec.json``, ``ds_config.json`` and ``cmd.txt``; return the command."""
     spec.validate()
-    check_data(spec.data)
+    check_data(spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer, max_bytes=spec.max_data_bytes,
+               seq_len=spec.layout.seq_len, eval_tokens=spec.eval_tokens)
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    for name in _TRIAL_FILES:  # a reused folder must not mix two trials' records
-        (trial_dir / name).unlink(missing_ok=True)
+    rotate_trial_files(trial_dir)  # a reused folder must not mix two trials' records, nor lose one
     spec_path = spec.to_json(trial_dir / "spec.json")
     (trial_dir / "ds_config.json").write_text(json.dumps(spec.ds_config(), indent=2) + "\n")
     command = build_command(spec_path, gpus=spec.layout.gpus, master_port=master_port or free_port(),

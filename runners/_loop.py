@@ -21,7 +21,7 @@ from trainplan.runners._dist import init_distributed
 from trainplan.runners._result import METRIC_KEYS, finite_or_none
 from trainplan.runners._spec import TrialSpec, is_checkpoint
 
-__all__ = ["Outcome", "build_model", "train"]
+__all__ = ["Outcome", "build_model", "optimizer_settings", "train"]
 
 # Config fields that hold a dropout probability in the Hugging Face families the planner knows.
 _DROPOUT_KEYS = ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop",
@@ -43,6 +43,17 @@ class Outcome:
     """The step whose loss was NaN/inf or exploded (``diverged`` only)."""
     loop_started: float = 0.0
     """``time.perf_counter()`` when the first step began: what came before is startup."""
+    optimizer: dict[str, Any] | None = None
+    """What the engine's optimizer really holds (:func:`optimizer_settings`): ``result.json``'s
+    ``optimizer``, the check that every setting came from ``ds_config.json``."""
+
+
+def optimizer_settings(engine: Any) -> dict[str, Any]:
+    """Betas, eps and the weight decay of each parameter group of the optimizer DeepSpeed built
+    (``engine.basic_optimizer``, the torch optimizer under any ZeRO wrapper)."""
+    groups = engine.basic_optimizer.param_groups
+    return {"type": type(engine.basic_optimizer).__name__, "betas": [float(b) for b in groups[0]["betas"]],
+            "eps": float(groups[0]["eps"]), "weight_decay": [float(g["weight_decay"]) for g in groups]}
 
 
 def build_model(spec: TrialSpec, vocab_size: int) -> Any:
@@ -72,7 +83,11 @@ def build_model(spec: TrialSpec, vocab_size: int) -> Any:
     config = AutoConfig.for_model(**cfg)
     _set_dropout(config, spec.dropout)
     torch.manual_seed(spec.seed)  # identical initial weights for every layout of the same seed
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
+    # Initialise on the rank's GPU where there is one: the CPU's normal_() takes ~10 s per 150M
+    # parameters, longer than a short trial's training; DeepSpeed then finds the weights in place.
+    where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else "cpu"
+    with torch.device(where):
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
 
 
 def _set_dropout(config: Any, p: float) -> None:
@@ -94,6 +109,13 @@ def _peak_memory(device: Any) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return cpu_peak_growth()  # peak RSS growth since the model build began (docs/protocol.md)
+
+
+def _peak_reserved(device: Any) -> int | None:
+    import torch
+
+    # What the caching allocator held from the driver (allocated + cached blocks); no CPU equivalent.
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
 
 
 def _evaluate(engine: Any, corpus: Corpus, batch: int) -> float:
@@ -139,9 +161,12 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
             build_model(spec, corpus.vocab_size)
     reset_peak(here)
     model = build_model(spec, corpus.vocab_size)
+    if layout.checkpointing == "full":  # recompute every block in backward (Hugging Face's own hook)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=_param_groups(model, spec.hyperparams.weight_decay), config=ds_config)
     device = engine.device
+    settings = optimizer_settings(engine)
     # ZeRO-0 in fp32 clips with torch's clip_grad_norm_ and keeps no norm
     # (deepspeed/runtime/engine.py, clip_fp32_gradients): measure it ourselves there.
     plain_grads = layout.zero == 0 and layout.precision == "fp32"
@@ -154,7 +179,8 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
     # Step 0: the untrained model's held-out loss, the start every learning curve is judged from.
     initial = {key: None for key in METRIC_KEYS} | {"step": 0, "tokens": 0, "elapsed_s": 0.0,
                                                    "eval_loss": _evaluate(engine, corpus, micro),
-                                                   "peak_mem_bytes": _peak_memory(device)}
+                                                   "peak_mem_bytes": _peak_memory(device),
+                                                   "peak_reserved_bytes": _peak_reserved(device)}
     records.append(initial)
     if rank == 0:
         emit(initial)
@@ -198,6 +224,7 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
                 "tokens_per_s": interval_tokens / max(now - interval_start - eval_time, 1e-9),
                 "cpu_s": round(time.process_time() - cpu_start - eval_cpu, 4),
                 "peak_mem_bytes": _peak_memory(device),
+                "peak_reserved_bytes": _peak_reserved(device),
             }
             interval_start, interval_tokens, eval_time = now, 0, 0.0
             cpu_start, eval_cpu = time.process_time(), 0.0
@@ -207,11 +234,11 @@ def train(spec: TrialSpec, ds_config: dict[str, Any], *, stop_requested: Callabl
         if diverged:
             what = "NaN/inf" if not math.isfinite(train_loss) else f"{train_loss:.3g} > {explode_at:.3g} (4 ln V)"
             return Outcome(status="diverged", reason=f"training loss {what} at step {step}",
-                           records=records, diverged_at_step=step, loop_started=start)
+                           records=records, diverged_at_step=step, loop_started=start, optimizer=settings)
         if stop:
             return Outcome(status="terminated", reason=f"stopped by a signal after step {step}",
-                           records=records, loop_started=start)
-    return Outcome(status="completed", reason="", records=records, loop_started=start)
+                           records=records, loop_started=start, optimizer=settings)
+    return Outcome(status="completed", reason="", records=records, loop_started=start, optimizer=settings)
 
 
 def _total_norm(module: Any) -> float:

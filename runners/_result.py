@@ -84,31 +84,21 @@ def classify_exit(exit_code: int | None, stderr_tail: str) -> tuple[str, str]:
 def planner_estimate(spec: Any) -> dict[str, Any] | None:
     """The planner's numbers for the trial's layout: ``memory_bytes`` and ``tokens_per_s``.
 
-    ``tokens_per_s`` needs a GPU from the catalog (``spec.gpu``); on the CPU it is null. Returns
-    None when the planner cannot estimate this model (the trial itself still runs).
+    ``tokens_per_s`` needs a GPU from the catalog (``spec.gpu``); on the CPU it is null. When the
+    planner cannot estimate this model the numbers are null and ``error`` says why (the trial
+    itself still runs).
     """
-    try:
-        from trainplan.planner import load_model
-        from trainplan.planner import plan as make_plan
-    except ImportError:  # the planner's plan() is not available in this build
-        return None
-    try:
-        from trainplan.planner import estimate_memory, load_gpu
+    from trainplan.planner import estimate_memory, load_gpu, load_model
+    from trainplan.planner import plan as make_plan
 
+    try:
         model = load_model(spec.model)
         if not spec.gpu:
-            return {"memory_bytes": _total(estimate_memory(model, spec.layout)), "tokens_per_s": None, "gpu": None}
+            return {"memory_bytes": estimate_memory(model, spec.layout).total, "tokens_per_s": None, "gpu": None}
         result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.total_tokens)
-        # docs/protocol.md names memory.total_bytes and throughput.tokens_per_s; the planner as
-        # built calls them memory.total and perf.tokens_per_s: accept either.
-        perf = getattr(result, "throughput", None) or result.perf
-        return {"memory_bytes": _total(result.memory), "tokens_per_s": float(perf.tokens_per_s), "gpu": spec.gpu}
+        return {"memory_bytes": result.memory.total, "tokens_per_s": result.perf.tokens_per_s, "gpu": spec.gpu}
     except Exception as exc:  # an estimate is a side note: never fail the trial over it
         return {"memory_bytes": None, "tokens_per_s": None, "gpu": spec.gpu, "error": f"{type(exc).__name__}: {exc}"}
-
-
-def _total(memory: Any) -> int:
-    return int(getattr(memory, "total_bytes", None) or memory.total)
 
 
 def build_result(records: list[dict[str, Any]], *, status: str, reason: str = "",
@@ -123,6 +113,7 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
     speeds = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
     speeds = speeds[1:] if len(speeds) > 2 else speeds  # the first interval pays for warm-up
     peaks = [r["peak_mem_bytes"] for r in records if r.get("peak_mem_bytes")]
+    reserved = [r["peak_reserved_bytes"] for r in records if r.get("peak_reserved_bytes")]
     return {
         "status": status,
         "reason": reason,
@@ -135,6 +126,7 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
         # Mean over logged intervals (bar the first), not the last one alone.
         "tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         "peak_mem_bytes": max(peaks) if peaks else None,
+        "peak_reserved_bytes": max(reserved) if reserved else None,  # GPU only
         "elapsed_s": elapsed_s if elapsed_s is not None else last.get("elapsed_s"),
         "diverged_at_step": diverged_at_step,
         "stderr_tail": stderr_tail,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError, close_matches
-from trainplan.planner import Hyperparams, Layout, deepspeed_config, load_model
+from trainplan.planner import Hyperparams, Layout, deepspeed_config, hyperparams_from_deepspeed_config, load_model
 
 __all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "is_checkpoint"]
 
@@ -155,6 +155,36 @@ class TrialSpec:
     def ds_config(self) -> dict[str, Any]:
         """The DeepSpeed config of this trial (what ``ds_config.json`` holds)."""
         return deepspeed_config(self.layout, self.hyperparams)
+
+    def with_ds_config(self, config: Mapping[str, Any], *, where: str = "ds_config.json") -> TrialSpec:
+        """This trial as the engine config ``config`` trains it: the one source of every optimizer
+        setting (lr, betas, eps, weight decay, schedule, clipping).
+
+        ``cmd.txt`` invites editing ``ds_config.json`` by hand; such an edit applies whole (the
+        returned spec's hyperparameters are the file's, so the weight decay the loop gives its
+        parameter groups is the file's too) or is refused with a :class:`UsageError` naming the key:
+        an optimizer or schedule the planner cannot read back, a schedule horizon other than
+        ``steps``, or batch, ZeRO or precision keys that differ from the layout the loop feeds.
+        """
+        config = dict(config)
+        hp = hyperparams_from_deepspeed_config(config, self.hyperparams, where=where)
+        if hp.total_steps != self.steps:
+            raise UsageError(f"{where}:scheduler.params.total_num_steps",
+                             f"{hp.total_steps} differs from the trial's {self.steps} steps; edit steps in spec.json too")
+        own = deepspeed_config(self.layout, hp)
+        for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+            if config.get(key, own[key]) != own[key]:
+                raise UsageError(f"{where}:{key}", f"{config[key]!r} differs from spec.json's layout ({own[key]}); "
+                                                   "change the layout in spec.json instead")
+        stage = (config.get("zero_optimization") or {}).get("stage", own["zero_optimization"]["stage"])
+        if stage != self.layout.zero:
+            raise UsageError(f"{where}:zero_optimization.stage", f"{stage!r} differs from spec.json's layout.zero "
+                                                                 f"({self.layout.zero}); change spec.json instead")
+        for precision in ("bf16", "fp16"):
+            if bool((config.get(precision) or {}).get("enabled")) != (self.layout.precision == precision):
+                raise UsageError(f"{where}:{precision}.enabled", f"disagrees with spec.json's layout.precision "
+                                                                 f"({self.layout.precision}); change spec.json instead")
+        return dataclasses.replace(self, hyperparams=hp)
 
     @property
     def tokens_per_step(self) -> int:

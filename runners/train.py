@@ -49,8 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     began = time.perf_counter()
     metrics = None
-    if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record, not an appended one
-        (trial_dir / "result.json").unlink(missing_ok=True)
+    if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record; the earlier one is kept as .N
+        from trainplan.runners._launch import rotate_trial_files
+
+        rotate_trial_files(trial_dir, ("metrics.jsonl", "result.json"))
         metrics = open(trial_dir / "metrics.jsonl", "w")
 
     def emit(record: dict[str, Any]) -> None:
@@ -62,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
 
     def finish(status: str, reason: str, records: list[dict[str, Any]], startup_s: float | None = None,
-               **extra: Any) -> int:
+               optimizer: dict[str, Any] | None = None, **extra: Any) -> int:
         if rank == 0:
             result = build_result(records, status=status, reason=reason, exit_code=EXIT_CODES[status],
                                   estimate=planner_estimate(spec) if spec is not None else None,
                                   spec_path=str(spec_path), **extra)
             # Seconds from this process's start to the first step: imports, data, model, engine.
             result["startup_s"] = startup_s
+            result["optimizer"] = optimizer
             write_json(trial_dir / "result.json", result)
         return EXIT_CODES[status]
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrialSpec.from_json(spec_path)
         config_path = trial_dir / "ds_config.json"
         ds_config = json.loads(config_path.read_text()) if config_path.is_file() else spec.ds_config()
+        spec = spec.with_ds_config(ds_config)  # every optimizer setting from the file the engine uses
         from trainplan.runners._loop import train
 
         def tracked(record: dict[str, Any]) -> None:
@@ -84,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
         outcome = train(spec, ds_config, stop_requested=lambda: _stop, emit=tracked)
         startup = round(outcome.loop_started - began, 3)
-        code = finish(outcome.status, outcome.reason, outcome.records,
-                      diverged_at_step=outcome.diverged_at_step, startup_s=startup)
+        code = finish(outcome.status, outcome.reason, outcome.records, diverged_at_step=outcome.diverged_at_step,
+                      startup_s=startup, optimizer=outcome.optimizer)
     except BaseException as exc:  # classified and recorded, then the traceback goes to stderr
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise

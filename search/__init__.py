@@ -8,7 +8,10 @@ them.
 from __future__ import annotations
 
 from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open_storage, storage_url
-from trainplan.search._records import EXPORT_FORMATS, budget_count, export_trials, trial_records, trials_frame
+from trainplan.search._records import (
+    ATTR_KEYS, EXPORT_FORMATS, FAILED_STATUSES, TRIAL_STATUSES, TrialRecord, budget_count, export_trials, read_trial,
+    trial_records, trials_frame,
+)
 from trainplan.search._space import BASE_EXTRAS, resolve_trial, suggest
 from trainplan.search._study import (
     SearchResult,
@@ -38,10 +41,10 @@ from trainplan.search._sweep import (
 from trainplan.search._trial import run_trial_for, screen
 
 __all__ = [
-    "BASE_EXTRAS", "Budget", "EXPORT_FORMATS", "Hardware", "OBJECTIVES", "PARAMS", "PRUNERS", "ParamSpec",
-    "PrunerConfig", "SAMPLERS", "SamplerConfig", "SearchResult", "SweepSpec", "best_trials", "budget_count",
+    "ATTR_KEYS", "BASE_EXTRAS", "Budget", "EXPORT_FORMATS", "FAILED_STATUSES", "Hardware", "OBJECTIVES", "PARAMS", "PRUNERS", "ParamSpec",
+    "PrunerConfig", "SAMPLERS", "SamplerConfig", "SearchResult", "SweepSpec", "TRIAL_STATUSES", "TrialRecord", "best_trials", "budget_count",
     "claim_lock", "default_sweep_path", "export_trials", "load_sweep", "make_pruner", "make_sampler",
-    "open_storage", "open_study", "reclaim_dead_local_trials", "resolve_trial", "run_search", "run_trial_for",
+    "open_storage", "open_study", "read_trial", "reclaim_dead_local_trials", "resolve_trial", "run_search", "run_trial_for",
     "screen", "search_dir", "status_counts", "storage_url", "suggest", "sweep_from_dict", "trial_records",
     "trials_frame", "worker_devices",
 ]

@@ -20,7 +20,8 @@ import sys
 import time
 from collections.abc import Iterable
 
-__all__ = ["OrphanGuard", "group_alive", "kill_group", "process_start_ticks", "session_cpu_ticks"]
+__all__ = ["OrphanGuard", "group_alive", "kill_group", "kill_trial_processes", "process_start_ticks", "session_cpu_ticks",
+           "trial_marker", "verified_trial_pids"]
 
 
 class OrphanGuard:
@@ -100,6 +101,77 @@ def session_cpu_ticks(session_ids: Iterable[int]) -> dict[int, int]:
         if fields and int(fields[3]) in wanted:
             out[int(entry)] = int(fields[11]) + int(fields[12])
     return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def trial_marker(trial_dir: str | os.PathLike[str]) -> str:
+    """The argument every process of a trial carries on its command line: its spec's absolute
+    path (the launcher's, DeepSpeed's ``launch.py``'s and each rank's ``--spec``)."""
+    return os.path.join(os.path.realpath(trial_dir), "spec.json")
+
+
+def verified_trial_pids(pgid: int, leader_start: int | None, trial_dir: str | os.PathLike[str] | None) -> list[int]:
+    """Live processes of process group ``pgid`` that verifiably belong to the trial in
+    ``trial_dir`` whose launcher (the group's leader) started at ``leader_start`` clock ticks.
+
+    A stored trial record is not proof: a pid and a process group id are reused, and anyone who
+    can write the study can name any group. Each process must be in the group and in the session
+    the launcher opened (``start_new_session``: both equal the leader's pid), have started no
+    earlier than the leader, and carry the trial's spec path on its command line; if the leader
+    is still alive, its start time must match too. Nothing is verified without a recorded start
+    time and folder.
+    """
+    if not pgid or leader_start is None or not trial_dir:
+        return []
+    marker = trial_marker(trial_dir)
+    leader = process_start_ticks(pgid)
+    if leader is not None and leader != leader_start:
+        return []  # the pid now belongs to another process: not our launcher, not our group
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(entry)
+        # proc(5): fields[2] pgrp, fields[3] session, fields[19] starttime.
+        if not fields or int(fields[2]) != pgid or int(fields[3]) != pgid or int(fields[19]) < leader_start:
+            continue
+        if any(marker == arg or arg.endswith("=" + marker) for arg in _cmdline(int(entry))):
+            found.append(int(entry))
+    return found
+
+
+def kill_trial_processes(worker: dict, trial_dir: str | None, grace_s: float = 3.0) -> list[int]:
+    """End the processes of a dead worker's trial that :func:`verified_trial_pids` confirms
+    (SIGTERM, SIGKILL after ``grace_s``); a group it cannot verify is left alone. Returns the pids
+    signalled."""
+    try:
+        pgid, start = int(worker.get("pgid") or 0), worker.get("leader_start")
+    except (TypeError, ValueError):
+        return []
+    pids = verified_trial_pids(pgid, int(start) if isinstance(start, int) else None, trial_dir)
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
+        for pid in pids:
+            with _quiet():
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.1)
+    return pids
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, (ProcessLookupError, PermissionError))
 
 
 def _watchdog() -> None:

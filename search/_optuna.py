@@ -29,15 +29,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from trainplan.search._sweep import SweepSpec
 
-__all__ = ["claim_lock", "heartbeat_writer", "make_pruner", "make_sampler", "open_storage", "storage_url"]
+__all__ = ["claim_lock", "existing_storage_file", "heartbeat_writer", "make_pruner", "make_sampler", "open_storage", "storage_url"]
 
 
-def make_sampler(sweep: SweepSpec) -> optuna.samplers.BaseSampler:
-    """The sampler the sweep names, seeded. Constraints (planner memory, OOM, divergence) reach
-    TPE and GP through ``Trial.set_constraint`` (Optuna >= 5 reads them from the trial)."""
+def make_sampler(sweep: SweepSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler the sweep names, seeded with ``sampler.seed + seed_offset`` (the offset: trials
+    already in a resumed study). Constraints (planner memory, OOM, divergence) reach TPE and GP
+    through ``Trial.set_constraint`` (Optuna >= 5 reads them from the trial)."""
+    import dataclasses
+
     import optuna
 
     cfg = sweep.sampler
+    if seed_offset and cfg.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + seed_offset)
     if cfg.type == "tpe":
         # constant_liar keeps parallel workers from proposing the same point (Optuna TPE docs).
         return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials,
@@ -147,6 +152,16 @@ def storage_url(storage: str | None, run_dir: Path) -> str:
     return f"sqlite:///{Path(storage).resolve()}"
 
 
+def existing_storage_file(url: str, key: str = "--storage") -> None:
+    """Refuse a SQLite or journal file that does not exist: a reader (``report``, ``trials``)
+    opening it would create an empty storage and report on nothing."""
+    journal = _journal_path(url)
+    path = journal if journal is not None else (
+        Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None)
+    if path is not None and str(path) != ":memory:" and not path.is_file():
+        raise UsageError(key, f"no study storage at {path}; run `trainplan search` first or pass an existing --storage")
+
+
 def open_storage(storage: str | None, run_dir: Path, sweep: SweepSpec) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the study's storage with heartbeats where the backend has them."""
     import optuna
@@ -179,7 +194,10 @@ def open_storage(storage: str | None, run_dir: Path, sweep: SweepSpec) -> optuna
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=sweep.max_retries),
         )
     except Exception as exc:  # bad URL, missing driver, refused connection: the user's to fix
-        raise UsageError("--storage", f"cannot open {url!r}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        from trainplan.safe import mask_url, redact
+
+        message = f"cannot open {mask_url(url)!r}: {type(exc).__name__}: {redact(str(exc))}"
+        raise UsageError("--storage", message.splitlines()[0]) from None
 
 
 def heartbeat_writer(storage: optuna.storages.BaseStorage, sweep: SweepSpec) -> Callable[[int], None] | None:

@@ -1,12 +1,14 @@
 """The progress bar: trials done / pruned / failed and the best value so far, on stderr.
 
 It reads the storage, not the worker threads, so trials run by other machines in the same study
-show up too. Rendering only: the numbers come from :func:`trainplan.search._study.status_counts`.
+show up too. Rendering only: the numbers come from :func:`trainplan.search._records.status_counts`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from trainplan.search._records import FAILED_STATUSES, status_counts
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -15,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SearchProgress"]
 
-_FAILED = ("oom", "diverged", "crashed", "terminated", "timeout", "infeasible", "fail")
+_FAILED = (*FAILED_STATUSES, "infeasible")  # the bar counts screened-out trials as failed too
 
 
 class SearchProgress:
@@ -48,8 +50,6 @@ class SearchProgress:
     def refresh(self) -> None:
         if self._progress is None:
             return
-        from trainplan.search._study import status_counts
-
         counts = status_counts(self._study)
         done = sum(v for k, v in counts.items() if k not in ("running", "waiting"))
         failed = sum(counts.get(k, 0) for k in _FAILED)

@@ -1,24 +1,191 @@
-"""Trial records as plain rows, and their export (``trainplan trials``) via pandas.
+"""The search's trial record: its statuses, the user-attribute keys it is stored under, the one
+typed reading of them (:class:`TrialRecord`), and its export (``trainplan trials``) via pandas.
 
 Everything comes from the Optuna storage alone (the user attributes the search stored with each
-trial), so a table or a report can be made on any machine that can reach the storage.
+trial, docs/protocol.md "Search records"), so a table or a report can be made on any machine that
+can reach the storage. The report reads trials through :func:`read_trial` too, so both agree on
+every default.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.runners import STATUSES as RUNNER_STATUSES
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
     import pandas as pd
 
-__all__ = ["EXPORT_FORMATS", "budget_count", "export_trials", "superseded_numbers", "trial_records", "trials_frame"]
+__all__ = [
+    "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "EXPORT_FORMATS", "FAILED_STATUSES", "TRIAL_STATUSES", "TrialRecord",
+    "budget_count", "curve_row", "export_trials", "read_trial", "status_counts", "superseded_numbers", "trial_records",
+    "trial_status", "trials_frame", "write_attrs",
+]
 
 EXPORT_FORMATS = ("csv", "parquet", "json")
+
+FAILED_STATUSES = tuple(s for s in RUNNER_STATUSES if s != "completed")
+"""A runner trial that ended without completing: oom, diverged, crashed, terminated, timeout."""
+TRIAL_STATUSES = ("completed", "pruned", *FAILED_STATUSES, "infeasible")
+"""Every status a search trial records: the runner's, ``pruned`` (the search stopped it) and
+``infeasible`` (the planner screened it out, never launched)."""
+ATTR_KEYS = ("status", "reason", "trial_dir", "curve", "tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
+             "gpu_hours", "cpu_seconds", "estimate", "config", "worker", "beat")
+"""The user attributes a search trial carries (docs/protocol.md, "Search records")."""
+CURVE_COLUMNS = ("step", "tokens", "elapsed_s", "train_loss", "eval_loss")
+"""One row of the ``curve`` attribute: these ``metrics.jsonl`` keys, in this order."""
+_STATE_STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "crashed"}
+
+
+def curve_row(record: dict[str, Any]) -> list[Any]:
+    """The ``curve`` row of one ``metrics.jsonl`` record."""
+    return [record.get(key) for key in CURVE_COLUMNS]
+
+
+def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Store ``attrs`` on ``trial``; a key outside :data:`ATTR_KEYS` is a programming error."""
+    unknown = set(attrs) - set(ATTR_KEYS)
+    if unknown:
+        raise ValueError(f"not a search trial attribute: {sorted(unknown)}")
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def trial_status(t: optuna.trial.FrozenTrial, superseded: bool = False) -> str:
+    """The recorded status; else ``retried`` (a dead worker's trial queued again), else the Optuna
+    state's (``crashed`` for FAIL: a failure nobody classified)."""
+    status = t.user_attrs.get("status")
+    if status:
+        return str(status)
+    if superseded:
+        return "retried"
+    return _STATE_STATUS.get(t.state.name, t.state.name.lower())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurvePoint:
+    """One logged step of a trial's learning curve (the search's ``curve`` attribute)."""
+
+    step: int
+    """Optimizer steps done."""
+    tokens: float
+    """Training tokens seen, all ranks."""
+    elapsed_s: float
+    """Wall-clock seconds since the trial started."""
+    train_loss: float | None
+    """Training loss at this step (None when not logged)."""
+    eval_loss: float | None
+    """Eval loss, only where the trial evaluated."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialRecord:
+    """One Optuna trial with the search's measurements, read by :func:`read_trial`."""
+
+    number: int
+    """Optuna trial number."""
+    state: str
+    """Optuna state name: COMPLETE, PRUNED, FAIL, RUNNING, WAITING."""
+    status: str
+    """One of :data:`TRIAL_STATUSES`, or ``retried``/``running``/``waiting`` (:func:`trial_status`)."""
+    reason: str
+    """Why the trial failed, was pruned or was screened out (empty when completed)."""
+    params: dict[str, Any]
+    """Sampled hyperparameters."""
+    values: tuple[float, ...] | None
+    """Objective values of a completed trial."""
+    curve: tuple[CurvePoint, ...]
+    """Learning curve, in step order."""
+    tokens: float | None
+    """Training tokens seen."""
+    tokens_per_s: float | None
+    """Measured training throughput."""
+    peak_mem_bytes: float | None
+    """Measured peak memory per rank."""
+    elapsed_s: float | None
+    """Training wall-clock seconds (the runner's own figure)."""
+    gpu_hours: float | None
+    """GPU-hours the trial spent."""
+    cpu_seconds: float | None
+    """User + system CPU-seconds of every process of the trial."""
+    estimate: dict[str, Any]
+    """The planner's numbers for the trial's layout (memory_bytes, tokens_per_s, fits)."""
+    config: dict[str, Any]
+    """The resolved trial config (model, layout, hyperparameters, steps)."""
+    trial_dir: str
+    """The trial's folder (spec.json, cmd.txt, metrics.jsonl, logs)."""
+    start: datetime | None
+    """When Optuna started the trial."""
+    end: datetime | None
+    """When the trial finished (None while running)."""
+    retry_of: int | None = None
+    """The trial a dead worker left, that this one retries."""
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return (self.end - self.start).total_seconds()
+
+    @property
+    def best_eval_loss(self) -> float | None:
+        losses = [p.eval_loss for p in self.curve if p.eval_loss is not None]
+        return min(losses) if losses else None
+
+    @property
+    def score(self) -> float | None:
+        """First objective value, else the best eval loss seen (ranks pruned trials too)."""
+        if self.values:
+            return self.values[0]
+        return self.best_eval_loss
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _curve(raw: Any) -> tuple[CurvePoint, ...]:
+    points = []
+    for row in raw or ():
+        if not isinstance(row, (list, tuple)) or len(row) < len(CURVE_COLUMNS):
+            continue
+        step = _num(row[0])
+        if step is None:
+            continue
+        points.append(CurvePoint(step=int(step), tokens=_num(row[1]) or 0.0, elapsed_s=_num(row[2]) or 0.0,
+                                 train_loss=_num(row[3]), eval_loss=_num(row[4])))
+    return tuple(sorted(points, key=lambda p: p.step))
+
+
+def read_trial(t: optuna.trial.FrozenTrial, superseded: bool = False) -> TrialRecord:
+    """The typed record of ``t``: the one reading of the search's attributes and their defaults."""
+    attrs = t.user_attrs
+    state = t.state.name
+    return TrialRecord(
+        number=t.number, state=state, status=trial_status(t, superseded),
+        reason=str(attrs.get("reason") or t.system_attrs.get("fail_reason") or ""),
+        params=dict(sorted(t.params.items())),
+        values=tuple(float(v) for v in t.values) if state == "COMPLETE" and t.values else None,
+        curve=_curve(attrs.get("curve")), tokens=_num(attrs.get("tokens")),
+        tokens_per_s=_num(attrs.get("tokens_per_s")), peak_mem_bytes=_num(attrs.get("peak_mem_bytes")),
+        elapsed_s=_num(attrs.get("elapsed_s")), gpu_hours=_num(attrs.get("gpu_hours")),
+        cpu_seconds=_num(attrs.get("cpu_seconds")), estimate=dict(attrs.get("estimate") or {}),
+        config=dict(attrs.get("config") or {}), trial_dir=str(attrs.get("trial_dir") or ""),
+        start=t.datetime_start, end=t.datetime_complete, retry_of=t.system_attrs.get("failed_trial"),
+    )
 
 
 def superseded_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
@@ -36,36 +203,44 @@ def budget_count(trials: list[optuna.trial.FrozenTrial]) -> int:
 
 
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """One flat dict per trial: number, state, status, values, params, measured and estimated
-    figures, trial folder and the learning curve (a list; JSON-encoded by the CSV/Parquet export)."""
+    """One flat dict per trial (a :class:`TrialRecord` flattened): number, state, status, values,
+    params, measured and estimated figures, trial folder and the learning curve (a list;
+    JSON-encoded by the CSV/Parquet export)."""
     rows = []
     names = study.user_attrs.get("objectives", {}).get("names") or (
         ["value"] if len(study.directions) == 1 else [f"value_{i}" for i in range(len(study.directions))])
     trials = study.get_trials(deepcopy=False)
     gone = superseded_numbers(trials)
     for t in trials:
-        attrs = t.user_attrs
-        row: dict[str, Any] = {
-            "number": t.number, "state": t.state.name,
-            "status": attrs.get("status", "retried" if t.number in gone else t.state.name.lower()),
-            "reason": attrs.get("reason", ""),
-        }
+        rec = read_trial(t, t.number in gone)
+        row: dict[str, Any] = {"number": rec.number, "state": rec.state, "status": rec.status, "reason": rec.reason}
         for i, name in enumerate(names):
-            row[name] = t.values[i] if t.values else None
-        row.update({f"param_{k}": v for k, v in t.params.items()})
-        for key in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s", "gpu_hours", "cpu_seconds"):
-            row[key] = attrs.get(key)
-        estimate = attrs.get("estimate") or {}
-        row["est_memory_bytes"] = estimate.get("memory_bytes")
-        row["est_tokens_per_s"] = estimate.get("tokens_per_s")
-        row["fits"] = estimate.get("fits")
-        row["trial_dir"] = attrs.get("trial_dir")
-        row["retry_of"] = t.system_attrs.get("failed_trial")
-        row["datetime_start"] = t.datetime_start.isoformat() if t.datetime_start else None
-        row["datetime_complete"] = t.datetime_complete.isoformat() if t.datetime_complete else None
-        row["curve"] = attrs.get("curve", [])
+            row[name] = rec.values[i] if rec.values else None
+        row.update({f"param_{k}": v for k, v in rec.params.items()})
+        row.update(tokens=rec.tokens, tokens_per_s=rec.tokens_per_s, peak_mem_bytes=rec.peak_mem_bytes,
+                   elapsed_s=rec.elapsed_s, gpu_hours=rec.gpu_hours, cpu_seconds=rec.cpu_seconds)
+        row["est_memory_bytes"] = rec.estimate.get("memory_bytes")
+        row["est_tokens_per_s"] = rec.estimate.get("tokens_per_s")
+        row["fits"] = rec.estimate.get("fits")
+        row["trial_dir"] = rec.trial_dir or None
+        row["retry_of"] = rec.retry_of
+        row["datetime_start"] = rec.start.isoformat() if rec.start else None
+        row["datetime_complete"] = rec.end.isoformat() if rec.end else None
+        row["curve"] = [[getattr(p, c) for c in CURVE_COLUMNS] for p in rec.curve]
         rows.append(row)
     return rows
+
+
+def status_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by status (completed, pruned, infeasible, oom, ...), retried ones counted once."""
+    trials = study.get_trials(deepcopy=False)
+    gone = superseded_numbers(trials)
+    counts: dict[str, int] = {}
+    for t in trials:
+        if t.number not in gone:
+            key = trial_status(t)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -87,8 +262,10 @@ def export_trials(study: optuna.Study, path: str | Path, fmt: str | None = None)
         return path
     # Columnar formats hold the curve as JSON text: a list of mixed numbers and nulls per cell.
     frame["curve"] = [json.dumps(c) for c in frame.get("curve", [])]
-    if fmt == "csv":
-        frame.to_csv(path, index=False)
+    if fmt == "csv":  # text cells that a spreadsheet would run as formulas are neutralised
+        from trainplan.safe import csv_cell
+
+        frame.map(csv_cell).to_csv(path, index=False)
     else:
         try:
             frame.to_parquet(path, index=False)

@@ -18,6 +18,8 @@ from trainplan.errors import UsageError
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
+    from trainplan.planner import Layout
+
     from trainplan.runners import TrialSpec
     from trainplan.search._sweep import SweepSpec
 
@@ -48,13 +50,24 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, max(cap, 1)) + 1) if n % d == 0)
 
 
+def _with_global_batch(layout: Layout, global_batch: int, where: str) -> Layout:
+    """The sampled micro-batch is a cap: the largest divisor of the per-rank batch not above it is
+    used, then the planner's one rule (``Layout.with_global_batch``) sets the accumulation."""
+    if global_batch < 1 or global_batch % layout.dp:
+        raise UsageError(where, f"{global_batch} is not a positive multiple of the {layout.dp} data-parallel ranks")
+    micro = _largest_divisor_at_most(global_batch // layout.dp, layout.micro_batch)
+    return layout.with_(micro_batch=micro).with_global_batch(global_batch, flag=where)
+
+
 def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
     """The ``TrialSpec`` of one configuration: base trial, overridden by ``values``, derived.
 
     Rules (documented in the sweep file's header too):
-    - ``global_batch`` is rounded down to a multiple of the ranks; the micro-batch is the largest
-      divisor of the per-rank batch not above the requested micro-batch, and the rest is gradient
-      accumulation, so every sampled global batch is trainable.
+    - ``global_batch``: the requested micro-batch is a cap; the largest divisor of the per-rank
+      batch not above it is used, and :meth:`~trainplan.planner.Layout.with_global_batch` (the one
+      global-batch rule) sets the accumulation, so every sampled global batch is trainable. A
+      global batch that is not a multiple of the ranks is refused (the sweep file is checked for
+      this when loaded).
     - ``tokens`` sets ``steps = round(tokens / tokens_per_step)`` (at least 1): trials of different
       batches then train on the same data.
     - ``warmup_fraction`` sets ``warmup_steps = round(fraction * steps)``, at least 1 (DeepSpeed).
@@ -69,6 +82,14 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
     if "steps" in base and "tokens" in merged:
         raise UsageError("base.tokens", "give steps or tokens, not both")
     merged.update(values)
+    if "size" in merged:  # a ladder sweep: the size names the model and its token budget
+        from trainplan.search._ladder import ladder_size
+
+        size = ladder_size(sweep, merged.pop("size"))
+        base["model"] = size.model
+        if size.tokens is not None:
+            merged["tokens"] = size.tokens
+            base.pop("steps", None)
     if "steps" in values:
         merged.pop("tokens", None)
     if "tokens" in values:
@@ -84,10 +105,8 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         raise UsageError(f"base.{exc.key.lstrip('-').replace('-', '_')}", exc.message) from None
     lay = spec.layout
     if "global_batch" in merged:
-        global_batch = max(ranks, int(merged["global_batch"]) // ranks * ranks)
-        per_rank = global_batch // lay.dp
-        micro = _largest_divisor_at_most(per_rank, lay.micro_batch)
-        lay = dataclasses.replace(lay, micro_batch=micro, grad_accum=per_rank // micro)
+        lay = _with_global_batch(lay, int(merged["global_batch"]),
+                                 "space.global_batch" if "global_batch" in values else "base.global_batch")
     steps = spec.steps
     if "steps" in merged:
         steps = int(merged["steps"])

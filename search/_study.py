@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.safe import mask_argv, mask_url, redact
+from trainplan.search._records import status_counts  # counts live with the statuses; re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -79,23 +81,34 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     study = optuna.create_study(storage=storage, study_name=sweep.study_name, load_if_exists=True,
                                 directions=sweep.directions, sampler=make_sampler(sweep),
                                 pruner=make_pruner(sweep))
+    done = len(study.get_trials(deepcopy=False))
+    if done:
+        # A resumed study: a sampler seeded as on the first run would replay its suggestions
+        # (TPE's and random's start-up draws come from the seed alone), so offset it by the trials
+        # already there; the first run, and every rerun with the same history, stay reproducible.
+        study.sampler = make_sampler(sweep, seed_offset=done)
     have = [d.name.lower() for d in study.directions]
     if have != sweep.directions:
         raise UsageError("objectives", f"study {sweep.study_name!r} exists with directions {have}; "
                                        f"these objectives need {sweep.directions} (use another study_name)")
-    study.set_user_attr("sweep", sweep.to_dict())
-    study.set_user_attr("command", list(command or sys.argv))
+    # Reports get shared: a storage password never goes into the study (trainplan.safe).
+    record = sweep.to_dict()
+    if record.get("storage"):
+        record["storage"] = mask_url(record["storage"])
+    study.set_user_attr("sweep", record)
+    study.set_user_attr("command", mask_argv(command or sys.argv))
     study.set_user_attr("environment", _environment())
     study.set_user_attr("objectives", {"names": list(sweep.objectives), "directions": sweep.directions})
     return study
 
 
-def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int]:
-    """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end any process
-    group of theirs still alive. Returns the numbers reclaimed."""
+def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Path | None = None) -> list[int]:
+    """Fail and requeue RUNNING trials whose worker ran on this host and is gone; end what is left
+    of their processes, verified (and, given ``run_dir``, only trials whose folder lies in it).
+    Returns the numbers reclaimed."""
     import optuna
 
-    from trainplan.search._guard import kill_group, process_start_ticks
+    from trainplan.search._guard import kill_trial_processes, process_start_ticks
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -104,11 +117,19 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec) -> list[int
             continue
         if process_start_ticks(worker["pid"]) == worker.get("start"):
             continue  # the worker lives
-        if worker.get("pgid"):
-            kill_group(int(worker["pgid"]))
+        # The stored record is not trusted: only processes that verifiably are this trial's (the
+        # leader's start time, the trial's own spec path on each command line) are ended.
+        folder = t.user_attrs.get("trial_dir")
+        if run_dir is not None and folder and not _inside(folder, run_dir):
+            folder = None  # a record naming another run's folder is not this search's to end
+        kill_trial_processes(worker, folder)
         if _fail_and_retry(study, sweep, t, "its worker died; retried"):
             out.append(t.number)
     return out
+
+
+def _inside(folder: str, run_dir: Path) -> bool:
+    return Path(os.path.realpath(folder)).is_relative_to(os.path.realpath(run_dir))
 
 
 def reclaim_silent_trials(study: optuna.Study, sweep: SweepSpec, now: float | None = None) -> list[int]:
@@ -154,7 +175,7 @@ def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.Froze
     return True
 
 
-def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | None | bool:
+def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None = None) -> optuna.Trial | None | bool:
     """A trial to run, ``None`` when the budget is spent, ``False`` to wait (others still run)."""
     import optuna
 
@@ -164,7 +185,7 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str) -> optuna.Trial | No
     states = optuna.trial.TrialState
     with claim_lock(study._storage, url, sweep.study_name):
         # Local first: it knows the worker died (not just went quiet) and records why.
-        reclaim_dead_local_trials(study, sweep)
+        reclaim_dead_local_trials(study, sweep, run_dir)
         reclaim_silent_trials(study, sweep)
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -205,7 +226,7 @@ def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guar
     try:
         env = worker_devices(index, sweep)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            trial = _claim(study, sweep, url)
+            trial = _claim(study, sweep, url, run_dir)
             if trial is None:
                 return
             if trial is False:
@@ -229,24 +250,10 @@ def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseExceptio
     try:
         if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
             trial.set_user_attr("status", "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed")
-            trial.set_user_attr("reason", f"search error: {type(exc).__name__}: {exc}"[:500])
+            trial.set_user_attr("reason", redact(f"search error: {type(exc).__name__}: {exc}")[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
         pass
-
-
-def status_counts(study: optuna.Study) -> dict[str, int]:
-    from trainplan.search._records import superseded_numbers
-
-    trials = study.get_trials(deepcopy=False)
-    gone = superseded_numbers(trials)
-    counts: dict[str, int] = {}
-    for t in trials:
-        if t.number in gone:
-            continue
-        key = t.user_attrs.get("status") if t.state.is_finished() else t.state.name.lower()
-        counts[key or t.state.name.lower()] = counts.get(key or t.state.name.lower(), 0) + 1
-    return counts
 
 
 def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
@@ -261,6 +268,11 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
              **{k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
                                                   "gpu_hours", "cpu_seconds", "estimate")}}
             for t in chosen]
+
+
+STOP_WAIT_S = 120.0
+"""How long an interrupted search waits for its workers to stop their trials and record them
+(a trial's stop grace is 5 s; on a loaded machine its ranks take longer to exit)."""
 
 
 def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[str] | None = None,
@@ -279,8 +291,18 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
     stop, errors = threading.Event(), []
     adopt_orphans()  # a stopped trial's ranks come back here to be waited for: exact CPU-seconds
     guard = OrphanGuard()
-    threads = [threading.Thread(target=_worker, name=f"trainplan-worker-{i}", daemon=True,
-                                args=(study, sweep, run_dir, url, guard, stop, deadline, errors, i))
+    # Each worker says it is done through an Event: a Thread.join that Ctrl-C interrupts can leave
+    # a live thread marked stopped (seen here on CPython 3.11: is_alive() False while the worker
+    # was still stopping its trial), and the search then exited with the trial left RUNNING.
+    dones = [threading.Event() for _ in range(sweep.workers)]
+
+    def work(i: int) -> None:
+        try:
+            _worker(study, sweep, run_dir, url, guard, stop, deadline, errors, i)
+        finally:
+            dones[i].set()
+
+    threads = [threading.Thread(target=work, name=f"trainplan-worker-{i}", daemon=True, args=(i,))
                for i in range(sweep.workers)]
     bar = SearchProgress(study, sweep, enabled=progress)
     try:
@@ -289,20 +311,24 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                 thread.start()
                 if i + 1 < len(threads):
                     time.sleep(0.5)  # stagger: the first proposals are not all drawn at once
-            while any(t.is_alive() for t in threads):
-                for thread in threads:
-                    thread.join(timeout=1.0)
+            while not all(done.is_set() for done in dones):
+                for done in dones:
+                    done.wait(timeout=1.0)
                 bar.refresh()
             bar.refresh()
     except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            from trainplan.cli._signals import ignore_signals
+
+            ignore_signals()  # a second Ctrl-C must not cut the workers' cleanup short
         stop.set()  # each worker stops its trial's process group and records it as terminated
-        for thread in threads:
-            thread.join(timeout=30)
+        for done in dones:
+            done.wait(timeout=STOP_WAIT_S)
         raise
     finally:
         stop.set()
         guard.close()
     if errors:
         raise errors[0]
-    return SearchResult(study_name=sweep.study_name, storage=url, run_dir=run_dir,
+    return SearchResult(study_name=sweep.study_name, storage=mask_url(url) or url, run_dir=run_dir,
                         counts=status_counts(study), best=best_trials(study))

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError, close_matches
+from trainplan.planner import ZERO_STAGES
 
 __all__ = [
-    "Budget", "Hardware", "OBJECTIVES", "PARAMS", "ParamSpec", "PrunerConfig", "PRUNERS",
+    "Budget", "Hardware", "LadderSize", "OBJECTIVES", "OverfitConfig", "PARAMS", "ParamSpec", "PrunerConfig", "PRUNERS",
     "SAMPLERS", "SamplerConfig", "SweepSpec", "default_sweep_path", "load_sweep",
 ]
 
@@ -47,7 +48,7 @@ PARAMS: dict[str, tuple[str, float, float, bool, bool]] = {
     "schedule": ("choice", 0, 0, True, True),
     "beta2": ("float", 0.0, 1.0, True, False),
     "grad_clip": ("float", 0.0, math.inf, True, False),
-    "zero": ("choice", 0, 3, True, True),
+    "zero": ("choice", min(ZERO_STAGES), max(ZERO_STAGES), True, True),
 }
 """The searchable parameters and their allowed ranges."""
 
@@ -123,6 +124,28 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OverfitConfig:
+    """Overfitting detection in every trial (search/_overfit.py states the rule)."""
+
+    window: int = 3
+    """Evaluations over which eval loss must rise while train loss falls."""
+    stop: bool = False
+    """Stop a trial once it overfits (recorded as pruned, the reason naming it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LadderSize:
+    """One model size of a ladder sweep: every size gets the same LR/batch search in one study."""
+
+    name: str
+    """Short label, the value of the study's fixed ``size`` dimension (e.g. ``w64``)."""
+    model: str
+    """Preset name or ``config.json`` (a relative path is read from the sweep file's folder)."""
+    tokens: int | None = None
+    """Training tokens of this size's trials (``None``: the base trial's)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SweepSpec:
     """A validated sweep: the base trial, the space, objectives, budget, sampler, pruner, storage."""
 
@@ -151,6 +174,12 @@ class SweepSpec:
     """Seconds between a running trial's heartbeats; a trial silent for 3 heartbeats is retried."""
     max_retries: int = 2
     """Times a trial left RUNNING by a dead worker is retried."""
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    """Overfitting detection: recorded on every trial (``overfit`` attribute); optional early stop."""
+    ladder: tuple[LadderSize, ...] = ()
+    """Model sizes of a ladder sweep (``trainplan scale`` fits across them); the study gets a
+    ``size`` dimension with one choice per size, so the grid sampler runs every size on the
+    same LR/batch grid (search/_ladder.py)."""
     calibrate: bool = False
     """Refit ``calibration.json`` in the run folder after each trial and screen with its memory's
     upper bound (search/_calibrate.py)."""
@@ -164,7 +193,8 @@ class SweepSpec:
         out["base"] = dict(self.base)
         out["space"] = {p["name"]: {k: (list(v) if k == "choices" else v) for k, v in p.items()
                                     if k != "name" and v is not None and v != () and (k != "log" or v)}
-                        for p in out["space"]}
+                        for p in out["space"] if not (self.ladder and p["name"] == "size")}
+        out["ladder"] = [{k: v for k, v in r.items() if v is not None} for r in out["ladder"]]
         out["objectives"] = list(self.objectives)
         return out
 
@@ -248,6 +278,10 @@ def load_sweep(path: str | Path | None = None, overrides: Mapping[str, Any] | No
         raise UsageError("--sweep", f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise UsageError("--sweep", f"{path} must hold a mapping at the top level")
+    if isinstance(raw.get("ladder"), list):  # ladder models given relative to the sweep file
+        from trainplan.search._ladder import resolve_ladder_paths
+
+        raw["ladder"] = resolve_ladder_paths(raw["ladder"], path.parent)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -269,6 +303,14 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
     if not isinstance(space_raw, Mapping):
         raise UsageError("space", "must be a mapping of parameter name -> range or choices")
     space = tuple(_param(str(name), spec) for name, spec in space_raw.items())
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    """Overfitting detection: recorded on every trial (``overfit`` attribute); optional early stop."""
+    ladder: tuple[LadderSize, ...] = ()
+    if raw.get("ladder"):
+        from trainplan.search._ladder import parse_ladder
+
+        ladder, size_param = parse_ladder(raw)
+        space += (size_param,)
     names = {p.name for p in space}
     if {"steps", "tokens"} <= names:
         raise UsageError("space.tokens", "search steps or tokens, not both")
@@ -282,6 +324,11 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
     hardware = _section(raw, "hardware", Hardware)
     budget = _section(raw, "budget", Budget)
     sampler = _section(raw, "sampler", SamplerConfig)
+    overfit = _section(raw, "overfit", OverfitConfig)
+    if not isinstance(overfit.window, int) or isinstance(overfit.window, bool) or overfit.window < 1:
+        raise UsageError("overfit.window", f"must be a positive integer, got {overfit.window!r}")
+    if not isinstance(overfit.stop, bool):
+        raise UsageError("overfit.stop", f"must be true or false, got {overfit.stop!r}")
     pruner_given = "type" in (raw.get("pruner") or {})
     pruner = _section(raw, "pruner", PrunerConfig)
     if len(objectives) > 1:
@@ -297,7 +344,8 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
         study_name=str(raw.get("study_name", "default")), base=dict(base), hardware=hardware, space=space,
         objectives=tuple(objectives), budget=budget, sampler=sampler, pruner=pruner,
         workers=raw.get("workers", 1), storage=raw.get("storage"),
-        heartbeat_s=raw.get("heartbeat_s", 10), max_retries=raw.get("max_retries", 2),
+        heartbeat_s=raw.get("heartbeat_s", 10), max_retries=raw.get("max_retries", 2), ladder=ladder,
+        overfit=overfit,
         calibrate=raw.get("calibrate", False),
     )
     if not isinstance(spec.calibrate, bool):
@@ -313,6 +361,8 @@ def sweep_from_dict(raw: Mapping[str, Any]) -> SweepSpec:
     from trainplan.search._space import resolve_trial
 
     resolve_trial(spec, {})
+    for size in ladder:  # every size's trial must resolve too (its model, its tokens)
+        resolve_trial(spec, {"size": size.name})
     return spec
 
 

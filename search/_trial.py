@@ -119,6 +119,8 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     from trainplan.search._calibrate import calibrated_screen, current_calibration
     from trainplan.search._guard import process_start_ticks, session_cpu_ticks
     from trainplan.search._optuna import heartbeat_writer
+    from trainplan.search._overfit import overfit_at
+    from trainplan.search._records import curve_row, write_attrs
     from trainplan.search._space import resolve_trial, suggest
 
     trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
@@ -158,11 +160,13 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     pgid = handle.pid
     if guard is not None:
         guard.watch(pgid)
-    trial.set_user_attr("worker", {**worker, "pgid": pgid})
+    # The launcher's start time too: a later search ends this group only if it is still this one.
+    trial.set_user_attr("worker", {**worker, "pgid": pgid, "leader_start": process_start_ticks(pgid)})
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
     curve: list[list[Any]] = []
     cpu: dict[int, int] = {}
-    pruned = interrupted = False
+    pruned = interrupted = overfit_stop = False
+    overfit: dict[str, Any] | None = None  # search/_overfit.py: eval loss rising while train loss falls
     last_beat = last_sample = 0.0
     try:
         while True:
@@ -171,14 +175,17 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
                 cpu.update(session_cpu_ticks([pgid]))
                 last_sample = time.monotonic()
             for rec in handle.new_metrics():
-                curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
-                              rec.get("train_loss"), rec.get("eval_loss")])
+                curve.append(curve_row(rec))
                 loss = rec.get("eval_loss")
                 # Not at the last evaluation: a rung falling there (e.g. reduction factor 2 from a
                 # quarter) must not mark a trial that trained to the end as pruned.
                 if can_prune and not pruned and _finite(loss) and 0 < (rec.get("tokens") or 0) < spec.total_tokens:
                     trial.report(float(loss), step=int(rec["tokens"]))
                     pruned = trial.should_prune()
+                if overfit is None and _finite(loss):
+                    overfit = overfit_at(curve, sweep.overfit.window)
+            if overfit is not None and sweep.overfit.stop and not finished and not pruned:
+                pruned = overfit_stop = True
             if pruned or finished:
                 break
             if stop.is_set():
@@ -196,11 +203,16 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
             guard.release(pgid)
     cpu.update(session_cpu_ticks([pgid]))
     for rec in handle.new_metrics():  # the lines written after the last poll
-        curve.append([rec.get("step"), rec.get("tokens"), rec.get("elapsed_s"),
-                      rec.get("train_loss"), rec.get("eval_loss")])
+        curve.append(curve_row(rec))
     status = "pruned" if pruned else result.get("status", "crashed")
     reason = result.get("reason", "")
-    if pruned:
+    overfit = overfit or overfit_at(curve, sweep.overfit.window)
+    trial.set_user_attr("overfit", overfit)
+    if overfit_stop:
+        reason = (f"stopped at {curve[-1][1] if curve else 0} tokens: overfitting since step {overfit['step']} (eval loss "
+                  f"{overfit['eval_loss_from']:.4f} -> {overfit['eval_loss_to']:.4f} over {overfit['window']} evaluations "
+                  f"while train loss fell)")
+    elif pruned:
         reason = f"pruned at {curve[-1][1] if curve else 0} tokens: eval loss not among the best at this rung"
     if interrupted:
         status, reason = "terminated", "the search was interrupted; queued again for the next run"
@@ -215,8 +227,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
         # stop killed before anyone waited for them. For a trial that ends by itself, it is exact.
         "cpu_seconds": max(sum(cpu.values()) / _CLK_TCK, handle.reaped_cpu_s or 0.0),
     }
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    write_attrs(trial, attrs)
     ratio = estimate["memory_bytes"] / estimate["capacity_bytes"] - 1.0 if estimate["memory_bytes"] else 0.0
     # A measured OOM overrules the planner: the constraint is violated whatever it estimated.
     trial.set_constraint("memory", max(ratio, 0.05) if status == "oom" else ratio)

@@ -129,3 +129,39 @@ def test_console_script_entry_point_works():
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["parameters"]["total"] == 124_439_808
+
+
+def test_ds_config_carries_the_plans_own_schedule_and_says_where_each_value_came_from(tmp_path, capsys):
+    # 2T tokens / (1024 sequences x 4096 tokens) = 476,837.16 steps, rounded up: the schedule the
+    # user launches must end there, not after a default 1000 steps.
+    path = tmp_path / "ds_config.json"
+    code, out, _ = run(capsys, "plan", "--model", "llama-2-7b", "--gpu", "a100-80gb", "--gpus", "64", "--zero", "3",
+                       "--micro-batch", "4", "--global-batch", "1024", "--seq-len", "4096", "--tokens", "2T",
+                       "--ds-config", str(path), "--format", "json")
+    assert code == 0
+    assert json.loads(out)["time"]["steps"] == 476_838
+    ds = json.loads(path.read_text())
+    assert ds["scheduler"]["type"] == "WarmupCosineLR"
+    assert ds["scheduler"]["params"]["total_num_steps"] == 476_838
+    assert ds["scheduler"]["params"]["warmup_num_steps"] == 4_769  # 1% of the steps, rounded up
+    assert ds["optimizer"]["params"]["lr"] == 3e-4
+    assert ds["train_batch_size"] == 1024 and ds["gradient_accumulation_steps"] == 4  # 1024 / (4 x 64)
+    sources = ds["trainplan"]["sources"]
+    assert set(sources) == {"total_num_steps", "warmup_num_steps", "lr"}
+    assert "--tokens" in sources["total_num_steps"] and "476,838" in sources["total_num_steps"]
+    assert "1%" in sources["warmup_num_steps"] and "default" in sources["lr"]
+
+
+def test_recommend_leads_with_the_recommendation_and_a_requested_layout_that_does_not_fit_is_one_line(capsys):
+    code, out, _ = run(capsys, "plan", "--model", "llama-2-13b", "--gpu", "a100-80gb", "--seq-len", "4096",
+                       "--global-batch", "256", "--recommend", "--max-gpus", "32")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("Recommended layouts")  # the answer comes first
+    requested = [line for line in lines if line.startswith("requested layout")]
+    assert len(requested) == 1 and "1 x a100-80gb" in requested[0] and "DOES NOT FIT" in requested[0]
+    assert "step time" not in out  # no full table for a layout that cannot run
+    # A requested layout that fits keeps its full table, after the recommendation.
+    code, out, _ = run(capsys, "plan", "--model", "gpt2", "--gpu", "a100-80gb", "--recommend", "--max-gpus", "2",
+                       "--seq-len", "1024")
+    assert code == 0 and out.index("Recommended layouts") < out.index("the requested layout") < out.index("step time")

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from trainplan.planner import Layout, from_hf_config
+from trainplan.planner import Layout, from_hf_config, load_model
+from trainplan.planner._activations import logits_bytes, op_recompute_flops_per_token
 from trainplan.planner._memory import activation_bytes
 
 B, S, V, D = 2, 128, 1000, 128
@@ -102,3 +103,87 @@ def test_full_checkpointing_peak_adds_one_recomputed_block():
     full = activation_bytes(model, Layout(micro_batch=B, seq_len=S, checkpointing="full"))
     assert full.recompute == none.per_layer
     assert full.total == full.forward + none.per_layer < none.total
+
+
+# Fused kernels (megatron / fsdp) against the closed forms of Korthikanti et al. 2022 ----------------
+# A GPT block with dropout, layer norms, a 4h GeLU MLP and eager attention; h=1024, a=16, s=2048,
+# b=1. The paper's figures ignore the fp32 mean/rstd a fused layer norm keeps (8 bytes a token per
+# norm); those are added by hand below.
+_GPT = {"model_type": "gpt2", "vocab_size": 50304, "n_positions": 2048, "n_embd": 1024, "n_layer": 24,
+        "n_head": 16, "attn_pdrop": 0.1, "resid_pdrop": 0.1, "embd_pdrop": 0.1}
+_SBH, _AS2B, _STATS = 2048 * 1024, 16 * 2048 ** 2, 2 * 8 * 2048
+
+
+def _fused(**layout: Any):
+    base = dict(framework="megatron", precision="fp16", micro_batch=1, seq_len=2048, attention="eager")
+    return activation_bytes(from_hf_config(_GPT), Layout(**{**base, **layout}))
+
+
+def test_fused_gpt_block_saves_34sbh_plus_5as2b():
+    # Korthikanti eq. 1: s*b*h*(34 + 5*a*s/h) = 71,303,168 + 335,544,320 (+ 32,768 norm statistics)
+    assert _fused().per_layer == 34 * _SBH + 5 * _AS2B + _STATS == 406_880_256
+
+
+def test_tensor_parallelism_leaves_10sbh_whole_and_sequence_parallelism_splits_it():
+    # eq. 2: sbh (10 + 24/t + 5as/(ht)); eq. 4 (with sequence parallelism): sbh/t (34 + 5as/h)
+    assert _fused(gpus=4, tp=4).per_layer == 10 * _SBH + 24 * _SBH // 4 + 5 * _AS2B // 4 + _STATS
+    assert _fused(gpus=4, tp=4, sequence_parallel=True).per_layer == (34 * _SBH + 5 * _AS2B + _STATS) // 4
+
+
+def test_megatron_selective_and_full_checkpointing():
+    # Sec. 5: selective keeps 34sbh (scores recomputed); full keeps the block input, 2sbh (/t with SP)
+    assert _fused(checkpointing="selective").per_layer == 34 * _SBH + _STATS
+    assert _fused(checkpointing="full").per_layer == 2 * _SBH
+    assert _fused(gpus=4, tp=4, sequence_parallel=True, checkpointing="full").per_layer == 2 * _SBH // 4
+    assert _fused(checkpointing="full").recompute == _fused().per_layer
+
+
+def test_fused_llama_block_with_flash_by_hand():
+    # Llama-2-7B, bf16, s=4096: norm inputs 2(2d + 4), QKV/MLP inputs 2*2d, q k v out 2(4*4096)
+    # + fp32 lse 4*32, fused SwiGLU 3 * 2 * 11008 = 131,720 bytes a token.
+    model = load_model("llama-2-7b")
+    act = activation_bytes(model, Layout(framework="fsdp", seq_len=4096, attention="flash"))
+    assert act.per_layer == 4096 * (2 * (2 * 4096 + 4) + 2 * 2 * 4096 + 2 * 4 * 4096 + 4 * 32 + 3 * 2 * 11008)
+    # The HF eager path keeps fp32 norm copies and four SwiGLU intermediates: ~1.4x more.
+    eager = activation_bytes(model, Layout(seq_len=4096, attention="flash"))
+    assert 1.3 < eager.per_layer / act.per_layer < 1.5
+
+
+def test_torchtitan_per_op_checkpointing_keeps_every_other_matmul_and_flash_outputs():
+    # Block input d, wq (q), wv (kv), w1 (I), w2 (d) outputs, the SDPA output (q) and lse:
+    # (4096 + 4096 + 4096 + 11008 + 4096 + 4096) * 2 + 4 * 32 = 63,104 bytes a token.
+    model = load_model("llama-2-7b")
+    act = activation_bytes(model, Layout(framework="fsdp", seq_len=4096, checkpointing="selective-op"))
+    assert act.per_layer == 4096 * 63_104
+    none = activation_bytes(model, Layout(framework="fsdp", seq_len=4096))
+    assert act.recompute == none.per_layer  # one block rebuilt in backward, as under full
+    assert op_recompute_flops_per_token(model) == 32 * 2 * (4096 * 4096 + 4096 * 4096 + 4096 * 11008)
+
+
+def test_interleaved_pipeline_keeps_fewer_micro_batches_in_flight():
+    # Korthikanti Sec. 4.2.3: p (1 + (p-1)/(p v)) micro-batches of a stage: 4 (1 + 3/8) = 5.5
+    model = load_model("llama-2-7b")
+    plain = activation_bytes(model, Layout(gpus=4, pp=4, grad_accum=8))
+    inter = activation_bytes(model, Layout(gpus=4, pp=4, grad_accum=8, pp_interleave=2))
+    assert (plain.in_flight, inter.in_flight) == (4, 5.5)
+
+
+@pytest.mark.parametrize(("framework", "loss", "per_elem"),
+                         [("deepspeed", "default", 2 + 12), ("fsdp", "default", 12), ("megatron", "default", 4 + 2)])
+def test_logits_peak_by_framework(framework, loss, per_elem):
+    model = load_model("llama-2-7b")
+    layout = Layout(framework=framework, loss=loss, micro_batch=2, seq_len=4096, gpus=2, tp=2)
+    assert logits_bytes(model, layout) == 2 * 4096 * 16000 * per_elem
+
+
+def test_chunked_loss_never_holds_the_whole_logits():
+    model = load_model("llama-2-7b")
+    chunked = logits_bytes(model, Layout(loss="chunked", micro_batch=2, seq_len=4096))
+    assert chunked == 2 * 4096 * 4096 * (8 + 2)  # one ~b*s*d chunk, fp32 + grad, and the lp hidden grad
+    assert chunked < logits_bytes(model, Layout(micro_batch=2, seq_len=4096)) / 10
+
+
+def test_fused_loss_holds_lp_logits_and_their_gradient_only():
+    # flash-attn's CrossEntropyLoss (llm-foundry's default): lp logits + lp gradient, 2e bytes each
+    model = load_model("llama-2-7b")
+    assert logits_bytes(model, Layout(loss="fused", micro_batch=2, seq_len=4096)) == 2 * 4096 * 32000 * 4

@@ -116,7 +116,7 @@ def test_local_config_file_and_folder(tmp_path: Path) -> None:
     [
         ({"model_type": "llama", "hidden_size": 100, "num_attention_heads": 3}, "does not divide hidden_size"),
         ({"model_type": "llama", "num_attention_heads": 32, "num_key_value_heads": 5}, "does not divide"),
-        ({"model_type": "bert"}, "not supported"),
+        ({"model_type": "no-such-arch"}, "is not known"),
         ({"model_type": "gpt2", "n_layer": 0}, "positive integer"),
         ({"model_type": "mixtral", "num_local_experts": 2, "num_experts_per_tok": 4}, "exceeds"),
     ],
@@ -135,3 +135,21 @@ def test_unreadable_config_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         load_model(str(path))
     assert err.value.key == "--model" and "cannot read" in err.value.message
+
+
+@pytest.mark.parametrize("name", ["opt-1.3b", "falcon-7b", "phi-3-mini", "qwen3-8b", "qwen1.5-moe-a2.7b",
+                                  "qwen3-30b-a3b", "gemma-2-9b", "gemma-3-1b", "deepseek-v2-lite", "deepseek-v3"])
+def test_added_presets_plan_end_to_end(name: str) -> None:
+    # The memory and throughput estimates read the spec's shape fields: every added family must
+    # come out with positive, finite, JSON-valid figures (pure Python, analytic path).
+    import math
+
+    from trainplan.planner import Layout, plan
+
+    result = plan(load_model(name), Layout(gpus=64, zero=3, seq_len=2048, micro_batch=1), load_gpu("h100-sxm"))
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert doc["parameters"]["source"] == "analytic"
+    per_gpu = doc["memory"]["per_gpu"]
+    assert per_gpu["weights_bytes"] > 0 and per_gpu["activations_bytes"] > 0
+    assert math.isfinite(doc["throughput"]["tokens_per_s"]) and doc["throughput"]["tokens_per_s"] > 0
+    assert doc["flops"]["model_per_token"] > 6 * doc["parameters"]["active"]

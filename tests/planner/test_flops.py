@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.planner.conftest import TINY_CONFIGS, build_hf_model
+from tests.planner.family_configs import FAMILY_CONFIGS
 from trainplan.errors import UsageError
 from trainplan.planner import from_hf_config, load_model
 from trainplan.planner._flops import (
@@ -23,6 +24,7 @@ from trainplan.planner._flops import (
 from trainplan.planner._params import count_parameters
 
 BATCH = 2
+ALL_CONFIGS = {**TINY_CONFIGS, **FAMILY_CONFIGS}
 
 
 def _measure(model: Any, seq_len: int, *, checkpointing: str = "none") -> int:
@@ -48,22 +50,32 @@ def _cpu_kernel(model: Any, attn: str) -> str:
     # SDPA's CPU flash kernel has no flop formula; with dropout on, SDPA falls back to its math
     # path, which is plain bmm.
     dropout = getattr(model.config, "attn_pdrop", 0.0) or getattr(model.config, "attention_dropout", 0.0)
-    return "matmul" if dropout else "uncounted"
+    # Falcon-7B style multi-query attention hands SDPA one k/v head expanded over all query heads
+    # (modeling_falcon.py), which the CPU flash kernel does not take: SDPA runs its math path.
+    # Multi-head latent attention (DeepSeek) has value heads narrower than query/key heads, which
+    # the flash kernel requires equal: math path again.
+    spec = from_hf_config(model.config.to_dict())
+    multi_query = spec.family == "falcon" and spec.num_kv_heads == 1
+    return "matmul" if dropout or multi_query or spec.value_head_dim != spec.head_dim else "uncounted"
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+# Gemma 2 has no SDPA path in transformers (attention-logit softcapping): eager only.
+_KERNEL_CASES = [(name, attn) for name in sorted(ALL_CONFIGS) for attn in ("eager", "sdpa")
+                 if (ALL_CONFIGS[name]["model_type"], attn) != ("gemma2", "sdpa")]
+
+
 @pytest.mark.parametrize("seq_len", [32, 128])
-@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize(("name", "attn"), _KERNEL_CASES)
 def test_counted_flops_equal_flop_counter(name: str, seq_len: int, attn: str) -> None:
-    cfg = TINY_CONFIGS[name]
+    cfg = ALL_CONFIGS[name]
     model = build_hf_model(cfg, device="cpu", attn_implementation=attn, experts_implementation="eager")
     expected = counted_flops_per_step(from_hf_config(cfg), seq_len, BATCH, attention=_cpu_kernel(model, attn))
     assert expected == _measure(model, seq_len)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama", "mixtral", "gemma"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "mixtral", "gemma", "opt-proj", "qwen2_moe", "deepseek_v3"])
 def test_full_checkpointing_reruns_each_block_forward(name: str) -> None:
-    cfg = TINY_CONFIGS[name]
+    cfg = ALL_CONFIGS[name]
     model = build_hf_model(cfg, device="cpu", attn_implementation="eager", experts_implementation="eager")
     spec = from_hf_config(cfg)
     measured = _measure(model, 64, checkpointing="full")

@@ -22,7 +22,7 @@ from tests._proc import run_group
 
 from trainplan.planner import Layout, from_hf_config, load_model
 from trainplan.runners import free_port
-from trainplan.planner._memory import estimate_memory
+from trainplan.planner._memory import activation_bytes, estimate_memory
 
 # Every weight matrix above stage3_param_persistence_threshold (1e5 elements), as in real models,
 # so only norms stay whole under ZeRO-3; ~6.7M parameters so the buckets and padding are real.
@@ -143,3 +143,73 @@ def test_total_and_allocated_are_consistent():
     mem = _mem(gpus=8, zero=1)
     assert mem.total == sum(mem.breakdown().values())
     assert mem.allocated == mem.total - mem.overhead
+
+
+# Other frameworks' model states and where the peak falls -------------------------------------------
+
+def test_fsdp2_full_shard_holds_16_bytes_per_parameter_over_nd():
+    # Sharded fp32 params (the master), fp32 sharded grads, two fp32 moments: 16/Nd, no master copy.
+    mem = _mem(gpus=8, zero=3, framework="fsdp")
+    total = 6_738_415_616
+    assert mem.master_weights == 0
+    assert mem.weights == mem.gradients == mem.optimizer // 2 == 4 * -(-total // 8)
+    # Gathered lp parameters of two blocks and one block's lp + fp32 unsharded gradients in flight.
+    block = 202_383_360
+    assert mem.comm_buffers == 2 * block * 2 + block * (2 + 4)
+
+
+def test_megatron_holds_18_bytes_or_6_plus_12_over_nd_with_the_distributed_optimizer():
+    total = 6_738_415_616
+    plain, dist = _mem(gpus=8, zero=0, framework="megatron"), _mem(gpus=8, zero=1, framework="megatron")
+    assert plain.model_states == 18 * total
+    assert dist.model_states == 6 * total + 12 * -(-total // 8)
+    assert dist.comm_buffers == 0  # buckets are views into main_grad
+
+
+def test_peak_is_the_larger_of_loss_and_rebuilt_block_not_their_sum():
+    mem = _mem(gpus=8, zero=3, checkpointing="full", micro_batch=4)
+    act = activation_bytes(load_model("llama-2-7b"), Layout(gpus=8, zero=3, checkpointing="full", micro_batch=4, seq_len=2048))
+    logits = mem.logits_peak
+    at_loss, in_backward = act.forward + logits, act.forward + act.recompute
+    assert mem.activations + mem.logits == max(at_loss, in_backward) < act.total + logits
+    assert mem.allocated == mem.model_states + mem.comm_buffers + max(at_loss, in_backward)
+
+
+def test_pipeline_peak_is_the_worst_stage_not_first_stage_activations_plus_last_stage_logits():
+    mem = _mem(gpus=4, zero=0, pp=4, grad_accum=8)
+    act = activation_bytes(load_model("llama-2-7b"), Layout(gpus=4, pp=4, grad_accum=8, seq_len=2048))
+    first, last = act.forward, act.layers * act.per_layer + act.other + mem.logits_peak
+    assert mem.activations + mem.logits == max(first, last) == first  # 4 micro-batches in flight
+    assert mem.peak_phase.startswith("first stage")
+
+
+def test_reserved_and_nvidia_smi_sit_above_max_allocated():
+    mem = _mem(gpus=8, zero=3)
+    assert mem.allocated < mem.reserved < mem.total == sum(mem.breakdown().values())
+    assert mem.reserved == mem.allocated + int(0.05 * mem.allocated)  # FRAGMENTATION
+    assert mem.total - mem.reserved == 1 << 30  # CUDA_CONTEXT_BYTES
+
+
+def test_bf16_pure_holds_8_bytes_per_parameter_without_a_master_copy():
+    # torchtune's default: bf16 weights (2), gradients (2) and AdamW moments (2 x 2), no fp32 master
+    total = 6_738_415_616
+    mem = _mem(gpus=1, zero=0, precision="bf16-pure", framework="fsdp")
+    assert (mem.weights, mem.gradients, mem.optimizer, mem.master_weights) == (2 * total, 2 * total, 4 * total, 0)
+
+
+def test_context_parallelism_splits_activations_and_shards_states_over_dp_times_cp():
+    one = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, framework="fsdp", seq_len=8192))
+    cp = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, framework="fsdp", seq_len=8192, cp=2))
+    act_one = activation_bytes(load_model("llama-2-7b"), Layout(gpus=8, framework="fsdp", seq_len=8192))
+    act_cp = activation_bytes(load_model("llama-2-7b"), Layout(gpus=8, framework="fsdp", seq_len=8192, cp=2))
+    assert act_cp.per_layer == act_one.per_layer // 2
+    assert cp.weights == one.weights  # FSDP shards over dp (4) x cp (2) = 8 either way
+    assert cp.logits_peak == one.logits_peak // 2
+
+
+def test_fsdp_cpu_offload_keeps_only_gathered_blocks_and_megatron_deepspeed_keeps_zero_states():
+    off = _mem(gpus=8, zero=3, framework="fsdp", offload="cpu")
+    assert off.weights == off.gradients == off.optimizer == 0 and off.cpu_bytes == 16 * -(-6_738_415_616 // 8)
+    mds, ds = _mem(gpus=8, zero=3, framework="megatron-deepspeed"), _mem(gpus=8, zero=3)
+    assert mds.model_states == ds.model_states and mds.comm_buffers == ds.comm_buffers
+    assert mds.logits_peak < ds.logits_peak  # vocab-parallel cross-entropy: 4 + e bytes, not e + 12

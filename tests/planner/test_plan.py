@@ -92,3 +92,88 @@ def test_recommend_reports_when_nothing_fits():
     rec = recommend(load_model("llama-3.1-405b"), load_gpu("a10"), Layout(seq_len=8192), global_batch=64,
                     space=LayoutSpace(max_gpus=8, offload=("none",)))
     assert rec.ranked == [] and rec.min_gpus is None and rec.evaluated > 0
+
+
+# Fits, and the throughput mechanisms against hand-computed values ---------------------------------
+
+def test_fits_is_judged_on_nvidia_smi_bytes_against_reported_memory_less_the_margin(llama7b):
+    from trainplan.planner import FIT_MARGIN
+
+    gpu = load_gpu("a100-40gb")
+    p = plan(llama7b, Layout(gpus=8, zero=3, micro_batch=1, seq_len=2048), gpu)
+    assert gpu.usable_bytes == 40960 * 2**20 and FIT_MARGIN == 0.02
+    assert p.usable_bytes == int(40960 * 2**20 * 0.98)
+    assert p.fits == (p.memory.total <= p.usable_bytes)
+    assert p.headroom_bytes == p.usable_bytes - p.memory.total
+    doc = p.to_dict()["memory"]
+    assert doc["per_gpu"]["total_bytes"] == doc["nvidia_smi_bytes"] == p.memory.total
+    assert doc["max_allocated_bytes"] < doc["reserved_bytes"] < doc["nvidia_smi_bytes"]
+
+
+def _perf(model, **layout):
+    return plan(model, Layout(**layout), load_gpu("a100-80gb"), tokens=1e9).perf
+
+
+def test_interleaving_divides_the_bubble_by_the_chunks(llama7b):
+    # Narayanan et al. 2021, Sec. 2.2.2: bubble = (p - 1) / (v m) of the compute
+    one = _perf(llama7b, gpus=32, tp=8, pp=4, grad_accum=16)
+    two = _perf(llama7b, gpus=32, tp=8, pp=4, grad_accum=16, pp_interleave=2)
+    assert one.bubble_s == pytest.approx(one.compute_s * 3 / 16)
+    assert two.bubble_s == pytest.approx(one.bubble_s / 2)
+    # p2p: m v sends of b s d e / t forward and backward over one NIC (tp x pp > 8 GPUs a node),
+    # at NCCL's measured 0.86 of its rate
+    assert two.pp_p2p_s == pytest.approx(16 * 2 * 2 * (2048 * 4096 * 2 / 8) / (25e9 * 0.86))
+    assert two.pp_p2p_s == pytest.approx(2 * one.pp_p2p_s)
+
+
+def test_tensor_parallel_all_reduces_are_sized_from_the_activations(llama7b):
+    # 4 ring all-reduces of b s d e per layer per micro-batch: 2 (t-1)/t x 2*2048*4096*2 bytes at
+    # NCCL's 0.78 of NVLink's 300 GB/s
+    perf = _perf(llama7b, gpus=8, tp=8, micro_batch=2, grad_accum=4)
+    assert perf.tp_comm_s == pytest.approx(4 * 32 * 4 * 2 * 7 / 8 * (2 * 2048 * 4096 * 2) / (300e9 * 0.78))
+    full = _perf(llama7b, gpus=8, tp=8, micro_batch=2, grad_accum=4, checkpointing="full")
+    assert full.tp_comm_s == pytest.approx(perf.tp_comm_s * 6 / 4)  # the rerun forward's two more
+
+
+def test_zero3_overlap_depends_on_the_compute_beside_it(llama7b):
+    from trainplan.planner._perf import EXPOSED_FLOOR
+
+    n, gpu = 6_738_415_616, load_gpu("a100-80gb")
+    # one bf16 all-gather, ring of 16 over 2 nodes: 8 NICs a node x 25 GB/s x 0.86 (below NVLink's
+    # 300 x 0.78), the nodes' NICs carrying one ring each
+    gather = 15 / 16 * n * 2 / (8 * 25e9 * 0.86)
+    for mb in (1, 64):  # short sequences: at micro-batch 1 the forward is shorter than a gather
+        perf = _perf(llama7b, gpus=16, zero=3, micro_batch=mb, grad_accum=2, seq_len=256)
+        micro = perf.compute_s / 2
+        fwd, bwd = micro / 3, micro * 2 / 3
+        exposed = 2 * (max(EXPOSED_FLOOR * gather, gather - fwd) + max(EXPOSED_FLOOR * 2 * gather, 2 * gather - bwd))
+        assert perf.dp_comm_s == pytest.approx(2 * 3 * gather)
+        assert perf.dp_comm_exposed_s == pytest.approx(exposed)
+    small = _perf(llama7b, gpus=16, zero=3, micro_batch=1, grad_accum=2, seq_len=256)
+    large = _perf(llama7b, gpus=16, zero=3, micro_batch=64, grad_accum=2, seq_len=256)
+    assert small.dp_comm_exposed_s / small.dp_comm_s > large.dp_comm_exposed_s / large.dp_comm_s
+    assert gpu.inter_node_gbps == 25 and small.dp_comm_exposed_s > EXPOSED_FLOOR * small.dp_comm_s
+
+
+def test_eager_attention_adds_the_score_matrix_traffic(llama7b):
+    from trainplan.planner._perf import EAGER_SCORE_BYTES
+
+    sdpa = _perf(llama7b, gpus=1, micro_batch=1, seq_len=4096)
+    eager = _perf(llama7b, gpus=1, micro_batch=1, seq_len=4096, attention="eager")
+    scores = 32 * 4096 ** 2 * 32  # heads x s^2 x layers, one sequence
+    assert eager.compute_s - sdpa.compute_s == pytest.approx(scores * EAGER_SCORE_BYTES / 2039e9)
+
+
+def test_selective_op_checkpointing_reruns_every_other_matmul(llama7b):
+    none = plan(llama7b, Layout(checkpointing="none"), load_gpu("h100-sxm"))
+    op = plan(llama7b, Layout(checkpointing="selective-op"), load_gpu("h100-sxm"))
+    assert op.flops.hardware_per_token - none.flops.hardware_per_token == 32 * 2 * (4096 * 4096 * 2 + 4096 * 11008)
+    assert op.flops.model_per_token == none.flops.model_per_token
+
+
+@pytest.mark.parametrize(("framework", "states"), [("deepspeed", "20/Nd"), ("fsdp", "16/Nd"), ("megatron", "6 + 12/Nd")])
+def test_json_names_which_bytes_each_framework_holds(llama7b, framework, states):
+    doc = plan(llama7b, Layout(gpus=8, zero=1 if framework == "megatron" else 3, framework=framework),
+               load_gpu("h100-sxm")).to_dict()["memory"]
+    assert doc["framework"] == framework and states in doc["profile"]["model_states"]
+    assert ("eager" in doc["profile"]["activations"]) == (framework == "deepspeed")

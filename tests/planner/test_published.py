@@ -62,3 +62,66 @@ def test_planner_lands_within_tolerance_of_published(record):
     assert est == pytest.approx(record["value"], rel=tol), (
         f"{record['id']}: planner {est:.4g} vs published {record['value']:.4g} "
         f"({(est / record['value'] - 1):+.1%}, tolerance {tol:.0%})")
+
+
+# The larger published set (issue 11): tests/planner/data/published_runs.json -----------------------
+# Rows, sources, quotes and per-row tolerances were collected by the research engineer
+# (/work/wt/research/NOTES.md); tests/planner/published_rows.py maps each to planner inputs.
+# benchmarks/published_check.py prints every row before and after issue 11.
+
+import trainplan.planner as _planner  # noqa: E402
+from tests.planner import published_rows as pr  # noqa: E402
+
+RUNS = pr.load_rows()
+MEMORY = [r for r in RUNS if pr.is_memory(r) and not pr.is_fits_only(r)]
+THROUGHPUT = [r for r in RUNS if not pr.is_memory(r)]
+TRAINED = [r for r in RUNS if r.get("trained")]
+
+# What the planner achieves today on this set (benchmarks/results/published_check.md). These are
+# regression floors, not the issue's targets: the targets are asserted, and marked as expected to
+# fail, in the three tests after these.
+ACHIEVED = {"memory_within": 0.71, "throughput_within": 0.65, "false_fits": 5}
+
+
+def _share_within(rows: list[dict[str, Any]]) -> float:
+    return sum(pr.within(r, pr.predicted(_planner, r)[0]) for r in rows) / len(rows)
+
+
+def _false_fits() -> list[str]:
+    return [r["id"] for r in TRAINED if not pr.predicted(_planner, r)[1]]
+
+
+def test_published_runs_are_sourced_with_tolerances_and_enough_rows():
+    assert len(MEMORY) + sum(pr.is_fits_only(r) for r in RUNS if pr.is_memory(r)) >= 25
+    assert len(THROUGHPUT) >= 25
+    assert len({r["source"]["title"].split(":")[0] for r in MEMORY}) >= 5
+    for r in RUNS:
+        assert r["source"]["quote"] and r["source"]["url_or_path"], r["id"]
+        assert 0 < pr.tolerance(r) <= 0.30, r["id"]
+
+
+def test_published_memory_does_not_regress():
+    assert _share_within(MEMORY) >= ACHIEVED["memory_within"]
+
+
+def test_published_throughput_does_not_regress():
+    assert _share_within(THROUGHPUT) >= ACHIEVED["throughput_within"]
+
+
+def test_published_false_fits_do_not_regress():
+    assert len(_false_fits()) <= ACHIEVED["false_fits"], _false_fits()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 target not met: memory within tolerance on 71% of rows (see published_check.md)")
+def test_memory_within_ten_percent_on_eighty_percent_of_rows():
+    assert _share_within(MEMORY) >= 0.80
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 target not met: throughput within tolerance on 66% of rows (see published_check.md)")
+def test_throughput_within_fifteen_percent_on_eighty_percent_of_rows():
+    assert _share_within(THROUGHPUT) >= 0.80
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 target not met: 5 trained layouts still answered fits: false (see published_check.md)")
+def test_no_trained_layout_is_answered_does_not_fit():
+    assert _false_fits() == []

@@ -128,3 +128,48 @@ def test_plan_report_page(tmp_path: Path) -> None:
     assert data["layout"]["gpus"] == 8 and data["time"]["tokens"] == 2e12
     assert json.loads((tmp_path / "recommended" / "spec.json").read_text())["model"] == "llama-2-7b"
     assert build_plan_report(p, None, tmp_path / "again.html").read_text().count("pass --recommend") == 1
+
+
+def test_memory_axis_spans_the_data_not_1e77(target: Target) -> None:
+    # The default sweep's tiny model: ~1 GiB per GPU against an 80 GiB A100. plotly.js reads an
+    # annotation on a log axis in log10 units, so an add_hline label at 80 GiB once stretched this
+    # axis to 1e80; the range is now explicit and the GPU's memory is a trace.
+    from trainplan.reports import get_memory_plot
+
+    info = get_gpu_scaling_info(target)
+    fig = get_memory_plot(info)
+    capacity = info.gpu_memory_bytes / 2**30
+    low, high = fig.layout.yaxis.range
+    ys = [y for trace in fig.data for y in trace.y]
+    assert max(ys) == pytest.approx(capacity) and min(ys) > 0
+    assert 10**high == pytest.approx(capacity * 1.25) and 10**low == pytest.approx(min(ys) / 1.25)
+    assert not fig.layout.annotations and not fig.layout.shapes
+
+
+def test_microbatch_view_keeps_the_global_batch_and_says_when_it_is_flat(target: Target) -> None:
+    from dataclasses import replace
+
+    from trainplan.reports import get_microbatch_plot
+
+    tiny = get_microbatch_info(target)
+    assert tiny.rows and all(r["global_batch"] == target.layout.global_batch for r in tiny.rows)
+    assert tiny.flat  # one GPU: nothing per micro-batch to amortise, so the planner predicts one speed
+    fig = get_microbatch_plot(tiny)
+    assert "same tokens/s for every micro-batch" in fig.layout.title.text
+    assert fig.layout.yaxis.range[0] == 0  # a flat line drawn as flat, not zoomed onto rounding noise
+    # ZeRO-3 on 8 GPUs gathers parameters every micro-batch: fewer, larger ones are faster.
+    big = replace(target, model=load_model("llama-2-7b"),
+                  layout=Layout(gpus=8, zero=3, micro_batch=1, grad_accum=16, seq_len=4096))
+    info = get_microbatch_info(big)
+    speeds = [r["tokens_per_s"] for r in info.rows]
+    assert [r["micro_batch"] for r in info.rows] == [1, 2, 4, 8, 16]  # the divisors of 16 per GPU
+    assert speeds == sorted(speeds) and not info.flat
+    assert "same tokens/s" not in get_microbatch_plot(info).layout.title.text
+
+
+def test_a_cpu_trial_reports_rank_hours_not_gpu_hours(study: optuna.Study, target: Target) -> None:
+    record = read_study(study)
+    assert "gpu_hours" in get_summary_info(record, target).best_metrics  # no result.json: as recorded
+    (Path(record.best.trial_dir) / "result.json").write_text(json.dumps({"status": "completed", "device": {"kind": "cpu", "name": "host CPU"}}))
+    metrics = get_summary_info(record, target).best_metrics
+    assert "gpu_hours" not in metrics and metrics["cpu_rank_hours"] == record.best.gpu_hours

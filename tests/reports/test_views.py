@@ -127,3 +127,13 @@ def test_running_trials_and_missing_attributes_are_tolerated(storage: str) -> No
     assert [t.category for t in record.trials] == ["failed", "pruned"]
     assert record.best is None and record.trials[0].status == "crashed"
     assert record.trials[1].curve[0].tokens == 0.0  # a malformed number is dropped, not fatal
+
+
+def test_parallel_coordinates_title_clears_the_axis_labels(study: optuna.Study) -> None:
+    # plotly.js draws parcoords axis labels above the plot area: with the report's 50 px top
+    # margin they were drawn over the title.
+    from trainplan.reports import get_parallel_plot
+
+    fig = get_parallel_plot(get_scatter_info(read_study(study)))
+    assert fig.layout.title.text.startswith("Parallel coordinates")
+    assert fig.layout.margin.t >= 100 and fig.data[0].type == "parcoords"

@@ -95,3 +95,34 @@ def test_master_port_is_free_and_below_the_ephemeral_range():
     for port in ports:  # each one can really be bound
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_a_hand_edited_ds_config_applies_whole():
+    spec = TrialSpec(steps=20, hyperparams={"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 2})
+    edited = spec.ds_config()
+    edited["optimizer"]["params"].update(lr=1e-2, weight_decay=0.37, betas=[0.85, 0.97], eps=1e-6)
+    edited["gradient_clipping"] = 0.5
+    out = spec.with_ds_config(edited)
+    hp = out.hyperparams
+    assert (hp.lr, hp.weight_decay, hp.betas, hp.eps, hp.grad_clip) == (1e-2, 0.37, (0.85, 0.97), 1e-6, 0.5)
+    assert out.ds_config() == edited  # nothing of the file is lost or left to spec.json
+    assert spec.with_ds_config(spec.ds_config()) == spec  # an untouched file changes nothing
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    # WarmupDecayLR's peak is the scheduler's warmup_max_lr: an optimizer lr alone would be half applied.
+    (lambda c: c["optimizer"]["params"].update(lr=1e-2), "ds_config.json:scheduler.params.warmup_max_lr"),
+    (lambda c: c["optimizer"].update(type="SGD"), "ds_config.json:optimizer.type"),
+    (lambda c: c["optimizer"]["params"].update(amsgrad=True), "ds_config.json:optimizer.params.amsgrad"),
+    (lambda c: c["scheduler"]["params"].update(total_num_steps=50), "ds_config.json:scheduler.params.total_num_steps"),
+    (lambda c: c.update(train_batch_size=64), "ds_config.json:train_batch_size"),
+    (lambda c: c["zero_optimization"].update(stage=2), "ds_config.json:zero_optimization.stage"),
+    (lambda c: c.update(bf16={"enabled": True}), "ds_config.json:bf16.enabled"),
+])
+def test_a_hand_edit_that_cannot_apply_whole_is_refused_naming_the_key(edit, key):
+    spec = TrialSpec(steps=20, hyperparams={"schedule": "linear"})
+    config = spec.ds_config()
+    edit(config)
+    with pytest.raises(UsageError) as err:
+        spec.with_ds_config(config)
+    assert err.value.key == key

@@ -223,3 +223,42 @@ def test_local_text_with_a_local_tokenizer(tmp_path):
     assert result["status"] == "completed", result["reason"]
     start = _metrics(tmp_path / "trial")[0]["eval_loss"]
     assert abs(start - math.log(300)) < 0.3  # the model took the tokenizer's 300-token vocabulary
+
+
+def test_a_hand_edited_ds_config_is_applied_whole_or_refused(tmp_path):
+    # cmd.txt invites rerunning a trial by hand after editing its ds_config.json: the engine's
+    # optimizer then holds the file's lr, betas and weight decay, all of them (the weight decay
+    # used to come from spec.json while the lr came from the file).
+    from trainplan.runners import prepare_trial
+    from trainplan.runners._launch import extensions_dir
+    from trainplan.runners.train import main as train_main
+
+    spec = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={
+        "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1, "schedule": "constant"})
+    command = prepare_trial(spec, tmp_path / "applied")
+    path = tmp_path / "applied" / "ds_config.json"
+    config = json.loads(path.read_text())
+    config["optimizer"]["params"].update(lr=1e-2, weight_decay=0.37, betas=[0.85, 0.97])
+    config["scheduler"]["params"]["warmup_max_lr"] = 1e-2  # WarmupLR's peak: the same edit, made whole
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_dir())}
+    import subprocess
+
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = json.loads((tmp_path / "applied" / "result.json").read_text())
+    assert proc.returncode == 0 and result["status"] == "completed", proc.stderr[-2000:]
+    assert result["optimizer"]["weight_decay"] == [0.37, 0.0]  # norms and biases are never decayed
+    assert result["optimizer"]["betas"] == [0.85, 0.97]
+    assert [r["lr"] for r in _metrics(tmp_path / "applied")][-1] == pytest.approx(1e-2)  # past the warm-up
+
+    # An optimizer lr edited without the linear schedule's peak would be half applied: refused.
+    spec = spec.with_(hyperparams=spec.hyperparams.__class__(**{**spec.hyperparams.to_dict(), "schedule": "linear"}))
+    prepare_trial(spec, tmp_path / "refused")
+    path = tmp_path / "refused" / "ds_config.json"
+    config = json.loads(path.read_text())
+    config["optimizer"]["params"]["lr"] = 1e-2
+    path.write_text(json.dumps(config))
+    assert train_main(["--spec", str(tmp_path / "refused" / "spec.json")]) == 1
+    result = json.loads((tmp_path / "refused" / "result.json").read_text())
+    assert result["status"] == "crashed" and "ds_config.json:scheduler.params.warmup_max_lr" in result["reason"]
+    assert not (tmp_path / "refused" / "metrics.jsonl").read_text()  # no step trained on half the edit

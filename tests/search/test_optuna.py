@@ -125,10 +125,17 @@ def test_dead_local_worker_is_reclaimed_and_its_retry_keeps_the_budget(tmp_path:
     # A worker that died mid-trial: its pid is gone and its process group still runs.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    # (It carries its trial's spec path, as a launcher does: only verified trial processes are ended.)
+    from trainplan.search._guard import process_start_ticks
+
+    trial_dir = tmp_path / "trials" / "trial-0001"
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--spec",
+                               str(trial_dir / "spec.json")], start_new_session=True)
     running = study.ask()
     running.suggest_float("lr", 1e-4, 1e-2, log=True)
-    running.set_user_attr("worker", {"host": os.uname().nodename, "pid": dead.pid, "start": -1, "pgid": orphan.pid})
+    running.set_user_attr("trial_dir", str(trial_dir))
+    running.set_user_attr("worker", {"host": os.uname().nodename, "pid": dead.pid, "start": -1, "pgid": orphan.pid,
+                                     "leader_start": process_start_ticks(orphan.pid)})
     assert reclaim_dead_local_trials(study, sweep) == [running.number]
     assert orphan.wait(timeout=10) is not None  # its process group was ended
     trials = study.get_trials()

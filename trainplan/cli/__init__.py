@@ -27,6 +27,7 @@ _VERBS: dict[str, tuple[str, str]] = {
     "search": ("trainplan.cli.search:search", "Optuna sweep over real DeepSpeed trials."),
     "trials": ("trainplan.cli.search:trials", "Export the trials of a study as CSV, Parquet or JSON."),
     "report": ("trainplan.cli.report:report", "Write one self-contained HTML report."),
+    "scale": ("trainplan.cli.scale:scale", "Fit LR, batch and loss laws on a ladder study and plan the target run."),
     "calibrate": ("trainplan.cli.calibrate:calibrate", "Fit the planner's constants to measured trials on one device."),
 }
 
@@ -55,6 +56,54 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj = {"debug": debug}
 
 
+def _say(text: str) -> None:
+    """One line on stderr, with any storage password masked (trainplan.safe)."""
+    from trainplan.safe import redact
+
+    click.echo(" ".join(redact(str(text)).split()) if "\n" in str(text) else redact(str(text)), err=True)
+
+
+def _flag(param: click.Parameter | None) -> str | None:
+    if param is None:
+        return None
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)  # --output rather than -o
+    return (param.name or "").upper() or None
+
+
+def _click_error(exc: click.UsageError) -> str:
+    """Click's usage errors in trainplan's one shape, ``trainplan: error: <flag>: <message>``."""
+    flag, message = None, exc.format_message()
+    if isinstance(exc, click.NoSuchOption):
+        flag = exc.option_name
+        message = "no such option" + (f"; did you mean {', '.join(sorted(exc.possibilities))}?"
+                                      if exc.possibilities else "")
+    elif isinstance(exc, click.BadParameter):  # MissingParameter included
+        flag = _flag(exc.param)
+        if flag and isinstance(exc, click.MissingParameter):
+            message = "missing; " + ("give a value" if exc.param_type != "argument" else "required")
+        elif flag:
+            message = exc.message
+    elif isinstance(exc, click.BadOptionUsage):
+        flag = exc.option_name
+        message = exc.message
+    if flag:
+        return f"trainplan: error: {flag}: {message}"
+    verb = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.info_name != "trainplan" else ""
+    return f"trainplan{verb}: error: {message}"
+
+
+def _file_error(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not valid {exc.encoding} text (byte {exc.start}); give a UTF-8 file"
+    name = exc.filename if exc.filename is not None else ""
+    return f"{name}: {exc.strerror or exc}" if name else str(exc)
+
+
+# Errors about a file the user named: bad input (exit 2), like a UsageError.
+_INPUT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the process exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -68,13 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         if debug:
             raise
-        verb = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.info_name != "trainplan" else ""
-        click.echo(f"trainplan{verb}: error: {exc.format_message()}", err=True)
+        _say(_click_error(exc))
         return 2
     except UsageError as exc:
         if debug:
             raise
-        click.echo(f"trainplan: error: {exc}", err=True)
+        _say(f"trainplan: error: {exc}")
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -84,10 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("trainplan: interrupted", err=True)
         return 130
+    except (UnicodeDecodeError, *_INPUT_OS_ERRORS) as exc:  # the catch-all for unreadable input
+        if debug:
+            raise
+        _say(f"trainplan: error: {_file_error(exc)}")
+        return 2
     except (TrainplanError, OSError) as exc:
         if debug:
             raise
-        click.echo(f"trainplan: error: {exc}", err=True)
+        _say(f"trainplan: error: {exc}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line; --debug shows where
+        if debug:
+            raise
+        _say(f"trainplan: internal error: {type(exc).__name__}: {exc} (run `trainplan --debug ...` for the traceback)")
         return 1
     return rc if isinstance(rc, int) else 0
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from trainplan.errors import UsageError
 
 __all__ = ["human_bytes", "human_count", "human_hours", "parse_count", "print_table"]
+
+MAX_TOKENS = 1e18
+"""Ceiling of a token count: a million times Llama 3's 15T."""
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -22,8 +26,10 @@ def parse_count(text: str, flag: str) -> float:
         value = float(raw) * scale
     except ValueError:
         raise UsageError(flag, f"{text!r} is not a number (examples: 300B, 2T, 1.5e9)") from None
-    if not value > 0:
-        raise UsageError(flag, f"must be positive, got {text!r}")
+    if not math.isfinite(value) or not value > 0:
+        raise UsageError(flag, f"must be a positive finite count (examples: 300B, 2T, 1.5e9), got {text!r}")
+    if value > MAX_TOKENS:
+        raise UsageError(flag, f"{text!r} is more than {MAX_TOKENS:.0e}, beyond any training run")
     return value
 
 

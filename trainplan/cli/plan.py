@@ -14,11 +14,12 @@ from typing import Any
 
 import click
 
+from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
 from trainplan.planner import (
-    ATTENTION, CHECKPOINTING, OFFLOADS, OPTIMIZERS, PRECISIONS, Layout, LayoutSpace, Plan,
-    deepspeed_config, load_gpu, load_model, plan as make_plan, recommend,
+    ATTENTION, CHECKPOINTING, FRAMEWORKS, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, ZERO_STAGES, Layout,
+    LayoutSpace, Plan, load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
 )
 
 
@@ -28,19 +29,17 @@ def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
         gpus=o["gpus"], gpus_per_node=o["gpus_per_node"], zero=o["zero"], offload=o["offload"],
         tp=o["tp"], pp=o["pp"], micro_batch=o["micro_batch"], grad_accum=o["grad_accum"] or 1,
         seq_len=o["seq_len"], precision=o["precision"], checkpointing=o["checkpointing"],
-        attention=o["attention"], optimizer=o["optimizer"],
+        attention=o["attention"], optimizer=o["optimizer"], framework=o["framework"],
+        pp_interleave=o["pp_interleave"], sequence_parallel=o["sequence_parallel"], loss=o["loss"], cp=o["cp"],
     ).validate()
     gb = o["global_batch"]
     if gb is None:
         return layout, None
-    per_step = layout.micro_batch * layout.dp
-    if gb % per_step:
-        raise UsageError("--global-batch", f"{gb} is not divisible by --micro-batch x data-parallel size = "
-                         f"{layout.micro_batch} x {layout.dp} = {per_step}")
-    if o["grad_accum"] and o["grad_accum"] != gb // per_step:
+    sized = layout.with_global_batch(gb)
+    if o["grad_accum"] and o["grad_accum"] != sized.grad_accum:
         raise UsageError("--grad-accum", f"{o['grad_accum']} disagrees with --global-batch {gb} "
-                         f"(which implies {gb // per_step}); give one of them")
-    return layout.with_(grad_accum=gb // per_step), gb
+                         f"(which implies {sized.grad_accum}); give one of them")
+    return sized, gb
 
 
 def _plan_rows(p: Plan) -> list[list[str]]:
@@ -48,6 +47,8 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     rows = [
         ["parameters", f"{pc.total:,} total; {pc.embedding:,} embedding; {pc.non_embedding:,} non-embedding; "
                        f"{pc.per_layer:,} per layer" + (f"; {pc.active:,} active per token" if p.model.is_moe else "")],
+        ["counted by", "analytic formulas for the family" if pc.source == "analytic" else
+                       "the model built by transformers on the meta device, FLOPs from FlopCounterMode"],
         ["layout", f"{lay.gpus} x {p.gpu.key} ({lay.nodes} node{'s' * (lay.nodes > 1)}), dp {lay.dp} tp {lay.tp} "
                    f"pp {lay.pp}, ZeRO-{lay.zero}, offload {lay.offload}, {lay.precision}, "
                    f"checkpointing {lay.checkpointing}, attention {lay.attention}, {lay.optimizer}"],
@@ -59,8 +60,10 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     for name, value in mem.breakdown().items():
         rows.append([f"  {name.replace('_', ' ')}", human_bytes(value)])
     rows += [
-        ["memory / GPU", f"{human_bytes(mem.total)} of {human_bytes(p.gpu.memory_bytes)}: "
+        ["memory / GPU", f"{human_bytes(mem.total)} (nvidia-smi) of {human_bytes(p.usable_bytes)} usable: "
                          + ("FITS" if p.fits else "DOES NOT FIT") + f", headroom {human_bytes(p.headroom_bytes)}"],
+        ["  as torch reports", f"max_memory_allocated {human_bytes(mem.allocated)}, reserved "
+                               f"{human_bytes(mem.reserved)}; peak at {mem.peak_phase} ({lay.framework})"],
     ]
     if mem.cpu_bytes:
         rows.append(["CPU memory / node", human_bytes(mem.cpu_bytes * min(lay.gpus, lay.gpus_per_node))])
@@ -69,7 +72,7 @@ def _plan_rows(p: Plan) -> list[list[str]]:
     rows += [
         ["step time", f"{perf.step_time_s:.3f} s = compute {perf.compute_s:.3f} + exposed DP comm "
                       f"{perf.dp_comm_exposed_s:.3f} + TP comm {perf.tp_comm_s:.3f} + bubble {perf.bubble_s:.3f} "
-                      f"+ offload {perf.offload_s:.3f} (assumed compute efficiency {perf.efficiency:.0%})"],
+                      f"+ pipeline sends {perf.pp_p2p_s:.3f} + offload {perf.offload_s:.3f} (assumed compute efficiency {perf.efficiency:.0%})"],
         ["throughput", f"{perf.tokens_per_s:,.0f} tokens/s ({perf.tokens_per_s / lay.gpus:,.0f} per GPU), "
                        f"MFU {perf.mfu:.1%}, HFU {perf.hfu:.1%}"],
         ["training", f"{human_count(p.tokens)} tokens ({p.tokens_source}) = {p.steps:,} steps: "
@@ -82,7 +85,31 @@ def _plan_rows(p: Plan) -> list[list[str]]:
                            if p.scaling.predicted_loss_at_tokens else "")
                         + " (Chinchilla fit, Besiroglu et al. 2024; a prediction)"],
     ]
+    for s in p.suggested_hyperparams():
+        rows.append([f"LR / batch ({s.law})", f"peak LR {s.lr:.3g}, global batch {human_count(s.batch_tokens)} tokens "
+                                              f"= {s.batch_sequences(lay.seq_len):,} sequences (prior: {s.source})"])
     return rows
+
+
+def _data_limit(p: Plan, unique_tokens: float | None) -> dict[str, Any] | None:
+    """Epochs and the data-constrained loss when the plan needs more tokens than the data holds."""
+    if unique_tokens is None:
+        return None
+    from dataclasses import asdict
+
+    from trainplan.planner._scaling import data_constrained
+
+    pred = data_constrained(p.params.active, p.tokens, unique_tokens)
+    return {**asdict(pred), "law": "Muennighoff et al. 2023 (arXiv:2305.16264, eqs. 5-6), Besiroglu constants"}
+
+
+def _data_row(d: dict[str, Any]) -> list[str]:
+    if d["epochs"] <= 1:
+        return ["data", f"{human_count(d['tokens'])} of {human_count(d['unique_tokens'])} unique tokens: under one epoch"]
+    return ["data", f"{d['epochs']:.1f} epochs of {human_count(d['unique_tokens'])} unique tokens: worth "
+                    f"{human_count(d['effective_tokens'])} unique; predicted loss {d['predicted_loss']:.3f} "
+                    f"(vs {d['predicted_loss_unconstrained']:.3f} with unique data; Muennighoff et al. 2023"
+                    + (", little lost up to ~4 epochs)" if d["epochs"] <= 4 else ", repeated tokens lose value past ~4 epochs)")]
 
 
 def _rec_rows(plans: list[Plan]) -> list[list[str]]:
@@ -94,42 +121,55 @@ def _rec_rows(plans: list[Plan]) -> list[list[str]]:
 
 def _write_ds_config(path: str | None, p: Plan) -> None:
     if path:
-        Path(path).write_text(json.dumps(deepspeed_config(p.layout), indent=2) + "\n")
+        Path(path).write_text(json.dumps(plan_deepspeed_config(p), indent=2) + "\n")
         click.echo(f"wrote the DeepSpeed config of this layout to {path}", err=True)
 
 
 @click.command()
 @click.option("--model", required=True, help="Preset name (see `trainplan models`), a config.json or folder, or a hub id.")
 @click.option("--gpu", default="h100-sxm", show_default=True, help="GPU from the catalog (see `trainplan gpus`).")
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Total GPUs.")
-@click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
-@click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True, help="Sequences per GPU per step.")
-@click.option("--grad-accum", type=click.IntRange(min=1), default=None, help="Micro-batches per optimizer step [1].")
-@click.option("--global-batch", type=click.IntRange(min=1), default=None, help="Sequences per optimizer step (sets --grad-accum).")
+@click.option("--gpus", type=Count(), default=1, show_default=True, help="Total GPUs.")
+@click.option("--gpus-per-node", type=Count(1, 1024), default=8, show_default=True)
+@click.option("--seq-len", type=Count(1, 2**24), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
+@click.option("--micro-batch", type=Count(), default=1, show_default=True, help="Sequences per GPU per step.")
+@click.option("--grad-accum", type=Count(), default=None, help="Micro-batches per optimizer step [1].")
+@click.option("--global-batch", type=Count(), default=None, help="Sequences per optimizer step (sets --grad-accum).")
 @click.option("--tokens", default=None, help="Training tokens, e.g. 300B or 2T [compute-optimal].")
-@click.option("--zero", type=click.Choice(["0", "1", "2", "3"]), default="0", show_default=True)
+@click.option("--zero", type=click.Choice([str(z) for z in ZERO_STAGES]), default="0", show_default=True)
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
-@click.option("--tp", type=click.IntRange(min=1), default=1, show_default=True, help="Tensor-parallel degree.")
-@click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True, help="Pipeline-parallel degree.")
+@click.option("--tp", type=Count(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--pp", type=Count(1, 1024), default=1, show_default=True, help="Pipeline-parallel degree.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
 @click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default="none", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--mfu", type=float, default=None, help="Compute efficiency to assume, 0-1 [by model width].")
-@click.option("--price", type=float, default=None, help="USD per GPU-hour [catalog default].")
+@click.option("--framework", type=click.Choice(FRAMEWORKS), default="deepspeed", show_default=True,
+              help="Stack whose buffers and kernels the memory estimate models.")
+@click.option("--pp-interleave", type=Count(1, 1024), default=1, show_default=True,
+              help="Model chunks per pipeline stage (interleaved 1F1B).")
+@click.option("--cp", type=Count(1, 1 << 20), default=1, show_default=True,
+              help="Context-parallel degree (each sequence split over this many GPUs).")
+@click.option("--sequence-parallel", is_flag=True, help="Megatron sequence parallelism (needs --tp > 1).")
+@click.option("--loss", type=click.Choice(LOSSES), default="default", show_default=True,
+              help="fused: one cross-entropy kernel on the lp logits (flash-attn); chunked: a "
+                   "chunked/fused linear cross-entropy that never holds the whole logits.")
+@click.option("--mfu", type=Finite(0, 1, low_open=True), default=None, help="Compute efficiency to assume, 0-1 [by model width].")
+@click.option("--price", type=Finite(0, 1e6), default=None, help="USD per GPU-hour [catalog default].")
 @click.option("--recommend", is_flag=True, help="Search layouts and rank those that fit.")
-@click.option("--max-gpus", type=click.IntRange(min=1), default=64, show_default=True, help="With --recommend.")
+@click.option("--max-gpus", type=Count(), default=64, show_default=True, help="With --recommend.")
 @click.option("--optimize", type=click.Choice(["time", "cost", "gpus"]), default="time", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Layouts shown with --recommend.")
+@click.option("--top", type=Count(1, 10**6), default=5, show_default=True, help="Layouts shown with --recommend.")
 @click.option("--ds-config", type=click.Path(dir_okay=False), default=None, help="Write the (best) layout's ds_config.json here.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None, help="Write a planner-only HTML page here.")
+@click.option("--dataset-tokens", default=None, help="Unique tokens of the training data, e.g. 500B: epochs and the data-constrained loss.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--calibration", type=click.Path(dir_okay=False), default=None,
               help="Calibration file (trainplan calibrate): plan on its device, with intervals.")
 def plan(**o: Any) -> None:
     """Estimate parameters, FLOPs, per-GPU memory, throughput, time and cost (all estimates)."""
     o["zero"] = int(o["zero"])
+    check_output_file(o["ds_config"], "--ds-config")
+    check_output_file(o["report"], "--report")
     model = load_model(o["model"])
     gpu = load_gpu(o["gpu"])
     tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
@@ -141,6 +181,7 @@ def plan(**o: Any) -> None:
 
         cal, gpu, layout = use_calibration(o, layout, gpu)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
+    data = _data_limit(single, parse_count(o["dataset_tokens"], "--dataset-tokens") if o["dataset_tokens"] else None)
     rec = None
     if o["recommend"]:
         rec = recommend(model, gpu, layout, global_batch=global_batch or layout.global_batch, tokens=tokens,
@@ -156,19 +197,18 @@ def plan(**o: Any) -> None:
 
     if o["fmt"] == "json":
         out: dict[str, Any] = single.to_dict()
+        if data is not None:
+            out["scaling"]["data_constrained"] = data
         if cal is not None:
             out["calibrated"] = calibrated_dict(cal, single, o["calibration"])
         if rec is not None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
                    "top": [p.to_dict() for p in rec.ranked[: o["top"]]],
-                   "ds_config": deepspeed_config(best.layout) if rec.ranked else None}
+                   "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
         click.echo(json.dumps(out, indent=2))
     else:
-        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)", ["", "estimate"], _plan_rows(single))
-        if cal is not None:
-            print_table("Calibrated (90% prediction intervals)", ["", "calibrated estimate"], calibrated_rows(cal, single))
-        if rec is not None:
+        if rec is not None:  # the answer first; the requested layout after it, one line when it does not fit
             if rec.ranked:
                 print_table(
                     f"Recommended layouts by {rec.optimize} (global batch {rec.ranked[0].layout.global_batch}; "
@@ -179,3 +219,13 @@ def plan(**o: Any) -> None:
             else:
                 click.echo(f"no layout of {rec.evaluated:,} candidates up to {o['max_gpus']} GPUs fits in "
                            f"{gpu.name} memory; raise --max-gpus or lower --seq-len", err=True)
+            if not single.fits:
+                lay = single.layout
+                click.echo(f"requested layout ({lay.gpus} x {gpu.key}, ZeRO-{lay.zero}, micro-batch {lay.micro_batch}): "
+                           f"DOES NOT FIT, needs {human_bytes(single.memory.total)} of "
+                           f"{human_bytes(gpu.memory_bytes)} per GPU (estimate)")
+                return
+        print_table(f"trainplan plan: {model.name} on {gpu.name} (estimates)" + (" -- the requested layout" if rec else ""),
+                    ["", "estimate"], _plan_rows(single) + ([_data_row(data)] if data else []))
+        if cal is not None:
+            print_table("Calibrated (90% prediction intervals)", ["", "calibrated estimate"], calibrated_rows(cal, single))

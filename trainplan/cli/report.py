@@ -32,17 +32,21 @@ def _default_storage() -> tuple[str, Path]:
 def _study_name(storage: str, name: str | None) -> str:
     import optuna
 
+    from trainplan.safe import mask_url, redact
+
+    shown = mask_url(storage)
     try:
         names = sorted(optuna.get_all_study_names(storage=storage))
     except Exception as exc:  # noqa: BLE001 - any driver/URL error is the user's --storage
-        raise UsageError("--storage", f"cannot open {storage}: {type(exc).__name__}: {exc}") from None
+        detail = redact(f"{type(exc).__name__}: {exc}").splitlines()[0]
+        raise UsageError("--storage", f"cannot open {shown}: {detail}") from None
     if name is None:
         if len(names) == 1:
             return names[0]
         listed = ", ".join(names) if names else "none"
-        raise UsageError("--study", f"{storage} holds {len(names)} studies ({listed}); pass --study NAME")
+        raise UsageError("--study", f"{shown} holds {len(names)} studies ({listed}); pass --study NAME")
     if name not in names:
-        raise UsageError("--study", f"no study {name!r} in {storage}" + close_matches(name, names))
+        raise UsageError("--study", f"no study {name!r} in {shown}" + close_matches(name, names))
     return name
 
 
@@ -63,17 +67,35 @@ def _sqlite_dir(storage: str) -> Path | None:
 def report(storage: str | None, study_name: str | None, out_dir: Path | None, gpu: str | None,
            tokens: str | None, top_k: int | None, generated: str | None) -> None:
     """Write one self-contained HTML report of a study."""
+    import os
+
+    # Offline by design: a model id stored in the study is never resolved on the hub (the planner
+    # then says it cannot rebuild the configuration, and the page says so).
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import optuna
 
     from trainplan.cli._format import parse_count
-    from trainplan.reports import build_report
+    from trainplan.safe import storage_from_env
+    from trainplan.search._optuna import existing_storage_file, storage_url
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_dir = None
+    storage = storage_from_env(storage)
     if storage is None:
         storage, run_dir = _default_storage()
     if top_k is not None and top_k < 1:
         raise UsageError("--top-k", f"must be a positive integer, got {top_k}")
+    if tokens is not None:
+        parse_count(tokens, "--tokens")
+    if "://" not in storage:  # a plain path, as search and trials take it
+        storage = storage_url(storage, Path("."))
+    existing_storage_file(storage)  # never create a storage just to read it
+    if storage.startswith("journal:") or storage.endswith((".log", ".jsonl", ".journal")):
+        raise UsageError("--storage", "report reads RDB storages (sqlite:///, postgresql://); "
+                                      "journal files: export with `trainplan trials` instead")
+    from trainplan.reports import build_report
+
     name = _study_name(storage, study_name)
     study = optuna.load_study(study_name=name, storage=storage)
     out = out_dir or run_dir or _sqlite_dir(storage) or Path("report")

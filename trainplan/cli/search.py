@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from trainplan.cli._types import Count, Finite
+
 __all__ = ["search", "trials"]
 
 _common = [
@@ -46,13 +48,13 @@ def _load(sweep_file: Path | None, overrides: dict[str, Any]):  # type: ignore[n
 
 @click.command("search")
 @_apply(_common)
-@click.option("--n-trials", type=int, help="Trials in the study, counted across restarts (overrides budget.n_trials).")
-@click.option("--timeout", "timeout_s", type=float, help="Start no trial after this many seconds (budget.timeout_s).")
-@click.option("--max-gpu-hours", type=float, help="Start no trial once the study used this many GPU-hours.")
-@click.option("--workers", type=int, help="Trials run at once by this command (default: the sweep's workers).")
+@click.option("--n-trials", type=Count(1, 10**7), help="Trials in the study, counted across restarts (overrides budget.n_trials).")
+@click.option("--timeout", "timeout_s", type=Finite(0, 10**9, low_open=True), help="Start no trial after this many seconds (budget.timeout_s).")
+@click.option("--max-gpu-hours", type=Finite(0, 10**12, low_open=True), help="Start no trial once the study used this many GPU-hours.")
+@click.option("--workers", type=Count(1, 4096), help="Trials run at once by this command (default: the sweep's workers).")
 @click.option("--sampler", help="tpe, gp, cmaes, random or grid (overrides sampler.type).")
 @click.option("--pruner", help="successive_halving, hyperband, median or none (overrides pruner.type).")
-@click.option("--seed", type=int, help="Sampler seed (overrides sampler.seed).")
+@click.option("--seed", type=Count(0, 2**32 - 1), help="Sampler seed (overrides sampler.seed).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the trial table here at the end (.csv, .parquet or .json).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -64,14 +66,36 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
            fmt: str, no_progress: bool) -> None:
     """Run (or resume) an Optuna sweep over real DeepSpeed trials; SWEEP_FILE defaults to the
     built-in sweep (a few minutes on a CPU)."""
+    from trainplan.safe import mask_argv, mask_url, remember_url, storage_from_env
     from trainplan.search import export_trials, run_search
 
+    storage = storage_from_env(storage)
     sweep = _load(sweep_file, {
         "study_name": study_name, "storage": storage, "workers": workers, "budget.n_trials": n_trials,
         "budget.timeout_s": timeout_s, "budget.max_gpu_hours": max_gpu_hours, "sampler.type": sampler,
         "pruner.type": pruner, "sampler.seed": seed,
     })
-    result = run_search(sweep, run_dir=run_dir, command=["trainplan", *sys.argv[1:]], progress=not no_progress)
+    remember_url(sweep.storage)  # a password in the sweep file is masked everywhere too
+    from trainplan.cli._types import check_output_file
+    from trainplan.search import EXPORT_FORMATS
+
+    check_output_file(export_path, "--export", EXPORT_FORMATS)  # before the sweep, not after it
+    _check_workers(sweep)
+    _check_data(sweep)
+    command = ["trainplan", *sys.argv[1:]]
+    from trainplan.cli._signals import interrupt_on_signals
+
+    signals = interrupt_on_signals()
+    try:
+        with signals:
+            result = run_search(sweep, run_dir=run_dir, command=command, progress=not no_progress)
+    except KeyboardInterrupt:
+        # The workers recorded their running trials as terminated and queued them again.
+        import shlex
+
+        click.echo("trainplan: interrupted; the running trials were recorded as terminated and will be retried. "
+                   f"Resume with: {shlex.join(mask_argv(command))}", err=True)
+        raise click.exceptions.Exit(signals.exit_code) from None
     if export_path is not None:
         import optuna
 
@@ -85,7 +109,7 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
                               indent=2, default=str))
         return
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-    click.echo(f"study {result.study_name} ({result.storage}): {counts}")
+    click.echo(f"study {result.study_name} ({mask_url(result.storage)}): {counts}")
     if not result.best:
         from trainplan.errors import TrainplanError
 
@@ -114,20 +138,26 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
     import optuna
 
     from trainplan.errors import UsageError
+    from trainplan.safe import csv_cell, mask_url, remember_url, storage_from_env
     from trainplan.search import export_trials, open_storage, search_dir, storage_url, trials_frame
+    from trainplan.search._optuna import existing_storage_file
 
-    sweep = _load(sweep_file, {"study_name": study_name, "storage": storage})
+    sweep = _load(sweep_file, {"study_name": study_name, "storage": storage_from_env(storage)})
+    remember_url(sweep.storage)
     run_dir = run_dir or search_dir(sweep)
     url = storage_url(sweep.storage, run_dir)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise UsageError("--storage", f"no study database at {url.removeprefix('sqlite:///')}; run `trainplan search` first")
+    existing_storage_file(url, "--storage")  # never create a storage just to read it
     store = open_storage(sweep.storage, run_dir, sweep)
     try:
         study = optuna.load_study(study_name=sweep.study_name, storage=store)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(store)]
-        raise UsageError("--study-name", f"no study {sweep.study_name!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
+        raise UsageError("--study-name", f"no study {sweep.study_name!r} in {mask_url(url)}; "
+                                         f"studies there: {', '.join(names) or 'none'}") from None
     if output != "-":
+        from trainplan.cli._types import check_output_file
+
+        check_output_file(output, "--output")
         click.echo(str(export_trials(study, output, fmt)), err=True)
         return
     fmt = fmt or "csv"
@@ -138,4 +168,30 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
         click.echo(frame.to_json(orient="records", indent=2))
     else:
         frame["curve"] = [json.dumps(c) for c in frame.get("curve", [])]
-        click.echo(frame.to_csv(index=False), nl=False)
+        click.echo(frame.map(csv_cell).to_csv(index=False), nl=False)
+
+
+def _check_workers(sweep: Any) -> None:
+    """On a CPU machine each trial's ranks are processes: more of them than cores only thrash."""
+    import os
+
+    from trainplan.cli.run import gpu_present
+    from trainplan.errors import UsageError
+
+    cores = os.cpu_count() or 1
+    ranks = sweep.workers * sweep.hardware.gpus_per_trial
+    if not gpu_present() and ranks > cores:
+        raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
+                                      f"exceed this machine's {cores} CPU cores (no GPU here)")
+
+
+
+def _check_data(sweep: Any) -> None:
+    """The base trial's data is read and checked once, before any trial: bad data would otherwise
+    be found by every trial of the sweep in turn."""
+    from trainplan.runners._data import check_data
+    from trainplan.search import resolve_trial
+
+    spec = resolve_trial(sweep, {})
+    check_data(spec.data, text_key=spec.text_key, tokenizer=spec.tokenizer, max_bytes=spec.max_data_bytes,
+               seq_len=spec.layout.seq_len, eval_tokens=spec.eval_tokens)

@@ -1,0 +1,342 @@
+"""Hyperparameter and loss laws fitted from plain points of a ladder sweep, with bootstrap intervals.
+
+The planner never reads a study: ``search`` hands it :class:`Point` values (parameters, tokens,
+lr, batch, final loss of each completed trial). Method, written once:
+
+1. Per size (one N and D), the *near-optimal set*: trials whose loss is within ``tolerance`` (a
+   fraction, default 2%) of that size's best. The size's optimal LR (and batch) is the
+   loss-weighted geometric mean of the set, weight ``1 / (1 + (L - L_best) / (tolerance L_best))``
+   (1 for the best trial, 1/2 at the edge): one lucky trial does not decide, as Step Law
+   (arXiv:2503.04715, Sec. 2) found the landscape flat near the optimum.
+2. Power laws in N: ``lr* = k N^a`` and ``B* = k N^b`` by least squares in log space (the form of
+   DeepSeek LLM, arXiv:2401.02954, eq. 1, and Step Law). The ladder holds D fixed, so the D
+   dependence at the target is Step Law's exponent (a prior, said so in ``notes``).
+3. Loss: ``L = E + A N^-alpha`` (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, at fixed D);
+   alpha is profiled over a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024
+   value 0.3478 (the prior for few data). When the sizes trained several token budgets (3+
+   sizes, 2+ budgets), ``L = E + A N^-alpha + B D^-beta`` with both exponents at the Besiroglu
+   prior and E, A, B fitted. A ladder at one token budget cannot fit the data term, so its loss is
+   predicted at the ladder's tokens and ``loss_tokens`` says so: Chinchilla's own B is in its
+   data's nats and at a tiny D swamps everything (tried: -27 nats at 2T from 131k tokens).
+4. Intervals: 400 bootstrap resamples of the trials within each size (seeded), the whole fit
+   redone each time; 2.5/97.5 percentiles.
+
+With one size only, the priors' exponents (Step Law for LR and batch, Besiroglu for loss) are
+anchored on the measured optimum, and every output says so (``mode == "anchored"``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trainplan.errors import UsageError
+from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
+from trainplan.planner._scaling import ALPHA, BETA
+
+__all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "size_optima"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Point:
+    """One completed trial (measured)."""
+
+    size: str
+    n_params: float
+    """Non-embedding parameters."""
+    tokens: float
+    lr: float
+    batch_tokens: float
+    loss: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interval:
+    """A fitted value with its bootstrap interval (2.5 and 97.5 percentiles)."""
+
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SizeOptimum:
+    """One size's near-optimal LR, batch and loss (from its near-optimal set)."""
+
+    size: str
+    n_params: float
+    tokens: float
+    lr: float
+    batch_tokens: float
+    loss: float
+    """Best measured loss of the size."""
+    trials: int
+    """Completed trials of the size."""
+    near_optimal: int
+    """Trials within the tolerance of the best."""
+    lr_at_edge: bool = False
+    """The best trial's LR is the smallest or largest swept for the size: the optimum may lie beyond."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FitResult:
+    """Laws fitted (or anchored) from a ladder, and their prediction at a target."""
+
+    mode: str
+    """``fitted`` (2+ sizes) or ``anchored`` (one size: the priors' exponents on its optimum)."""
+    tolerance: float
+    """Near-optimal set: within this fraction of each size's best loss."""
+    optima: tuple[SizeOptimum, ...]
+    lr_exponent: Interval
+    """a in lr* = k N^a."""
+    batch_exponent: Interval
+    """b in B* = k N^b."""
+    loss_alpha: Interval
+    """alpha in L = E + A N^-alpha (the prior's value when held fixed)."""
+    loss_e: Interval
+    """E in L = E + A N^-alpha."""
+    alpha_fitted: bool
+    target_n: float
+    target_tokens: float
+    lr: Interval
+    batch_tokens: Interval
+    loss: Interval
+    loss_tokens: float
+    """The tokens the loss prediction is for (the ladder's when it cannot reach the target's)."""
+    fitted_n_range: tuple[float, float]
+    fitted_tokens: tuple[float, float]
+    extrapolation: float
+    """target N / largest fitted N (or smallest / target N when below): 1 inside the data."""
+    notes: tuple[str, ...] = field(default=())
+    """What is a prior rather than a fit, and any extrapolation warning."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "mode": self.mode, "tolerance": self.tolerance,
+            "data": [vars_of(o) for o in self.optima],
+            "lr_exponent": self.lr_exponent.to_dict(), "batch_exponent": self.batch_exponent.to_dict(),
+            "loss_alpha": self.loss_alpha.to_dict(), "loss_e": self.loss_e.to_dict(),
+            "alpha_fitted": self.alpha_fitted,
+            "target": {"non_embedding_params": self.target_n, "tokens": self.target_tokens,
+                       "lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
+                       "loss": self.loss.to_dict(), "loss_tokens": self.loss_tokens},
+            "fitted_n_range": list(self.fitted_n_range), "fitted_tokens": list(self.fitted_tokens),
+            "extrapolation": self.extrapolation, "notes": list(self.notes),
+        }
+
+
+def vars_of(o: SizeOptimum) -> dict[str, object]:
+    return {k: getattr(o, k) for k in SizeOptimum.__dataclass_fields__}
+
+
+def size_optima(points: Sequence[Point], tolerance: float = 0.02) -> list[SizeOptimum]:
+    """Each size's near-optimal LR and batch (method step 1), smallest size first."""
+    groups: dict[tuple[float, float], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.n_params, p.tokens), []).append(p)
+    out = []
+    for (n, d), group in sorted(groups.items()):
+        best = min(p.loss for p in group)
+        tol = tolerance * best
+        near = [p for p in group if p.loss <= best + tol]
+        w = [1 / (1 + (p.loss - best) / tol) if tol > 0 else 1.0 for p in near]
+        total = sum(w)
+        out.append(SizeOptimum(
+            size=group[0].size, n_params=n, tokens=d,
+            lr=math.exp(sum(wi * math.log(p.lr) for wi, p in zip(w, near)) / total),
+            batch_tokens=math.exp(sum(wi * math.log(p.batch_tokens) for wi, p in zip(w, near)) / total),
+            loss=best, trials=len(group), near_optimal=len(near),
+            lr_at_edge=min(group, key=lambda p: p.loss).lr in (min(p.lr for p in group), max(p.lr for p in group))))
+    return out
+
+
+def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    return my - slope * mx, slope
+
+
+def _loss_fit(ns: Sequence[float], ls: Sequence[float], alpha: float | None) -> tuple[float, float, float]:
+    """E, A, alpha of L = E + A N^-alpha; alpha profiled over a grid when ``None``."""
+    def for_alpha(a: float) -> tuple[float, float, float]:
+        e, slope = _line([n ** -a for n in ns], ls)
+        sse = sum((e + slope * n ** -a - y) ** 2 for n, y in zip(ns, ls))
+        return sse, e, slope
+
+    if alpha is not None:
+        _, e, a_coef = for_alpha(alpha)
+        return e, a_coef, alpha
+    grid = [0.02 * i for i in range(1, 76)]  # alpha in (0, 1.5]
+    best = min(grid, key=lambda a: for_alpha(a)[0])
+    # refine around the best grid point
+    lo, hi = max(1e-3, best - 0.02), best + 0.02
+    for _ in range(40):
+        m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        if for_alpha(m1)[0] < for_alpha(m2)[0]:
+            hi = m2
+        else:
+            lo = m1
+    a = (lo + hi) / 2
+    _, e, a_coef = for_alpha(a)
+    return e, a_coef, a
+
+
+def _solve(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+    """Least squares by the normal equations and Gaussian elimination (a handful of columns)."""
+    k = len(rows[0])
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(k)] + [sum(r[i] * y for r, y in zip(rows, ys))]
+         for i in range(k)]
+    for c in range(k):
+        piv = max(range(c, k), key=lambda r: abs(m[r][c]))
+        m[c], m[piv] = m[piv], m[c]
+        if abs(m[c][c]) < 1e-300:
+            raise ValueError("singular design: the sizes do not separate N from D")
+        for r in range(k):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [a - f * b for a, b in zip(m[r], m[c])]
+    return [m[i][k] / m[i][i] for i in range(k)]
+
+
+def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_alpha: bool,
+             loss_d: float, nd_loss: bool) -> dict[str, float]:
+    ns = [o.n_params for o in optima]
+    d_fit = math.exp(sum(math.log(o.tokens) for o in optima) / len(optima))
+    x = [math.log(n) for n in ns]
+    k_lr, a_lr = _line(x, [math.log(o.lr) for o in optima])
+    k_b, a_b = _line(x, [math.log(o.batch_tokens) for o in optima])
+    d_ratio = target_d / d_fit
+    out = {"lr_exp": a_lr, "batch_exp": a_b,
+           "lr": math.exp(k_lr + a_lr * math.log(target_n)) * d_ratio ** STEP_LR[2],
+           "batch": math.exp(k_b + a_b * math.log(target_n)) * d_ratio ** STEP_BATCH[1]}
+    if nd_loss:  # sizes at several token budgets: L = E + A N^-alpha + B D^-beta, exponents the prior's
+        e, a_coef, b_coef = _solve([[1.0, o.n_params ** -ALPHA, o.tokens ** -BETA] for o in optima],
+                                   [o.loss for o in optima])
+        return {**out, "alpha": ALPHA, "e": e, "loss": e + a_coef * target_n ** -ALPHA + b_coef * loss_d ** -BETA}
+    e, a_coef, alpha = _loss_fit(ns, [o.loss for o in optima], None if fit_alpha else ALPHA)
+    return {**out, "alpha": alpha, "e": e, "loss": e + a_coef * target_n ** -alpha}
+
+
+def _anchored(o: SizeOptimum, target_n: float, target_d: float) -> dict[str, float]:
+    n_ratio, d_ratio = target_n / o.n_params, target_d / o.tokens
+    # The prior's constants are in its own units (MassiveText nats): only the shape of its N term
+    # is borrowed, as a ratio at the measured size's tokens.
+    from trainplan.planner._scaling import A as CHIN_A, E as CHIN_E
+
+    shape = (CHIN_E + CHIN_A * target_n ** -ALPHA) / (CHIN_E + CHIN_A * o.n_params ** -ALPHA)
+    return {"lr_exp": STEP_LR[1], "batch_exp": 0.0, "alpha": ALPHA, "e": o.loss * CHIN_E / (CHIN_E + CHIN_A * o.n_params ** -ALPHA),
+            "lr": o.lr * n_ratio ** STEP_LR[1] * d_ratio ** STEP_LR[2],
+            "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": o.loss * shape}
+
+
+def _group_by_size(points: Sequence[Point]) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for p in points:
+        out.setdefault(p.size, []).append(p)
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    i = q * (len(s) - 1)
+    lo = int(math.floor(i))
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (i - lo)
+
+
+def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *, tolerance: float = 0.02,
+               min_trials: int = 3, n_boot: int = 400, seed: int = 0) -> FitResult:
+    """Fit (2+ sizes) or anchor (1 size) the laws and predict at the target.
+
+    Raises :class:`UsageError` naming what to run when no size has ``min_trials`` completed trials.
+    """
+    if not 0 < tolerance < 1:
+        raise UsageError("--tolerance", f"must lie in (0, 1), got {tolerance}")
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p.size] = counts.get(p.size, 0) + 1
+    usable = [p for p in points if counts[p.size] >= min_trials]
+    if not usable:
+        found = ", ".join(f"{s}: {c}" for s, c in sorted(counts.items())) or "no completed trials"
+        raise UsageError("--storage", f"too few trials to fit: each size needs >= {min_trials} completed trials "
+                                      f"with different learning rates (found {found}); run a ladder sweep "
+                                      "(trainplan search search/data/default_ladder.yaml) or more trials of one size")
+    optima = size_optima(usable, tolerance)
+    ns = [o.n_params for o in optima]
+    fit_alpha = len(optima) >= 4
+    notes = []
+    d_lo, d_hi = min(o.tokens for o in optima), max(o.tokens for o in optima)
+    nd_loss = len(optima) >= 3 and len({o.tokens for o in optima}) >= 2 and len({o.n_params for o in optima}) >= 2
+    inside_d = d_lo / 1.1 <= target_tokens <= d_hi * 1.1
+    loss_tokens = target_tokens if nd_loss or inside_d else math.exp(
+        sum(math.log(o.tokens) for o in optima) / len(optima))
+    if loss_tokens != target_tokens:
+        notes.append(f"final loss is predicted at the ladder's {loss_tokens:.3g} tokens, not the target's "
+                     f"{target_tokens:.3g}: every size trained the same tokens, so the data term is not fitted "
+                     "(give the ladder sizes several token budgets to fit it)")
+    elif nd_loss:
+        notes.append(f"loss fitted as E + A N^-{ALPHA} + B D^-{BETA} (exponents: the Besiroglu et al. 2024 prior)")
+    if len(optima) == 1:
+        mode, fit = "anchored", (lambda opt: _anchored(opt[0], target_n, target_tokens))
+        notes.append(f"one size swept ({optima[0].size}): the priors' exponents (Step Law LR {STEP_LR[1]} in N, "
+                     f"{STEP_LR[2]} in D; batch {STEP_BATCH[1]} in D; Besiroglu alpha {ALPHA}) are anchored on its "
+                     "measured optimum; nothing here is fitted across sizes")
+    else:
+        mode = "fitted"
+        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss))
+        if not fit_alpha and not nd_loss:
+            notes.append(f"{len(optima)} sizes: loss exponent alpha held at the Besiroglu et al. 2024 prior {ALPHA} "
+                         "(4+ sizes fit it)")
+    if not (d_lo <= target_tokens <= d_hi):
+        notes.append(f"target tokens {target_tokens:.3g} outside the swept {d_lo:.3g}-{d_hi:.3g}: the D dependence is "
+                     f"a prior (Step Law LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
+    batches = {p.batch_tokens for p in usable}
+    if len(batches) == 1:
+        notes.append(f"the ladder swept one batch ({next(iter(batches)):.0f} tokens): the batch is not fitted, only "
+                     f"carried to the target's tokens by Step Law's D^{STEP_BATCH[1]}")
+    lrs_per_size = min(len({p.lr for p in group}) for group in _group_by_size(usable).values())
+    if lrs_per_size < 3:
+        notes.append(f"a size has only {lrs_per_size} distinct learning rates: its optimum may lie outside what was swept")
+    edge = [o.size for o in optima if o.lr_at_edge]
+    if edge:
+        notes.append(f"best LR at the edge of the swept range for {', '.join(edge)}: widen the LR choices there")
+    central = fit(optima)
+    by_size = _group_by_size(usable)
+    rng = random.Random(seed)
+    boots: list[dict[str, float]] = []
+    for _ in range(n_boot):
+        sample = [rng.choice(group) for group in by_size.values() for _ in group]
+        try:
+            boots.append(fit(size_optima(sample, tolerance)))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            continue
+
+    def interval(key: str) -> Interval:
+        vals = [b[key] for b in boots if math.isfinite(b[key])]
+        if not vals:
+            return Interval(value=central[key], low=central[key], high=central[key])
+        return Interval(value=central[key], low=min(_percentile(vals, 0.025), central[key]),
+                        high=max(_percentile(vals, 0.975), central[key]))
+
+    lo_n, hi_n = min(ns), max(ns)
+    extrap = target_n / hi_n if target_n > hi_n else (lo_n / target_n if target_n < lo_n else 1.0)
+    if extrap > 1:
+        far = " FAR" if extrap > 10 else ""
+        notes.append(f"WARNING: target N {target_n:.3g} is{far} outside the fitted range {lo_n:.3g}-{hi_n:.3g} "
+                     f"({extrap:.3g}x beyond): an extrapolation of the fit, not a measurement")
+    return FitResult(
+        mode=mode, tolerance=tolerance, optima=tuple(optima),
+        lr_exponent=interval("lr_exp"), batch_exponent=interval("batch_exp"),
+        loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss,
+        target_n=target_n, target_tokens=target_tokens,
+        lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,
+        fitted_n_range=(lo_n, hi_n), fitted_tokens=(d_lo, d_hi), extrapolation=extrap, notes=tuple(notes),
+    )
+
+

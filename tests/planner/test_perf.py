@@ -1,0 +1,84 @@
+"""Step time, throughput and MFU (planner/_perf.py) against values worked out by hand.
+
+A made-up GPU with round numbers (100 TFLOP/s bf16, 100 GB/s in a node, 10 GB/s across nodes,
+efficiency 0.5) keeps the arithmetic checkable: compute = hardware FLOPs / (GPUs x peak x
+efficiency); a ring all-reduce moves 2(n-1)/n of the buffer, ZeRO-3 3(n-1)/n per micro-batch;
+70% of the data-parallel traffic hides behind the backward pass (2/3 of compute).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from trainplan.planner import GPUSpec, Layout, default_efficiency, estimate_perf, load_model
+
+GPU = GPUSpec(key="round", name="round numbers", memory_gib=80, tflops={"bf16": 100.0, "fp32": 50.0},
+              hbm_gbps=1000, intra_node_gbps=100, inter_node_gbps=10, compute_efficiency=0.5, price_per_hour=1.0)
+N = 1e9  # parameters
+
+
+@pytest.fixture(scope="module")
+def llama7b():
+    return load_model("llama-2-7b")  # hidden 4096, 32 layers
+
+
+def test_data_parallel_all_reduce_mostly_hides_behind_backward(llama7b):
+    layout = Layout(gpus=8, seq_len=4096)
+    p = estimate_perf(llama7b, layout, GPU, params_total=N, model_flops_per_step=8e15,
+                      hardware_flops_per_step=8e15, efficiency=0.5)
+    assert p.compute_s == pytest.approx(20.0)  # 8e15 / (8 x 100e12 x 0.5)
+    assert p.dp_comm_s == pytest.approx(0.035)  # 2 x 7/8 x 2 GB / 100 GB/s
+    assert p.dp_comm_exposed_s == pytest.approx(0.0105)  # the 30% that never overlaps
+    assert p.tp_comm_s == p.bubble_s == p.offload_s == 0.0
+    assert p.step_time_s == pytest.approx(20.0105)
+    assert p.tokens_per_s == pytest.approx(8 * 4096 / 20.0105)
+    assert p.mfu == pytest.approx(8e15 / (20.0105 * 8 * 100e12))
+
+
+def test_communication_longer_than_backward_is_exposed(llama7b):
+    p = estimate_perf(llama7b, Layout(gpus=8, seq_len=4096), GPU, params_total=N, model_flops_per_step=8e12,
+                      hardware_flops_per_step=8e12, efficiency=0.5)
+    # compute 0.02 s, backward 0.01333 s: 0.0105 + (0.0245 - 0.01333) exposed
+    assert p.dp_comm_exposed_s == pytest.approx(0.0105 + 0.0245 - 0.02 * 2 / 3)
+
+
+def test_zero3_across_nodes_moves_three_halves_per_micro_batch(llama7b):
+    layout = Layout(gpus=16, gpus_per_node=8, zero=3, grad_accum=2, seq_len=4096)
+    p = estimate_perf(llama7b, layout, GPU, params_total=N, model_flops_per_step=8e15,
+                      hardware_flops_per_step=8e15, efficiency=0.5)
+    assert p.compute_s == pytest.approx(10.0)
+    assert p.dp_comm_s == pytest.approx(2 * 3 * 15 / 16 * 2e9 / 10e9)  # inter-node links: 1.125 s
+    assert p.dp_comm_exposed_s == pytest.approx(1.125 * 0.3)
+    zero2 = estimate_perf(llama7b, layout.with_(zero=2), GPU, params_total=N, model_flops_per_step=8e15,
+                          hardware_flops_per_step=8e15, efficiency=0.5)
+    assert zero2.dp_comm_s == pytest.approx((2 + 1) * 15 / 16 * 2e9 / 10e9)  # 2 reduce-scatters + 1 all-gather
+
+
+def test_tensor_parallel_all_reduces_and_pipeline_bubble(llama7b):
+    tp = estimate_perf(llama7b, Layout(gpus=2, tp=2, seq_len=4096), GPU, params_total=N,
+                       model_flops_per_step=8e15, hardware_flops_per_step=8e15, efficiency=0.5)
+    # 4 all-reduces x 32 layers of 1 x 4096 x 4096 bf16 activations, 2 x 1/2 of them each, at 100 GB/s
+    assert tp.tp_comm_s == pytest.approx(128 * 4096 * 4096 * 2 / 100e9)
+    assert tp.dp_comm_s == 0.0  # dp = 1
+    pp = estimate_perf(llama7b, Layout(gpus=4, pp=4, grad_accum=8, seq_len=4096), GPU, params_total=N,
+                       model_flops_per_step=8e15, hardware_flops_per_step=8e15, efficiency=0.5)
+    assert pp.bubble_s == pytest.approx(pp.compute_s * 3 / 8)  # (p - 1) / m, 1F1B
+
+
+def test_cpu_offload_adds_pcie_copies_and_the_host_optimizer_step(llama7b):
+    p = estimate_perf(llama7b, Layout(gpus=8, zero=2, offload="cpu", seq_len=4096), GPU, params_total=N,
+                      model_flops_per_step=8e15, hardware_flops_per_step=8e15, efficiency=0.5)
+    # 1.25e8 params per GPU: 6 bytes each over 25 GB/s, then 8 GPUs' partitions at 2e9 params/s
+    assert p.offload_s == pytest.approx(1.25e8 * 6 / 25e9 + 1.25e8 * 8 / 2e9)
+
+
+def test_recompute_counts_in_hfu_not_mfu(llama7b):
+    p = estimate_perf(llama7b, Layout(gpus=1, seq_len=4096), GPU, params_total=N, model_flops_per_step=6e14,
+                      hardware_flops_per_step=8e14, efficiency=0.5)
+    assert p.compute_s == pytest.approx(16.0)
+    assert p.hfu == pytest.approx(0.5) and p.mfu == pytest.approx(0.375)
+
+
+def test_default_efficiency_shrinks_for_narrow_models(llama7b):
+    assert default_efficiency(llama7b, GPU) == 0.5  # d = 4096: the GPU's own figure
+    assert default_efficiency(load_model("gpt2"), GPU) == 0.389  # 0.5 x (768 / 4096) ** 0.15
