@@ -74,7 +74,8 @@ def run_grid(out: Path, reuse: bool, grid: slice = slice(None)) -> list[Path]:
 
 def loo(points: list[dict]) -> dict[str, list[float]]:
     """Relative errors (predicted / measured - 1) of each held-out trial."""
-    err: dict[str, list[float]] = {k: [] for k in ("tps_cal", "tps_uncal", "mem_cal", "mem_uncal", "tps_in", "mem_in")}
+    err: dict[str, list[float]] = {k: [] for k in ("tps_cal", "tps_uncal", "mem_cal", "mem_uncal", "tps_in", "mem_in",
+                                                   "inside")}
     rows = []
     for i, held in enumerate(points):
         try:
@@ -88,7 +89,7 @@ def loo(points: list[dict]) -> dict[str, list[float]]:
         e = {"tps_cal": c.tokens_per_s.value / tps - 1, "tps_uncal": c.tokens_per_s.uncalibrated / tps - 1,
              "mem_cal": c.memory_bytes.value / mem - 1, "mem_uncal": c.memory_bytes.uncalibrated / mem - 1,
              "tps_in": float(c.tokens_per_s.low <= tps <= c.tokens_per_s.high),
-             "mem_in": float(c.memory_bytes.low <= mem <= c.memory_bytes.high)}
+             "mem_in": float(c.memory_bytes.low <= mem <= c.memory_bytes.high), "inside": float(not c.outside_data)}
         for k, v in e.items():
             err[k].append(v)
         rows.append((held["id"], tps, c.tokens_per_s, mem, c.memory_bytes, c.outside_data))
@@ -147,8 +148,15 @@ def report(points: list[dict]) -> int:
 
     print("LOO " + line("tokens/s", err["tps_cal"], err["tps_uncal"]))
     print("LOO " + line("peak memory", err["mem_cal"], err["mem_uncal"]))
-    print(f"held-out measurements inside the 90% prediction interval: tokens/s {sum(err['tps_in']):.0f}/{len(points)}, "
-          f"memory {sum(err['mem_in']):.0f}/{len(points)}")
+    n = len(err["inside"])
+    print(f"held-out measurements inside the 90% prediction interval: tokens/s {sum(err['tps_in']):.0f}/{n}, "
+          f"memory {sum(err['mem_in']):.0f}/{n}")
+    inside = [i for i, v in enumerate(err["inside"]) if v]
+    if inside and len(inside) < n:
+        sub = {k: [v[i] for i in inside] for k, v in err.items()}
+        print(f"the {len(inside)} held-out trials the calibration did not flag as outside its data:")
+        print("  LOO " + line("tokens/s", sub["tps_cal"], sub["tps_uncal"]))
+        print("  LOO " + line("peak memory", sub["mem_cal"], sub["mem_uncal"]))
     return 0
 
 

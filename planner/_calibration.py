@@ -15,8 +15,9 @@ m the micro-batches per step, C the planner's data-parallel communication time b
 (``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
-communication time really exposed (the overlap and the real bandwidth together). Peak memory: ``measured = c0 + k * A``, A the planner's
-allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
+communication time really exposed (the overlap and the real bandwidth together). Peak memory:
+``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3 engine path
+(none at stage 0; ~50 MB more at stages 1-2 on this CPU), A the planner's allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
 plus a share.
 
 Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
@@ -228,6 +229,11 @@ class Calibration:
     version: int = FORMAT_VERSION
 
     # Prediction -----------------------------------------------------------------------------
+    def _mem_coefs(self) -> list[float]:
+        m = self.memory
+        return [m["overhead_bytes"].value, m["overhead_zero12_bytes"].value, m["overhead_zero3_bytes"].value,
+                m["share"].value]
+
     def _speed_coefs(self) -> list[float]:
         return [1 / self.speed["e_max"].value, self.speed["t_micro_batch_s"].value,
                 self.speed["comm_factor"].value]
@@ -244,10 +250,9 @@ class Calibration:
         tb = [math.log(step(c) / t) for c in self.boot.get("speed", []) if step(c) > 0]
         sd = math.sqrt(self.residual["tokens_per_s"] ** 2 + (statistics.pstdev(tb) if len(tb) > 1 else 0.0) ** 2)
         tps = p.layout.tokens_per_step / t
-        mc = [self.memory["overhead_bytes"].value, self.memory["share"].value]
-        mem = mc[0] + mc[1] * f["allocated"]
-        mb = [math.log((c0 + k * f["allocated"]) / mem) for c0, k in self.boot.get("memory", [])
-              if c0 + k * f["allocated"] > 0]
+        xm = _mem_row(p.layout.zero, f["allocated"])
+        mem = sum(a * b for a, b in zip(self._mem_coefs(), xm))
+        mb = [math.log(v / mem) for c in self.boot.get("memory", []) if (v := sum(a * b for a, b in zip(c, xm))) > 0]
         msd = math.sqrt(self.residual["memory"] ** 2 + (statistics.pstdev(mb) if len(mb) > 1 else 0.0) ** 2)
         eff = f["flops_term"] / max(t - x[2] * self._speed_coefs()[2], 1e-30)
         return Calibrated(
@@ -275,6 +280,9 @@ class Calibration:
             out.append(f"{lay.gpus} ranks; the trials ran at most {max(r['ranks'])}")
         if lay.zero not in r["zero"]:
             out.append(f"ZeRO-{lay.zero} not among the trials' stages {r['zero']}")
+        elif lay.dp > 1 and lay.zero not in r.get("zero_across_ranks", r["zero"]):
+            # each stage communicates differently: one seen on one rank says nothing of its collectives
+            out.append(f"ZeRO-{lay.zero} across {lay.dp} ranks; the trials ran it on one rank only")
         if lay.precision not in r["precision"]:
             out.append(f"{lay.precision} not among the trials' precisions {r['precision']}")
         if lay.dp > 1 and "comm_factor" in self.uncalibrated():
@@ -299,8 +307,10 @@ class Calibration:
                                       "recalibrate with trials run on this stack")
 
     def profile(self, ranks: int = 1) -> GPUSpec:
-        """The device profile (a :class:`GPUSpec`) the calibration applies to."""
-        return device_profile(self.device, ranks)
+        """The device profile (a :class:`GPUSpec`) the calibration applies to, with the threads per
+        rank the trials of ``ranks`` ranks ran (on the CPU; else the runner's default)."""
+        threads = self.ranges.get("threads_per_rank", {}).get(str(ranks))
+        return device_profile(self.device, ranks, threads)
 
     def apply(self, p: Plan) -> Calibrated:
         """Calibrated figures of a plan; refused unless ``p`` was planned on this device's profile."""
@@ -409,7 +419,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     notes = []
     if not comm_fitted:
         notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank "
-                     "(run trials with --gpus 2 to calibrate it); the planner's overlap assumption is kept")
+                     "(run trials with --gpus 2 to calibrate it); all of the planner's communication time is counted "
+                     "as exposed")
 
     def speed_fit(idx: Sequence[int]) -> list[float] | None:
         rows = [[feats[i]["flops_term"], feats[i]["micro_batches"]] + ([feats[i]["comm_s"]] if comm_fitted else [])
@@ -417,9 +428,11 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         c = _wls(rows, [step[i] for i in idx])
         return None if c is None or c[0] <= 0 else (c + [] if comm_fitted else c + [_default_share(plans)])
 
+    zeros = [pl.layout.zero for pl in plans]
+
     def mem_fit(idx: Sequence[int]) -> list[float] | None:
-        c = _wls([[1.0, alloc[i]] for i in idx], [mem[i] for i in idx])
-        return None if c is None or c[1] <= 0 else c
+        c = _wls([_mem_row(zeros[i], alloc[i]) for i in idx], [mem[i] for i in idx])
+        return None if c is None or c[3] <= 0 else c
 
     all_idx = list(range(len(pts)))
     sc, mc = speed_fit(all_idx), mem_fit(all_idx)
@@ -458,11 +471,17 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     }
     memory = {
         "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
-        "share": const([m[1] for m in mboot], mc[1], "x allocated", "measured / estimated allocated bytes, at the margin"),
+        "overhead_zero12_bytes": const([m[1] for m in mboot], mc[1], "bytes",
+                                       "more constant memory under ZeRO-1/2 (DeepSpeed's partitioning optimizer)",
+                                       any(z in (1, 2) for z in zeros)),
+        "overhead_zero3_bytes": const([m[2] for m in mboot], mc[2], "bytes",
+                                      "more constant memory under ZeRO-3 (parameter partitioning and its hooks)",
+                                      3 in zeros),
+        "share": const([m[3] for m in mboot], mc[3], "x allocated", "measured / estimated allocated bytes, at the margin"),
     }
     x = [[f["flops_term"], f["micro_batches"], f["comm_s"]] for f in feats]
     t_fit = [sum(a * b for a, b in zip(sc, xi)) for xi in x]
-    m_fit = [mc[0] + mc[1] * a for a in alloc]
+    m_fit = [sum(c * v for c, v in zip(mc, _mem_row(z, a))) for z, a in zip(zeros, alloc)]
     trials = [{"id": p.get("id"), "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
                "tokens_per_s": float(p["tokens_per_s"]), "tokens_per_s_fit": pl.layout.tokens_per_step / t,
                "tokens_per_s_uncalibrated": pl.perf.tokens_per_s,
@@ -470,19 +489,24 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
               for p, pl, t, m, mf, a in zip(pts, plans, t_fit, mem, m_fit, alloc)]
     return Calibration(
         device=device, stack=dict(pts[0]["stack"]), trials=trials, speed=speed, memory=memory,
-        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2)},
+        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
+                "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
+                "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
+                                     for p in pts if p["device"].get("threads_per_rank")},
                 "precision": sorted({pl.layout.precision for pl in plans})},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
 
 
-def _default_share(plans: Sequence[Plan]) -> float:
-    """The planner's own exposed share of data-parallel communication, kept when the trials cannot
-    identify it: what ``_perf`` leaves exposed for these layouts (it depends on the compute each
-    collective hides behind), or its floor where no trial communicates."""
-    from trainplan.planner._perf import EXPOSED_FLOOR
+def _mem_row(zero: int, allocated: float) -> list[float]:
+    """Memory regressors: a constant, the extra constants of the ZeRO-1/2 and ZeRO-3 engine paths,
+    and the planner's bytes (see the module docstring)."""
+    return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
-    shares = [p.perf.dp_comm_exposed_s / p.perf.dp_comm_s for p in plans if p.perf.dp_comm_s > 0]
-    return sum(shares) / len(shares) if shares else EXPOSED_FLOOR
+
+def _default_share(plans: Sequence[Plan]) -> float:
+    """When the trials cannot identify the communication factor: all of the planner's
+    communication time counted as exposed (conservative; flagged as outside the data)."""
+    return 1.0
