@@ -1,5 +1,9 @@
-"""Real DeepSpeed trials: a tiny ladder through `trainplan search` and `trainplan scale`, and a
-trial on a tiny corpus repeated for many epochs detected as overfitting and stopped early."""
+"""Real DeepSpeed trials: a tiny ladder through `trainplan search` and `trainplan scale`.
+
+Not here yet: a real trial that overfits. Tried on 2026-11-27 (w64, 3 KB of training text, 25
+epochs, LR 3e-2): a patterned text generalised to its held-out half throughout (eval 5.59 -> 0.58),
+and random letters stayed at the unigram loss (~3.21) without memorising; detection itself is
+tested on curves in test_overfit.py."""
 
 from __future__ import annotations
 
@@ -45,24 +49,3 @@ def test_tiny_ladder_searches_every_size_and_scale_writes_the_target(tmp_path: P
     spec = TrialSpec.from_json(out / "spec.json")
     assert spec.hyperparams.lr == pytest.approx(doc["fit"]["target"]["lr"]["value"])
     assert "trainplan.runners.train" in (out / "cmd.txt").read_text()
-
-
-def test_tiny_corpus_for_many_epochs_is_detected_as_overfitting_and_stopped(tmp_path: Path, run_cli) -> None:
-    # ~6 KB of text: 3 KB to train on (about 6 steps an epoch), the rest held out; 40 epochs.
-    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(200))[:6144]
-    (tmp_path / "tiny.txt").write_text(text)
-    base = {**TINY_BASE, "model": str(LADDER_DIR / "ladder-llama-w192.json"), "data": str(tmp_path / "tiny.txt"),
-            "tokens": 8 * 64 * 240, "eval_tokens": 3072, "evals_per_trial": 24, "hyperparams": {"lr": 1e-2}}
-    sweep = {"study_name": "overfit", "base": base, "hardware": {"gpu": "a100-80gb"}, "space": {},
-             "budget": {"n_trials": 1}, "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"},
-             "overfit": {"window": 3, "stop": True}}
-    path = tmp_path / "overfit.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    run_dir = tmp_path / "runs" / "overfit"
-    run_cli("search", str(path), "--run-dir", str(run_dir), "--no-progress", runs=tmp_path / "runs", cwd=tmp_path,
-            timeout=1100)
-    (trial,) = optuna.load_study(study_name="overfit", storage=f"sqlite:///{run_dir / 'study.db'}").trials
-    rec = trial.user_attrs["overfit"]
-    assert rec is not None and rec["eval_loss_to"] > rec["eval_loss_from"] and rec["train_loss_to"] < rec["train_loss_from"]
-    assert trial.user_attrs["status"] == "pruned" and "overfitting" in trial.user_attrs["reason"]
-    assert trial.user_attrs["tokens"] < base["tokens"]  # stopped before the end
