@@ -166,7 +166,10 @@ class EstimateInfo:
 def get_estimate_info(study: StudyRecord) -> EstimateInfo:
     rows = []
     for t in study.trials:
-        est_mem, est_tps = t.estimate.get("memory_bytes"), t.estimate.get("tokens_per_s")
+        # the trial measures max_memory_allocated: compare it with the planner's estimate of that
+        # (older studies recorded only the fits figure, memory_bytes)
+        est_mem = t.estimate.get("allocated_bytes") or t.estimate.get("memory_bytes")
+        est_tps = t.estimate.get("tokens_per_s")
         if t.peak_mem_bytes is None and t.tokens_per_s is None and est_mem is None:
             continue
         rows.append({"trial": t.number, "category": t.category, "est_memory_bytes": est_mem,

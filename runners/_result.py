@@ -82,7 +82,8 @@ def classify_exit(exit_code: int | None, stderr_tail: str) -> tuple[str, str]:
 
 
 def planner_estimate(spec: Any) -> dict[str, Any] | None:
-    """The planner's numbers for the trial's layout: ``memory_bytes`` and ``tokens_per_s``.
+    """The planner's numbers for the trial's layout: ``memory_bytes`` (its estimate of
+    ``max_memory_allocated``, the figure the trial measures as ``peak_mem_bytes``) and ``tokens_per_s``.
 
     ``tokens_per_s`` needs a GPU from the catalog (``spec.gpu``); on the CPU it is null. When the
     planner cannot estimate this model the numbers are null and ``error`` says why (the trial
@@ -94,9 +95,9 @@ def planner_estimate(spec: Any) -> dict[str, Any] | None:
     try:
         model = load_model(spec.model)
         if not spec.gpu:
-            return {"memory_bytes": estimate_memory(model, spec.layout).total, "tokens_per_s": None, "gpu": None}
+            return {"memory_bytes": estimate_memory(model, spec.layout).allocated, "tokens_per_s": None, "gpu": None}
         result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.total_tokens)
-        return {"memory_bytes": result.memory.total, "tokens_per_s": result.perf.tokens_per_s, "gpu": spec.gpu}
+        return {"memory_bytes": result.memory.allocated, "tokens_per_s": result.perf.tokens_per_s, "gpu": spec.gpu}
     except Exception as exc:  # an estimate is a side note: never fail the trial over it
         return {"memory_bytes": None, "tokens_per_s": None, "gpu": spec.gpu, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -67,4 +67,5 @@ def calibrated_screen(spec: TrialSpec, cal: Calibration) -> dict[str, Any]:
     c = cal.apply(result)
     out = {**result.to_dict(), "calibrated": json.loads(json.dumps(c.to_dict()))}
     return {"fits": c.memory_bytes.high <= profile.memory_bytes, "memory_bytes": int(c.memory_bytes.high),
+            "allocated_bytes": int(c.memory_bytes.value),
             "capacity_bytes": int(profile.memory_bytes), "tokens_per_s": float(c.tokens_per_s.value), "plan": out}

@@ -220,6 +220,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
         row.update(tokens=rec.tokens, tokens_per_s=rec.tokens_per_s, peak_mem_bytes=rec.peak_mem_bytes,
                    elapsed_s=rec.elapsed_s, gpu_hours=rec.gpu_hours, cpu_seconds=rec.cpu_seconds)
         row["est_memory_bytes"] = rec.estimate.get("memory_bytes")
+        row["est_allocated_bytes"] = rec.estimate.get("allocated_bytes")
         row["est_tokens_per_s"] = rec.estimate.get("tokens_per_s")
         row["fits"] = rec.estimate.get("fits")
         row["trial_dir"] = rec.trial_dir or None

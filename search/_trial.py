@@ -59,11 +59,14 @@ def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
         from trainplan.planner import load_model, plan
 
         result = plan(load_model(spec.model), spec.layout, gpu, tokens=spec.total_tokens)
+        # fits compares the nvidia-smi figure (memory.total) with the card's usable bytes; a trial
+        # measures max_memory_allocated, so that estimate is kept beside it for the report.
         return {"fits": bool(result.fits), "memory_bytes": int(result.memory.total),
-                "capacity_bytes": int(gpu.memory_bytes), "tokens_per_s": float(result.perf.tokens_per_s),
+                "allocated_bytes": int(result.memory.allocated),
+                "capacity_bytes": int(result.usable_bytes), "tokens_per_s": float(result.perf.tokens_per_s),
                 "plan": result.to_dict()}
     except Exception as exc:  # noqa: BLE001 - an unscreened trial beats no trial; the reason is kept
-        return {"fits": None, "memory_bytes": None, "capacity_bytes": int(gpu.memory_bytes),
+        return {"fits": None, "memory_bytes": None, "allocated_bytes": None, "capacity_bytes": int(gpu.memory_bytes),
                 "tokens_per_s": None, "plan": {"error": f"{type(exc).__name__}: {exc}"}}
 
 
@@ -101,7 +104,7 @@ def _tell_infeasible(study: optuna.Study, trial: optuna.Trial, reason: str, esti
     trial.set_user_attr("tokens_per_s", None)
     trial.set_user_attr("peak_mem_bytes", None)
     if estimate is not None:
-        trial.set_user_attr("estimate", {k: estimate[k] for k in ("memory_bytes", "tokens_per_s", "fits")})
+        trial.set_user_attr("estimate", {k: estimate.get(k) for k in ("memory_bytes", "allocated_bytes", "tokens_per_s", "fits")})
         trial.set_constraint("memory", estimate["memory_bytes"] / estimate["capacity_bytes"] - 1.0)
     else:
         trial.set_constraint("memory", 1.0)
@@ -141,7 +144,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     cal = current_calibration(sweep, run_dir)  # sweep key calibrate: true (search/_calibrate.py)
     estimate = calibrated_screen(spec, cal) if cal is not None else screen(spec, sweep)
     (trial_dir / "plan.json").write_text(json.dumps(estimate["plan"], indent=2) + "\n")
-    trial.set_user_attr("estimate", {k: estimate[k] for k in ("memory_bytes", "tokens_per_s", "fits")})
+    trial.set_user_attr("estimate", {k: estimate.get(k) for k in ("memory_bytes", "allocated_bytes", "tokens_per_s", "fits")})
     if estimate["fits"] is False:
         spec.to_json(trial_dir / "spec.json")  # so the user can see what was rejected
         gib = 2**30
