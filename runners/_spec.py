@@ -148,6 +148,15 @@ class TrialSpec:
                              "the runner trains data-parallel (ZeRO) layouts only; tensor/pipeline degree must be 1")
         if self.layout.optimizer != "adamw":
             raise UsageError("--optimizer", "the runner trains with AdamW only")
+        # The planner also describes stacks the runner does not launch (issue 11's profiles).
+        lay = self.layout
+        for key, value, allowed in (("precision", lay.precision, ("fp32", "fp16", "bf16")),
+                                    ("checkpointing", lay.checkpointing, ("none", "full")),
+                                    ("framework", lay.framework, ("deepspeed",)), ("loss", lay.loss, ("default",)),
+                                    ("cp", lay.cp, (1,)), ("pp_interleave", lay.pp_interleave, (1,)),
+                                    ("sequence_parallel", lay.sequence_parallel, (False,))):
+            if value not in allowed:
+                raise UsageError(f"layout.{key}", f"the runner trains {', '.join(map(str, allowed))} only, got {value!r}")
         self.hyperparams.validate()
         return self
 

@@ -126,3 +126,16 @@ def test_a_hand_edit_that_cannot_apply_whole_is_refused_naming_the_key(edit, key
     with pytest.raises(UsageError) as err:
         spec.with_ds_config(config)
     assert err.value.key == key
+
+
+@pytest.mark.parametrize(("layout", "key"), [
+    ({"precision": "bf16-pure"}, "layout.precision"),
+    ({"checkpointing": "selective"}, "layout.checkpointing"),
+    ({"framework": "fsdp"}, "layout.framework"),
+    ({"loss": "chunked"}, "layout.loss"),
+])
+def test_layouts_the_planner_describes_but_the_runner_cannot_train_are_refused(layout, key):
+    # the planner models these stacks; a trial would silently train something else
+    with pytest.raises(UsageError) as err:
+        TrialSpec.from_dict({"layout": layout}).validate()
+    assert err.value.key == key
