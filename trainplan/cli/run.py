@@ -125,6 +125,7 @@ def run(**options: Any) -> None:
     """Run one real training trial through the deepspeed launcher."""
     from trainplan.paths import new_run_dir
     from trainplan.runners import launch_trial, ops_compiled, prepare_trial
+    from trainplan.runners._spec import is_checkpoint
 
     from trainplan.runners._data import check_data
 
@@ -148,6 +149,13 @@ def run(**options: Any) -> None:
     say(f"trial folder: {trial_dir}")
     say(f"{spec.model}: {spec.steps} steps x {spec.tokens_per_step:,} tokens on {spec.layout.gpus} "
         f"{'GPU' if gpu_present() else 'CPU rank'}(s), ZeRO {spec.layout.zero}, {spec.layout.precision}")
+    if not gpu_present() and not is_checkpoint(spec.model):
+        from trainplan.planner import load_model
+        from trainplan.runners._device import host_memory_warning
+
+        warning = host_memory_warning(load_model(spec.model), spec.layout)
+        if warning:
+            click.echo(f"trainplan run: {warning}", err=True)
     if not ops_compiled():
         say("first DeepSpeed run on this machine: compiling its C++ ops (about 100 s on a small CPU); "
             "later runs start in seconds")
