@@ -78,7 +78,9 @@ class Hardware:
     gpu: str = "a100-80gb"
     """GPU catalog name (``trainplan gpus``) for planner screening and GPU-hours."""
     memory_gib: float | None = None
-    """Override of the GPU's memory, e.g. to screen for a smaller card or a partitioned one."""
+    """Override of the GPU's memory, e.g. to screen for a smaller card or a partitioned one: the
+    memory a trial can hold (it replaces the card's nvidia-smi figure, and fits is judged against it
+    less the fit margin)."""
     gpus_per_trial: int = 1
     """GPUs (ranks, on a CPU machine) each trial runs on."""
 

@@ -54,7 +54,8 @@ def screen(spec: TrialSpec, sweep: SweepSpec) -> dict[str, Any]:
 
     gpu = load_gpu(sweep.hardware.gpu)
     if sweep.hardware.memory_gib is not None:
-        gpu = dataclasses.replace(gpu, memory_gib=sweep.hardware.memory_gib)
+        # the sweep states the memory a trial has: it replaces the card's nvidia-smi figure too
+        gpu = dataclasses.replace(gpu, memory_gib=sweep.hardware.memory_gib, usable_mib=None)
     try:
         from trainplan.planner import load_model, plan
 
