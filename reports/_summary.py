@@ -134,11 +134,12 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
     if isinstance(target, Target):
-        from trainplan.planner import LayoutSpace, recommend
+        from trainplan.planner import recommend
+        from trainplan.runners import launchable_space
 
-        # The runner trains data-parallel (ZeRO) layouts only, so recommend what it can launch.
+        # Recommend what the runner can launch (data parallel, checkpointing none or full).
         rec = recommend(target.model, target.gpu, target.layout, global_batch=target.layout.global_batch,
-                        tokens=target.tokens, optimize="time", space=LayoutSpace(tp=(1,), pp=(1,)))
+                        tokens=target.tokens, optimize="time", space=launchable_space())
         ranked = rec.ranked
         if ranked:
             cheapest = min(ranked, key=lambda p: (p.cost_usd, p.hours, p.layout.gpus))

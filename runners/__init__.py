@@ -12,13 +12,16 @@ from trainplan.runners._launch import (
     TrialHandle, adopt_orphans, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
 )
 from trainplan.runners._result import METRIC_KEYS, STATUSES, build_result, read_metrics
-from trainplan.runners._spec import DEFAULT_DATA, DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT, TrialSpec
+from trainplan.runners._spec import (
+    DEFAULT_DATA, DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT, RUNNER_CHECKPOINTING, TrialSpec, launchable_space,
+)
 
 __all__ = [
     "DEFAULT_DATA",
     "DEFAULT_HYPERPARAMS",
     "DEFAULT_LAYOUT",
     "METRIC_KEYS",
+    "RUNNER_CHECKPOINTING",
     "STATUSES",
     "TrialHandle",
     "TrialSpec",
@@ -27,6 +30,7 @@ __all__ = [
     "build_result",
     "free_port",
     "launch_trial",
+    "launchable_space",
     "ops_compiled",
     "prepare_trial",
     "read_metrics",

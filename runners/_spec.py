@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError, close_matches
-from trainplan.planner import Hyperparams, Layout, deepspeed_config, hyperparams_from_deepspeed_config, load_model
+from trainplan.planner import (
+    Hyperparams, Layout, LayoutSpace, deepspeed_config, hyperparams_from_deepspeed_config, load_model,
+)
 
-__all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "is_checkpoint"]
+__all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "RUNNER_CHECKPOINTING",
+           "is_checkpoint", "launchable_space"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
@@ -33,6 +36,17 @@ DEFAULT_DATA = "stdlib"
 
 DEFAULT_LAYOUT = Layout(gpus=1, micro_batch=16, grad_accum=1, seq_len=128, precision="fp32")
 """The default task's layout: 16 x 128 byte tokens per step on one rank, fp32 (the CPU default)."""
+
+
+RUNNER_CHECKPOINTING = ("none", "full")
+"""Checkpointing the runner applies (Hugging Face's whole-block hook); the planner also models
+Megatron's selective and torchtitan's per-op modes, which a trial cannot run."""
+
+
+def launchable_space(**changes: Any) -> LayoutSpace:
+    """The recommender's search space restricted to layouts the runner can launch: data parallel
+    (ZeRO) only, checkpointing none or full. ``changes`` set the other fields (``max_gpus``...)."""
+    return LayoutSpace(tp=(1,), pp=(1,), checkpointing=RUNNER_CHECKPOINTING, **changes)
 
 
 def is_checkpoint(ref: str) -> bool:
@@ -151,7 +165,7 @@ class TrialSpec:
         # The planner also describes stacks the runner does not launch (issue 11's profiles).
         lay = self.layout
         for key, value, allowed in (("precision", lay.precision, ("fp32", "fp16", "bf16")),
-                                    ("checkpointing", lay.checkpointing, ("none", "full")),
+                                    ("checkpointing", lay.checkpointing, RUNNER_CHECKPOINTING),
                                     ("framework", lay.framework, ("deepspeed",)), ("loss", lay.loss, ("default",)),
                                     ("cp", lay.cp, (1,)), ("pp_interleave", lay.pp_interleave, (1,)),
                                     ("sequence_parallel", lay.sequence_parallel, (False,))):

@@ -257,9 +257,10 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
                  data: str = "stdlib", optimize: str = "time", price: float | None = None,
                  seed: int = 0, hyper_source: str = "auto") -> ScaleDecision:
     """Fit the ladder's ``points``, predict the target's hyperparameters and loss, and plan its layout."""
-    from trainplan.planner import Hyperparams, Layout, LayoutSpace, chinchilla, count_parameters, load_gpu, load_model, recommend
+    from trainplan.planner import Hyperparams, Layout, chinchilla, count_parameters, load_gpu, load_model, recommend
     from trainplan.planner._hyperfit import Point, fit_ladder
     from trainplan.planner._hyperlaws import suggest_hyperparams
+    from trainplan.runners import launchable_space
     from trainplan.planner._scaling import data_constrained, same_compute_sizes
     from trainplan.runners import TrialSpec
 
@@ -291,9 +292,9 @@ def scale_target(points: list[LadderPoint], model_ref: str, *, tokens: float | N
             penalty = dc.predicted_loss - dc.predicted_loss_unconstrained
             loss = {k: v + penalty for k, v in loss.items()}
     base = Layout(gpus=1, seq_len=seq_len, precision="bf16", micro_batch=1)
-    # The runner trains data-parallel (ZeRO) layouts only, so the target's layouts are too.
+    # The target is launched by the runner: data parallel, checkpointing none or full.
     rec = recommend(model, card, base, global_batch=global_batch, tokens=tokens, optimize=optimize,
-                    space=LayoutSpace(max_gpus=max_gpus, tp=(1,), pp=(1,)), price=price)
+                    space=launchable_space(max_gpus=max_gpus), price=price)
     ranked = [p for p in rec.ranked if budget is None or p.cost_usd <= budget]
     if not rec.ranked:
         raise UsageError("--max-gpus", f"no data-parallel layout of {model.name} with global batch {global_batch} fits "

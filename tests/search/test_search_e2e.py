@@ -83,7 +83,7 @@ def test_every_trial_carries_the_protocol_records(sweep_run: dict) -> None:
         attrs = trial.user_attrs
         assert attrs["cpu_seconds"] > 0 and attrs["elapsed_s"] > 0 and attrs["gpu_hours"] > 0
         assert attrs["config"]["params"] == trial.params and attrs["config"]["model"] == "trainplan-tiny"
-        assert set(attrs["estimate"]) == {"memory_bytes", "tokens_per_s", "fits"}
+        assert set(attrs["estimate"]) == {"memory_bytes", "allocated_bytes", "tokens_per_s", "fits"}
         assert all(len(row) == 5 for row in attrs["curve"])
     study_attrs = sweep_run["study"].user_attrs
     assert study_attrs["objectives"] == {"names": ["eval_loss"], "directions": ["minimize"]}
