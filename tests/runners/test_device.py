@@ -28,11 +28,13 @@ def test_real_trials_record_device_and_peak_growth_then_calibrate(tmp_path, caps
     assert results[32]["device"]["peak_flops"] == dev["peak_flops"]  # measured once per machine, then kept
     assert results[4]["stack"] == software_stack() and results[4]["stack"]["deepspeed"]
     # Peak RSS growth from the model build: the model states and activations, not the ~400 MB of
-    # imports a whole-process peak would hold; more for the larger micro-batch.
+    # imports a whole-process peak would hold; more for the larger micro-batch. The bound leaves room
+    # for the CPU allocator (1.6-4x the planner's bytes, benchmarks/results/calibration.md): 201 MiB
+    # was measured once at micro-batch 32.
     model = load_model("trainplan-tiny")
     for mb, r in results.items():
         allocated = estimate_memory(model, TrialSpec(layout={"micro_batch": mb, "seq_len": 64}).layout).allocated
-        assert allocated / 2 < r["peak_mem_bytes"] < 200 * 2**20, (mb, r["peak_mem_bytes"], allocated)
+        assert allocated / 2 < r["peak_mem_bytes"] < 300 * 2**20, (mb, r["peak_mem_bytes"], allocated)
     assert results[32]["peak_mem_bytes"] > results[4]["peak_mem_bytes"]
     assert device_profile(dev, 2).peak_flops("fp32") == pytest.approx(dev["peak_flops"]["fp32"] / 2)
 
