@@ -85,14 +85,19 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _available_memory() -> int | None:
+def _meminfo_bytes(field: str) -> int | None:
+    """One ``/proc/meminfo`` figure (``MemTotal``, ``MemAvailable``) in bytes, or None."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return None
+
+
+def _available_memory() -> int | None:
+    return _meminfo_bytes("MemAvailable")
 
 
 def host_memory_warning(model: Any, layout: Any) -> str | None:
@@ -113,13 +118,7 @@ def host_memory_warning(model: Any, layout: Any) -> str | None:
 
 
 def _host_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
+    return _meminfo_bytes("MemTotal")
 
 
 def measure_matmul_peak(device: Any, dtypes: tuple[str, ...], *, size: int = 1024, repeats: int = 8) -> dict[str, float]:
