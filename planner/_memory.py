@@ -14,12 +14,14 @@ ZeRO       weights                gradients (peak of backward / optimizer step) 
 0 mixed    2 (one flat buffer)    4: FP16_Optimizer flattens them to fp32 for step    4
 1          e                      max(e: full grads in backward, 4/Nd: fp32 part.)    4/Nd
 2          e                      4/Nd (fp32 partition; lp partition freed by then)   4/Nd
-3          e/Nd                   (e + 4)/Nd: lp flat partition *and* fp32 partition  4/Nd
+3          e/Nd                   e/Nd + 4 min(1/Nd, G/N): lp partition, fp32 of one  4/Nd
+                                  optimizer sub-group (G = ``sub_group_size``, 1e9)
 =========  =====================  ==================================================  ==========
 
 (e = 2 under fp16/bf16, 4 in fp32; moments 8/Nd for AdamW, Nd = 1 at stage 0.) Unlike the paper,
 DeepSpeed keeps an fp32 master partition even in fp32 training at stages 1-3, and at stage 3 both
-gradient partitions coexist at the step, so stage 3 costs 20/Nd bytes, not 16/Nd, and stage 0
+gradient partitions coexist at the step, so stage 3 costs 20/Nd bytes, not 16/Nd (while a rank's
+partition is within one 1e9-element sub-group; above it the fp32 part stops growing), and stage 0
 mixed costs 18 bytes, not 16. ZeRO-3's reduce bucket (``reduce_bucket_size`` elements of
 gradient dtype) is allocated whole, whatever the model size: 1 GB at the default 5e8 in bf16.
 
@@ -48,8 +50,10 @@ saved activations meet the logits and loss buffers; later in backward they meet 
 checkpointing rebuilds (the logits are gone by then); under pipeline parallelism the first stage
 holds p micro-batches of activations and no logits, the last one micro-batch and the logits. The
 largest of these is ``max_allocated`` (what ``torch.cuda.max_memory_allocated`` reports); the
-caching allocator reserves ``FRAGMENTATION`` more, and the process holds the CUDA context on top:
-``total`` is what ``nvidia-smi`` shows, and ``fits`` compares it with the GPU's usable memory.
+caching allocator reserves ``FRAGMENTATION`` more, as far as the card has room for it (it releases
+cached blocks rather than fail an allocation), and the process holds the CUDA context on top:
+``total`` is what ``nvidia-smi`` shows, and ``fits`` compares it with the GPU's usable memory, so
+a layout fits when its live tensors and the context do.
 """
 
 from __future__ import annotations
@@ -76,6 +80,13 @@ FRAGMENTATION = 0.05
 torchtune, Qwen, ms-swift, DeepSpeed #5305): 0.05 puts 25 within tolerance with a median error of
 -2%; 0 gives 23 (-7%), 0.10 gives 24 (+2%); a larger value also answers fits: false for more of
 the layouts those sources trained."""
+ZERO3_SUB_GROUP_SIZE = 1_000_000_000
+"""``zero_optimization.sub_group_size`` (DeepSpeed's default, deepspeed/runtime/zero/config.py;
+the planner's ds_config leaves it unset). ZeRO-3 steps the optimizer one sub-group of at most this
+many partition elements at a time, and only then makes that sub-group's fp32 gradient
+(stage3.py ``step``: ``_prepare_fp32_grad_for_sub_group`` flattens the lp gradient partition to
+fp32, ``_release_sub_group`` drops it before the next): the lp gradient partition is whole, the
+fp32 one never exceeds 4 x sub_group_size bytes."""
 NVME_STAGING_BYTES = 4 * int(1e8) * 4
 """Pinned host buffers for NVMe swapping: DeepSpeed's default aio ``buffer_count`` 4-5 x
 ``buffer_size`` 1e8 fp32 elements (https://www.deepspeed.ai/docs/config-json/#parameter-offloading)."""
@@ -193,7 +204,7 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
         # Parameters at or below stage3_param_persistence_threshold (1e5 elements: norms and
         # biases of real models) stay whole on every rank besides their partition.
         weights = e * part + e * vectors
-        grads, master = (e + 4) * part, 4 * part
+        grads, master = e * part + 4 * min(part, ZERO3_SUB_GROUP_SIZE), 4 * part
     cpu = nvme = 0
     if layout.offload != "none":
         # ZeRO-Offload (Ren et al. 2021, Sec. 4): fp32 master, moments and fp32 gradient partition
@@ -214,7 +225,8 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
 
 _STATES = {
     "deepspeed": "DeepSpeed engine: ZeRO-0 mixed 18 B/param; ZeRO-1/2 2 + (4 + 4 + 8)/Nd with full lp "
-                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist)",
+                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist; "
+                 "the fp32 one for one 1e9-element optimizer sub-group at a time)",
     "megatron-deepspeed": "DeepSpeed engine states (as deepspeed), Megatron kernels and loss",
     "fsdp": "FSDP2: sharded fp32 params are the master, 16/Nd, no separate master; DDP (ZeRO 0-1) "
             "fp32 weights and gradients plus bucket copies",
@@ -229,9 +241,12 @@ def framework_profile(layout: Layout) -> dict[str, str]:
                if layout.framework == "deepspeed" else
                "fused kernels (norm inputs + fp32 stats, SwiGLU input + output; Korthikanti et al. 2022)")
     loss = {"default": {"deepspeed": "HF: lp logits, fp32 upcast and log-softmax, two fp32 grads (e + 12 B/logit)",
-                        "fsdp": "fp32 log-softmax and two fp32 grads (12 B/logit)",
+                        "fsdp": ("DTensor loss_parallel: saved log-softmax and three fp32 backward temporaries "
+                                 "(16 B/logit)" if layout.tp > 1 else "fp32 log-softmax and two fp32 grads (12 B/logit)"),
                         "megatron": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)",
-                        "megatron-deepspeed": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)"}[layout.framework],
+                        "megatron-deepspeed": ("Ulysses vocab_sequence_parallel_cross_entropy: fp32 copy, softmax and "
+                                               "its log beside the lp logits (e + 12 B/logit)" if layout.cp > 1 else
+                                               "vocab-parallel, in place in one fp32 copy (4 + e B/logit)")}[layout.framework],
             "fused": "one kernel on the lp logits: logits + gradient (2e B/logit)",
             "chunked": "chunked/fused linear cross-entropy: about b*s*d*(8 + e) bytes"}[layout.loss]
     states = "bf16-pure: bf16 weights, gradients and moments, no master (8 B/param)" \
@@ -337,8 +352,17 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
     return min(ALLREDUCE_BUCKET_SIZE, n) * e
 
 
-def estimate_memory(model: ModelSpec, layout: Layout) -> MemoryEstimate:
-    """Per-GPU bytes of training ``model`` laid out as ``layout`` (module docstring)."""
+def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | None = None) -> MemoryEstimate:
+    """Per-GPU bytes of training ``model`` laid out as ``layout`` (module docstring).
+
+    ``capacity_bytes`` (the GPU memory a process may hold; ``plan`` passes the usable memory less
+    its margin) caps what the caching allocator keeps cached beyond the live tensors: when a
+    ``cudaMalloc`` fails, PyTorch's allocator frees its unused cached blocks and retries
+    (c10/cuda/CUDACachingAllocator.cpp, ``malloc``: ``release_available_cached_blocks``, then
+    ``release_cached_blocks``; counted as ``num_alloc_retries``), so near the card's limit the
+    reserved memory shrinks towards the allocated one instead of the run failing. Without a
+    capacity the full ``FRAGMENTATION`` share is added (what an unconstrained run reserves).
+    """
     params = count_parameters(model)
     n, vectors = local_parameters(params, layout)
     states = _model_states(n, vectors, layout)
@@ -354,6 +378,9 @@ def estimate_memory(model: ModelSpec, layout: Layout) -> MemoryEstimate:
     acts, logit_peak, phase = max(candidates, key=lambda c: c[0] + c[1])
     allocated = (states["weights"] + states["gradients"] + states["optimizer"] + states["master_weights"]
                  + acts + logit_peak + comm)
-    overhead = CUDA_CONTEXT_BYTES + int(FRAGMENTATION * allocated)
+    cached = int(FRAGMENTATION * allocated)
+    if capacity_bytes is not None:
+        cached = max(0, min(cached, capacity_bytes - CUDA_CONTEXT_BYTES - allocated))
+    overhead = CUDA_CONTEXT_BYTES + cached
     return MemoryEstimate(activations=acts, logits=logit_peak, comm_buffers=comm, overhead=overhead,
                           logits_peak=logits, peak_phase=phase, **states)

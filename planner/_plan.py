@@ -178,7 +178,8 @@ def plan(
     )
     return Plan(
         model=model, layout=layout, gpu=gpu, params=params, flops=fl,
-        memory=estimate_memory(model, layout), perf=perf, scaling=scaling,
+        memory=estimate_memory(model, layout, capacity_bytes=int(gpu.usable_bytes * (1 - FIT_MARGIN))),
+        perf=perf, scaling=scaling,
         tokens=tokens if tokens is not None else scaling.compute_optimal_tokens,
         tokens_source="--tokens" if tokens is not None else "compute-optimal",
         price_per_hour=gpu.price_per_hour if price is None else price,

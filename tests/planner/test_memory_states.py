@@ -178,7 +178,7 @@ def test_peak_is_the_larger_of_loss_and_rebuilt_block_not_their_sum():
 def test_pipeline_peak_is_the_worst_stage_not_first_stage_activations_plus_last_stage_logits():
     mem = _mem(gpus=4, zero=0, pp=4, grad_accum=8)
     act = activation_bytes(load_model("llama-2-7b"), Layout(gpus=4, pp=4, grad_accum=8, seq_len=2048))
-    first, last = act.forward, act.layers * act.per_layer + act.other + mem.logits_peak
+    first, last = act.forward, act.layers * act.per_layer + act.other + act.head + mem.logits_peak
     assert mem.activations + mem.logits == max(first, last) == first  # 4 micro-batches in flight
     assert mem.peak_phase.startswith("first stage")
 
@@ -213,3 +213,37 @@ def test_fsdp_cpu_offload_keeps_only_gathered_blocks_and_megatron_deepspeed_keep
     mds, ds = _mem(gpus=8, zero=3, framework="megatron-deepspeed"), _mem(gpus=8, zero=3)
     assert mds.model_states == ds.model_states and mds.comm_buffers == ds.comm_buffers
     assert mds.logits_peak < ds.logits_peak  # vocab-parallel cross-entropy: 4 + e bytes, not e + 12
+
+
+def test_zero3_fp32_gradients_exist_for_one_optimizer_sub_group_at_a_time():
+    # Llama-2-70B (68,976,648,192 parameters) over 8 ranks: 8,622,081,024 a partition. stage3.py makes
+    # the fp32 gradient one sub-group (sub_group_size 1e9) at a time: 2 x 8,622,081,024 + 4 x 1e9.
+    big = estimate_memory(load_model("llama-2-70b"), Layout(gpus=8, zero=3, seq_len=2048))
+    assert big.gradients == 2 * 8_622_081_024 + 4 * 1_000_000_000 == 21_244_162_048
+    # Llama-2-7B (6,738,415,616) over 8: 842,301,952 a partition < 1e9, one sub-group, (e + 4) / Nd as measured
+    assert _mem(gpus=8, zero=3).gradients == 6 * 842_301_952
+
+
+def test_allocator_cache_gives_way_near_the_card_limit():
+    # CUDACachingAllocator frees cached blocks and retries before failing an allocation: with a
+    # capacity, reserved = min(allocated x 1.05, capacity - context); fits follows allocated + context.
+    free = _mem(gpus=8, zero=3)
+    tight = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, seq_len=2048),
+                            capacity_bytes=free.allocated + (1 << 30) + (1 << 28))
+    assert tight.allocated == free.allocated
+    assert tight.reserved == free.allocated + (1 << 28) < free.reserved
+    roomy = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, seq_len=2048), capacity_bytes=1 << 40)
+    assert roomy.total == free.total
+    over = estimate_memory(load_model("llama-2-7b"), Layout(gpus=8, zero=3, seq_len=2048),
+                           capacity_bytes=free.allocated)
+    assert over.total == free.allocated + (1 << 30)  # nothing cached: the context alone on top
+
+
+def test_plan_fits_when_live_tensors_and_context_fit():
+    from trainplan.planner import load_gpu, plan
+    # Qwen2.5-14B-like ZeRO-2 runs at ~76 GiB allocated on 80 GB cards (ms-swift): the plan must fit
+    # whenever allocated + CUDA context <= usable, whatever the unconstrained fragmentation would be.
+    gpu = load_gpu("a100-80gb")
+    for mb in (1, 2, 4, 8):
+        p = plan(load_model("llama-2-7b"), Layout(gpus=8, zero=2, micro_batch=mb, seq_len=4096), gpu, tokens=1e9)
+        assert p.fits == (p.memory.allocated + (1 << 30) <= p.usable_bytes)
