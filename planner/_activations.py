@@ -51,6 +51,9 @@ class ActivationBytes:
     other: int
     """Per micro-batch, outside the blocks: token ids and shifted labels, rotary cos/sin tables,
     embedding dropout mask, the final norm, and a checkpointed 4-D mask (GPT-2 eager)."""
+    head: int = 0
+    """Per micro-batch, on the last pipeline stage only: the final norm's saved input and output
+    (the LM head's input). The first stage of a pipeline holds the embedding instead."""
     in_flight: float
     """Micro-batches whose activations are alive at once on the first stage: p under 1F1B
     (Narayanan et al. 2021, Sec. 2.2), p (1 + (p-1)/(p v)) interleaved, else 1."""
@@ -62,6 +65,8 @@ class ActivationBytes:
     @property
     def forward(self) -> int:
         """Saved by the end of the forward pass: what ``saved_tensors_hooks`` sees, logits aside."""
+        if self.in_flight == 1:
+            return self.layers * self.per_layer + self.other + self.head
         return int(self.in_flight * (self.layers * self.per_layer + self.other))
 
     @property
@@ -72,7 +77,7 @@ class ActivationBytes:
     @property
     def last_stage(self) -> int:
         """Saved by the last pipeline stage at its loss: one micro-batch (the whole model if pp = 1)."""
-        return self.forward if self.in_flight == 1 else self.layers * self.per_layer + self.other
+        return self.forward if self.in_flight == 1 else self.layers * self.per_layer + self.other + self.head
 
 
 def _dropout(cfg: dict, *keys: str) -> float:
@@ -130,7 +135,7 @@ def _fused_block(model: ModelSpec, layout: Layout, e: int, *, selective: bool) -
     whole = 1 / t if layout.sequence_parallel else 1.0  # what TP alone leaves unsplit
     stats = 4 if model.norm == "rmsnorm" else 8  # fp32 rstd (and mean) per token
     norms = 2 * (d * e + stats) * whole  # the two norm inputs
-    linear_inputs = 2 * d * e * whole  # normed outputs into QKV and the first MLP linear
+    linear_inputs = 2 * d * e * _gathered_input_share(layout)  # normed outputs into QKV and the first MLP linear
     attn = (q + kv + kv + q) * e  # Q, K, V, out-projection input
     p_attn = _dropout(cfg, "attn_pdrop", "attention_dropout")
     if layout.attention == "eager":
@@ -179,6 +184,21 @@ def _fused(layout: Layout) -> bool:
     return layout.framework != "deepspeed"
 
 
+def _gathered_input_share(layout: Layout) -> float:
+    """Share of a column-parallel linear's input (the all-gathered sequence) one TP rank keeps.
+
+    Megatron's sequence parallelism saves the sequence-sharded input and all-gathers it again in
+    backward (Korthikanti et al. 2022, Sec. 4.2.2; megatron/core/tensor_parallel/layers.py,
+    ``LinearWithGradAccumulationAndAsyncCommunication``: ``ctx.save_for_backward(input, ...)``
+    before the gather): 1/t. DTensor's (``fsdp``: torchtitan's ``PrepareModuleInput`` redistributes
+    ``Shard(1)`` to ``Replicate()`` before ``wq/wk/wv`` and ``w1/w3``) hands the linear the gathered
+    tensor, which ``F.linear`` saves whole: 1.
+    """
+    if not layout.sequence_parallel or layout.framework == "fsdp":
+        return 1.0
+    return 1 / layout.tp
+
+
 def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -> ActivationBytes:
     """Activation bytes of ``layout`` (see :class:`ActivationBytes` and the module docstring).
 
@@ -195,13 +215,14 @@ def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -
         none_block = _fused_block(model, layout, e, selective=False)
         block = _fused_block(model, layout, e, selective=True) if ckpt == "selective" else none_block
         whole = 1 / layout.tp if layout.sequence_parallel else 1.0
-        final_norm = (d * e + (4 if model.norm == "rmsnorm" else 8)) * whole + d * e * whole
-        other = tokens * (16 + final_norm)  # int64 ids and labels, final norm input and output
+        # The final norm's input, and its output as the LM head's (all-gathered under DTensor SP).
+        final_norm = (d * e + (4 if model.norm == "rmsnorm" else 8)) * whole + d * e * _gathered_input_share(layout)
+        other = tokens * 16  # int64 ids and labels
     else:
         none_block = _eager_block(model, layout, e, mask_bytes, selective=False)
         block = _eager_block(model, layout, e, mask_bytes, selective=True) if ckpt == "selective" else none_block
         final_norm = 4 * (d + 1) + 2 * d * e if model.norm == "rmsnorm" else 2 * d * e + 8
-        other = tokens * (16 + final_norm)  # int64 token ids and shifted labels
+        other = tokens * 16  # int64 token ids and shifted labels
         if not model.learned_positions:
             rotary = model.head_dim * float(cfg.get("rotary_pct", 1.0)) if model.family == "gpt_neox" else model.head_dim
             other += int(2 * layout.seq_len * rotary * e)  # cos and sin, shared by every block
@@ -220,7 +241,7 @@ def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -
     p, v = layout.pp, layout.pp_interleave
     in_flight = 1.0 if p == 1 else (float(p) if v == 1 else p * (1 + (p - 1) / (p * v)))
     return ActivationBytes(
-        per_layer=per_layer, layers=stage_layers, other=int(other), in_flight=in_flight,
+        per_layer=per_layer, layers=stage_layers, other=int(other), head=int(tokens * final_norm), in_flight=in_flight,
         recompute=int(tokens * none_block) if ckpt in ("full", "selective-op") else 0,
         logits_saved=tokens * math.ceil(model.vocab_size / layout.tp) * 4,
     )
@@ -234,9 +255,19 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
       backward holds the fp32 gradients of the log-softmax and of the logits: e + 4 + 4 + 4.
     - ``fsdp`` (torchtitan ``cross_entropy_loss``: ``pred.float()``, then ``del pred`` before
       backward): log-softmax output and the two fp32 gradients in backward: 12 (forward: e + 8).
+      With TP, torchtitan's default ``loss_parallel`` runs DTensor's vocab-sharded log-softmax and
+      NLL (torch/distributed/tensor/parallel/loss.py): forward ``_log_softmax`` keeps the lp
+      logits, their fp32 copy, ``shifted = x - max`` and ``exp(shifted)`` or the result at once
+      (e + 12); backward ``_nll_loss_and_log_softmax_backward`` computes
+      ``(grad_input + exp(x)) * grad_output`` beside the saved log-softmax: the saved result,
+      ``zeros_like`` grad_input, the sum and the product, 16 (the lp logits deleted by then).
     - ``megatron`` and ``megatron-deepspeed`` (``vocab_parallel_cross_entropy`` on ``logits.float()``): the softmax is made
       in place in the fp32 copy and the gradient in place in it (megatron/core/tensor_parallel/
       cross_entropy.py); the lp logits (forward) or their lp gradient (backward) beside: 4 + e.
+      Under DeepSpeed-Ulysses (``megatron-deepspeed`` with ``cp`` > 1) the loss is
+      ``vocab_sequence_parallel_cross_entropy`` (megatron/core/sequence_parallel/cross_entropy.py),
+      not in place: ``softmax`` (fp32, saved) and ``softmax.log()`` (fp32, for ``nll_loss``) beside
+      the fp32 copy and the lp logits: e + 12 in forward.
     - ``fused`` loss (flash-attn's ``CrossEntropyLoss``, the default ``fused_crossentropy`` of
       llm-foundry's MPT, llmfoundry/models/mpt/modeling_mpt.py): one kernel reads the lp logits
       and keeps an fp32 log-sum-exp per row; backward writes their lp gradient: 2e.
@@ -250,5 +281,6 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
         return int(tokens * model.hidden_size * (8 + e))
     if layout.loss == "fused":
         return tokens * math.ceil(model.vocab_size / layout.tp) * 2 * e
-    per_elem = {"deepspeed": e + 12, "fsdp": 12, "megatron": 4 + e, "megatron-deepspeed": 4 + e}[layout.framework]
+    per_elem = {"deepspeed": e + 12, "fsdp": 16 if layout.tp > 1 else 12, "megatron": 4 + e,
+                "megatron-deepspeed": e + 12 if layout.cp > 1 else 4 + e}[layout.framework]
     return tokens * math.ceil(model.vocab_size / layout.tp) * per_elem

@@ -169,11 +169,55 @@ def test_interleaved_pipeline_keeps_fewer_micro_batches_in_flight():
 
 
 @pytest.mark.parametrize(("framework", "loss", "per_elem"),
-                         [("deepspeed", "default", 2 + 12), ("fsdp", "default", 12), ("megatron", "default", 4 + 2)])
+                         [("deepspeed", "default", 2 + 12), ("fsdp", "default", 16), ("megatron", "default", 4 + 2),
+                          ("megatron-deepspeed", "default", 4 + 2)])
 def test_logits_peak_by_framework(framework, loss, per_elem):
+    # tp = 2: fsdp (torchtitan) runs DTensor's loss_parallel, 16 bytes a logit (logits_bytes docstring)
     model = load_model("llama-2-7b")
     layout = Layout(framework=framework, loss=loss, micro_batch=2, seq_len=4096, gpus=2, tp=2)
     assert logits_bytes(model, layout) == 2 * 4096 * 16000 * per_elem
+
+
+def test_torchtitan_loss_parallel_holds_16_bytes_a_logit_plain_cross_entropy_12():
+    # Llama 3.1 70B, local batch 16 x 8192 on TP 8 (torchtitan's 2D run): 131,072 tokens x 128,256/8 =
+    # 16,032 logits a token per rank; torch/distributed/tensor/parallel/loss.py backward holds the saved
+    # log-softmax, zeros_like grad_input, (grad_input + exp(x)) and its product with grad_output: 4 x 4 B.
+    model = load_model("llama-3.1-70b")
+    tp8 = Layout(framework="fsdp", gpus=256, tp=8, sequence_parallel=True, micro_batch=16, seq_len=8192)
+    assert logits_bytes(model, tp8) == 33_621_540_864 == 131_072 * 16_032 * 16
+    plain = Layout(framework="fsdp", gpus=256, micro_batch=16, seq_len=8192)  # log_softmax + 2 fp32 grads
+    assert logits_bytes(model, plain) == 131_072 * 128_256 * 12
+
+
+def test_ulysses_cross_entropy_is_not_in_place():
+    # Megatron-DeepSpeed's vocab_sequence_parallel_cross_entropy (Ulysses): softmax (fp32, saved),
+    # softmax.log() (fp32), the fp32 copy and the fp16 logits at once: 2 + 4 + 4 + 4 = 14 bytes a logit
+    # on s/cp = 8192 tokens; Megatron's in-place vocab_parallel_cross_entropy (cp = 1) holds 4 + 2.
+    model = from_hf_config({**_GPT, "n_positions": 32768})
+    ulysses = Layout(framework="megatron-deepspeed", precision="fp16", gpus=8, cp=4, seq_len=32768)
+    assert logits_bytes(model, ulysses) == 5_769_265_152 == 8192 * 50304 * 14
+    tp = Layout(framework="megatron-deepspeed", precision="fp16", gpus=8, tp=4, seq_len=32768)
+    assert logits_bytes(model, tp) == 32768 * 50304 // 4 * 6
+
+
+def test_dtensor_sequence_parallelism_saves_the_gathered_linear_inputs():
+    # Megatron SP saves the sequence-sharded inputs of the QKV and first MLP linears (2sbh each, /t)
+    # and gathers again in backward; torchtitan's DTensor SP hands F.linear the all-gathered input,
+    # which it saves whole. Everything else is the same: the difference is 4sbh (1 - 1/t) = 3sbh.
+    megatron = _fused(gpus=4, tp=4, sequence_parallel=True)
+    fsdp = _fused(gpus=4, tp=4, sequence_parallel=True, framework="fsdp")
+    assert fsdp.per_layer - megatron.per_layer == 4 * _SBH - 4 * _SBH // 4 == 6_291_456
+
+
+def test_final_norm_and_lm_head_input_only_on_the_last_pipeline_stage():
+    # Llama-2-7B bf16, 4096 tokens: final RMSNorm input (2d + 4) and output, the LM head's input (2d).
+    model = load_model("llama-2-7b")
+    one = activation_bytes(model, Layout(framework="fsdp", seq_len=4096))
+    assert one.head == 4096 * (2 * 4096 + 4 + 2 * 4096)
+    assert one.forward == one.layers * one.per_layer + one.other + one.head
+    piped = activation_bytes(model, Layout(framework="fsdp", gpus=4, pp=4, grad_accum=8, seq_len=4096))
+    assert piped.forward == 4 * (piped.layers * piped.per_layer + piped.other)  # first stage: no head
+    assert piped.last_stage == piped.layers * piped.per_layer + piped.other + piped.head
 
 
 def test_chunked_loss_never_holds_the_whole_logits():
