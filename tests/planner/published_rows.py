@@ -30,7 +30,12 @@ precision: bf16, amp_bf16, fp16 as named; 'pure' bf16 (torchtune: no fp32 master
 bf16-pure. fused_loss: chunked CE / Liger -> loss chunked; other fused kernels (flash-attn, xformers)
 -> fused; Megatron's vocab-parallel fusion is its default loss. llm-foundry MPT rows -> fused: its
 ComposerMPTCausalLM defaults to loss_fn fused_crossentropy (flash-attn's kernel) and the benchmark
-yamls do not override it (the row's 'no fused loss' assumption is overruled here). context_parallel / Ulysses degree c -> cp = c. Not modelled, so left out of the mapping:
+yamls do not override it (the row's 'no fused loss' assumption is overruled here). loss_compiled (torchtitan
+compiles its loss with the model since 2025) -> fused: inductor saves the lp logits and a per-row
+log-sum-exp and writes an lp gradient. context_parallel / Ulysses degree c -> cp = c.
+zero_partition_ranks z (ZeRO-3 partitioning over fewer ranks than dp x cp, as Megatron-DeepSpeed did
+in early 2024) -> memory rows are planned on z x tp x pp GPUs (dp x cp = z): per-GPU bytes are those of
+one partition group, the other replicas hold the same. Not modelled, so left out of the mapping:
 float8 matmuls and all-gathers, torch.compile, async TP, HSDP replica groups, optimizer-in-backward.
 Memory quantity: max_memory_reserved_gib -> reserved; peak_memory_gib measured as torch's active or
 allocated peak -> max_allocated; peak_memory_gib of unknown kind -> nvidia-smi (total).
@@ -66,6 +71,8 @@ def layout_fields(row: dict[str, Any]) -> dict[str, Any]:
     tp, pp = int(lay.get("tp") or 1), int(lay.get("pp") or 1)
     cp = int(lay.get("context_parallel") or 1)
     gpus = int(hw["gpus"])
+    if lay.get("zero_partition_ranks") and is_memory(row):
+        gpus = int(lay["zero_partition_ranks"]) * tp * pp  # dp x cp = the ranks ZeRO-3 partitions over
     dp = max(gpus // (tp * pp * cp), 1)
     mb = int(lay["micro_batch"])
     accum = lay.get("grad_accum")
@@ -77,6 +84,8 @@ def layout_fields(row: dict[str, Any]) -> dict[str, Any]:
     fused_loss = str(lay.get("fused_loss") or "").lower()
     if "chunk" in fused_loss or "liger" in fused_loss or lay.get("liger_kernel"):
         loss = "chunked"
+    elif lay.get("loss_compiled"):
+        loss = "fused"  # torch.compile'd cross-entropy: lp logits + lse saved, lp gradient
     elif fused_loss and fused_loss != "false" and "megatron" not in fused_loss:
         loss = "fused"
     elif str(row["model"]["preset_or_hf"]).startswith("{'model_type': 'mpt'") or \
