@@ -34,20 +34,26 @@ RESULTS = ROOT / "benchmarks" / "results" / "published_check.md"
 MISSES = """\
 What the misses have in common, as far as they were traced (not fixed, so not hidden):
 - float8 (torchtitan tt24 70B/405B, Trainy H200): fp8 matmuls and all-gathers are not modelled, so
-  throughput is under-predicted by ~25-30%; Trainy's memory (47-48 GiB reserved on 32-64 H200s,
-  where torchtitan's own table gives 62 GiB for the same model and batch on 128 H100s) is
-  over-predicted by ~30%.
+  throughput is under-predicted by ~25-30%.
 - torch.compile: the fused-kernel stacks are modelled as compiled; eager torchtitan runs
   (tt24 8B without compile) are over-predicted by ~30%.
 - llm-foundry on H100 (2023 stack, FSDP1, triton/FA2 on Hopper): +18-32%, while its A100 rows
   land within tolerance; the single H100 efficiency cannot serve both it and torchtitan.
-- torchtitan 70B with TP 8 + loss parallel: reserved memory under-predicted by ~25%; DTensor's
-  loss-parallel log-softmax keeps more fp32 temporaries than the 12 bytes a logit modelled.
-- DeepSpeed issue #5305 (a user's report that ZeRO-3 uses more memory than ZeRO-2): ZeRO-3 rows
-  measured 52.8/75.2 GiB where the planner gives 24/55 GiB; not reproduced.
-- Qwen v1 (remote code) computes its loss on bf16 logits without an fp32 upcast: 8k row +16%.
-- ms-swift rows run DeepSpeed with reduce_bucket_size "auto" (hidden^2), not the 5e8 the planner's
-  ds_config writes; with 5e8, Qwen2.5-14B ZeRO-2 lands 3% over the usable memory.
+- DeepSpeed issue #5305, dp2 + tp4 without recompute: the user reports 45 GB; Korthikanti's count
+  for TP 4 without sequence parallelism (8sbh whole + 24sbh/4 a layer with flash attention and no
+  dropout masks) alone gives ~56 GiB of activations at 32k tokens, so no accounting of the stated
+  layout reaches it (+74%); the ZeRO-3 + Ulysses recompute row stays -23% (tool and unit unstated).
+- torchtune optimizer-in-backward (gradients freed as each parameter steps) is not modelled: +13%.
+- Qwen v1 (remote code) computes its loss on bf16 logits without an fp32 upcast: 8k row +9%.
+
+Memory mechanisms behind the rows that now land (planner/_memory.py, _activations.py): the caching
+allocator gives back its cache before an allocation fails (fits = live tensors + context);
+ZeRO-3 makes fp32 gradients one 1e9-element optimizer sub-group at a time; DTensor loss_parallel
+holds 16 B a logit; Ulysses' cross-entropy is not in place (e + 12); DTensor sequence parallelism
+saves the gathered linear inputs; the final norm/LM-head input sit on the last pipeline stage only.
+Rows corrected against their sources (row_note in the data): the HF 70B FSDP blog ran the script's
+default paged_adamw_32bit; Megatron-DeepSpeed of March 2024 partitioned ZeRO-3 over the Ulysses
+group only (why #5305 saw ZeRO-3 above ZeRO-2); Trainy's torchtitan compiles the loss.
 """
 
 _CHILD = """

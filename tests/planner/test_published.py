@@ -78,9 +78,9 @@ THROUGHPUT = [r for r in RUNS if not pr.is_memory(r)]
 TRAINED = [r for r in RUNS if r.get("trained")]
 
 # What the planner achieves today on this set (benchmarks/results/published_check.md). These are
-# regression floors, not the issue's targets: the targets are asserted, and marked as expected to
-# fail, in the three tests after these.
-ACHIEVED = {"memory_within": 0.71, "throughput_within": 0.65, "false_fits": 5}
+# regression floors; the issue's targets are asserted in the three tests after these (the one not
+# yet met marked as expected to fail).
+ACHIEVED = {"memory_within": 0.91, "throughput_within": 0.65, "false_fits": 0}
 
 
 def _share_within(rows: list[dict[str, Any]]) -> float:
@@ -112,7 +112,6 @@ def test_published_false_fits_do_not_regress():
     assert len(_false_fits()) <= ACHIEVED["false_fits"], _false_fits()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 target not met: memory within tolerance on 71% of rows (see published_check.md)")
 def test_memory_within_ten_percent_on_eighty_percent_of_rows():
     assert _share_within(MEMORY) >= 0.80
 
@@ -122,6 +121,5 @@ def test_throughput_within_fifteen_percent_on_eighty_percent_of_rows():
     assert _share_within(THROUGHPUT) >= 0.80
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 target not met: 5 trained layouts still answered fits: false (see published_check.md)")
 def test_no_trained_layout_is_answered_does_not_fit():
     assert _false_fits() == []
