@@ -191,8 +191,9 @@ def _gathered_input_share(layout: Layout) -> float:
     backward (Korthikanti et al. 2022, Sec. 4.2.2; megatron/core/tensor_parallel/layers.py,
     ``LinearWithGradAccumulationAndAsyncCommunication``: ``ctx.save_for_backward(input, ...)``
     before the gather): 1/t. DTensor's (``fsdp``: torchtitan's ``PrepareModuleInput`` redistributes
-    ``Shard(1)`` to ``Replicate()`` before ``wq/wk/wv`` and ``w1/w3``) hands the linear the gathered
-    tensor, which ``F.linear`` saves whole: 1.
+    ``Shard(1)`` to ``Replicate()`` before ``wq/wk/wv`` and ``w1/w3``, torchtitan/parallelisms/
+    parallelize_llama.py @ 9dec370, lines 179 and 188) hands the linear the gathered tensor, which
+    ``F.linear`` saves whole: 1.
     """
     if not layout.sequence_parallel or layout.framework == "fsdp":
         return 1.0
@@ -255,7 +256,8 @@ def logits_bytes(model: ModelSpec, layout: Layout) -> int:
       backward holds the fp32 gradients of the log-softmax and of the logits: e + 4 + 4 + 4.
     - ``fsdp`` (torchtitan ``cross_entropy_loss``: ``pred.float()``, then ``del pred`` before
       backward): log-softmax output and the two fp32 gradients in backward: 12 (forward: e + 8).
-      With TP, torchtitan's default ``loss_parallel`` runs DTensor's vocab-sharded log-softmax and
+      With TP, torchtitan's default ``loss_parallel`` (on unless ``--training.disable_loss_parallel``;
+      parallel_dims.py ``loss_parallel_enabled``) runs DTensor's vocab-sharded log-softmax and
       NLL (torch/distributed/tensor/parallel/loss.py): forward ``_log_softmax`` keeps the lp
       logits, their fp32 copy, ``shifted = x - max`` and ``exp(shifted)`` or the result at once
       (e + 12); backward ``_nll_loss_and_log_softmax_backward`` computes
