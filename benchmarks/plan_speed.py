@@ -3,12 +3,16 @@
 
 Run: ``.venv/bin/python benchmarks/plan_speed.py`` (or ``make bench``). Each cold figure is the
 median of several fresh interpreter starts, imports included, measured in this one run, so the
-ratio is against a peer on the same machine at the same time.
+ratio is against a peer on the same machine at the same time. Prints the figures with the date,
+CPU count and load average (1/5/15 min, before and after: the machine may be shared) and writes
+the same to ``benchmarks/results/plan_speed.txt``.
 Targets (issue 2): plan < 0.5 s cold and >= 10x faster than DeepSpeed's estimator; recommend < 1 s.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
 import statistics
 import subprocess
 import sys
@@ -47,17 +51,29 @@ def _recommend() -> tuple[float, int]:
     return time.perf_counter() - t0, rec.evaluated
 
 
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root))
+    load_before = _load()
     plan_s = _cold(PLAN_ARGV)
     ds_s = _cold([sys.executable, "-c", DS_CODE])
     rec_s, evaluated = _recommend()
-    print(f"trainplan plan (cold, median of {REPEATS}):            {plan_s:.3f} s   target < 0.5 s")
-    print(f"deepspeed estimate_zero3_..._cold (cold, median of {REPEATS}): {ds_s:.3f} s")
-    print(f"ratio deepspeed / trainplan:                      {ds_s / plan_s:.1f}x  target >= 10x")
-    print(f"trainplan plan --recommend: {evaluated:,} candidate layouts in {rec_s:.3f} s "
-          f"({rec_s / evaluated * 1e6:.1f} us each)   target < 1 s for >= 10,000")
+    lines = [
+        f"trainplan plan (cold, median of {REPEATS}):            {plan_s:.3f} s   target < 0.5 s",
+        f"deepspeed estimate_zero3_..._cold (cold, median of {REPEATS}): {ds_s:.3f} s",
+        f"ratio deepspeed / trainplan:                      {ds_s / plan_s:.1f}x  target >= 10x",
+        f"trainplan plan --recommend: {evaluated:,} candidate layouts in {rec_s:.3f} s "
+        f"({rec_s / evaluated * 1e6:.1f} us each)   target < 1 s for >= 10,000",
+        f"measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs; "
+        f"load average (1/5/15 min) {load_before} before, {_load()} after",
+    ]
+    text = "\n".join(lines) + "\n"
+    (root / "benchmarks" / "results" / "plan_speed.txt").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -36,11 +36,19 @@ class GPUSpec:
     inter_node_gbps: float
     """Network bandwidth per GPU between nodes, GB/s per direction (typical cluster fabric)."""
     compute_efficiency: float
-    """Share of the dense peak that training matmuls typically reach on this GPU (``--mfu`` overrides)."""
+    """Share of the dense peak that the training matmuls of a very wide model reach on this GPU; the
+    planner lowers it for narrower models by the GPU's machine balance (``planner/_perf.py``,
+    ``default_efficiency``; ``--mfu`` overrides)."""
     price_per_hour: float
     """Default on-demand USD per GPU-hour; override with ``--price``."""
     source: str = ""
     """Where the figures come from."""
+    intra_node_busbw_gbps: float | None = None
+    """NCCL bus bandwidth measured for large collectives inside a node, GB/s, where known; else the
+    planner takes ``intra_node_gbps`` x its NVLink efficiency."""
+    attention_efficiency: float | None = None
+    """Share of the dense peak the attention core (flash kernels) reaches, its FLOPs counted over the
+    full s x s square as in the MFU; where absent, the matmuls' efficiency."""
     usable_mib: int | None = None
     """Total memory the driver reports (nvidia-smi, MiB), when known; else ``memory_gib``."""
 

@@ -4,16 +4,25 @@ communication that does not overlap with it.
 Every figure here is an estimate from a simple model whose assumptions are stated below and in
 the constants' docstrings; ``trainplan run`` measures the real thing.
 
-- Compute: the block and LM-head matmuls (hardware FLOPs less the attention core) at the
-  GPU's ``compute_efficiency`` (by generation: fitted to published runs, see
-  ``planner/data/gpus.json``), lowered for narrow models whose matmuls cannot fill the GPU:
-  x (d/4096)**0.15 below d = 4096 (0.90 at d = 2048, 0.78 at d = 768); ``--mfu`` overrides it.
-  The attention core (QK^T and AV, 12 L (h d_head) s per token in the MFU convention) is taken at
-  the same efficiency under flash/SDPA: the kernel skips the masked half of the causal square
-  (Dao 2023, "FlashAttention-2", Sec. 3.1.1) but reaches a lower share of peak than dense GEMMs
-  (Sec. 4.1, Fig. 4-5: 50-70% of peak on A100), a simplification that keeps MFU <= efficiency.
-  Eager attention also streams the score matrix through HBM for mask, softmax and dropout
-  (``EAGER_SCORE_BYTES``), memory-bound time added on top.
+- Compute: the matmuls (hardware FLOPs less the attention core) at
+  ``compute_efficiency / (1 + MEMORY_BOUND_WIDTH x B / d)``, B the GPU's machine balance (peak
+  FLOP/s over HBM bytes/s) and d the hidden size. ``compute_efficiency`` is the share of peak that
+  the matmuls of a very wide model reach: the GPU's measured maximum achievable matmul FLOPS
+  (MAMF) times the share of it a tuned training stack keeps (``planner/data/gpus.json`` says which
+  runs fitted it). The second factor is the time of the memory-bound work beside the matmuls
+  (norms, activations, residuals, dropout, casts: bytes that grow with d per token, while matmul
+  FLOPs grow with d**2): it weighs more on narrow models and on GPUs whose FLOP/s outgrew their
+  HBM, e.g. 0.79 of the wide-model figure at d = 2048 on an A100 80GB (B = 153), 0.66 on an H100
+  SXM (B = 295), 0.74 on an H200 (B = 206). ``--mfu`` overrides both factors and the attention's.
+- The attention core (QK^T and AV, 12 L (h d_head) s per token over the full s x s square, the
+  MFU convention; 16 with recompute under ``selective``/``full`` checkpointing) runs at the GPU's
+  ``attention_efficiency`` under flash/SDPA, counted over the same full square: the kernel skips
+  the masked half (Dao 2023, "FlashAttention-2", Sec. 3.1.1) but reaches a lower share of peak
+  than GEMMs, and a lower one on Hopper than on Ampere (FlashAttention-2 reaches 50-73% of A100
+  peak forward, Dao 2023 Sec. 4.1; 35% of H100 peak, Shah et al. 2024, "FlashAttention-3",
+  abstract). Eager attention is taken at the same efficiency (a simplification: its batched GEMMs
+  compute the whole square, at a GEMM's rate), plus the score matrix it streams through HBM for
+  mask, softmax and dropout (``EAGER_SCORE_BYTES``), memory-bound time added on top.
 - Data-parallel collectives are ring collectives: an all-reduce moves 2(n-1)/n of the buffer per
   GPU, a reduce-scatter or all-gather (n-1)/n (Patarasuk & Yuan 2009), sized from this GPU's share
   of the model, at NCCL's bus bandwidth: NVLink inside a node, and across nodes the NICs that the
@@ -21,7 +30,10 @@ the constants' docstrings; ``trainplan run`` measures the real thing.
   collective is exposed by max(floor x comm, comm - window), the window being the compute it runs
   beside (ZeRO-3/FSDP: parameter all-gather beside forward, all-gather and reduce-scatter beside
   backward, every micro-batch, Rajbhandari et al. 2020, Sec. 7; ZeRO-1/2 and Megatron's
-  distributed optimizer: the gradient reduction beside the last micro-batch's backward).
+  distributed optimizer: the gradient reduction beside the last micro-batch's backward; FSDP
+  under a pipeline schedule: one gather and one reduce-scatter a step, see ``estimate_perf``).
+  Inside a node the bus bandwidth is the catalog's measured NCCL figure where it has one (H100:
+  360 GB/s), else the link rate x ``NVLINK_EFFICIENCY``.
 - Tensor parallelism: 4 all-reduces (or all-gather + reduce-scatter pairs under sequence
   parallelism, the same bytes) of the b x s x d activations per layer per micro-batch, 2 more when
   full checkpointing reruns the forward (Korthikanti et al. 2022, Sec. 4.2.2 and Table 2), on the
@@ -42,11 +54,23 @@ import math
 from dataclasses import dataclass
 
 from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._flops import _attention_core_forward
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec
 
 __all__ = ["Perf", "default_efficiency", "estimate_perf"]
 
+MEMORY_BOUND_WIDTH = 3.5
+"""Width, in units of the GPU's machine balance (FLOP per HBM byte), at which the memory-bound work
+of a block would take as long again as its matmuls: the matmul efficiency is divided by
+1 + MEMORY_BOUND_WIDTH x balance / d. Fitted, jointly with the catalog's ``compute_efficiency`` and
+``attention_efficiency`` of A100 and H100, to the 61 throughput rows of
+tests/planner/data/published_runs.json; what pins it are the narrow llm-foundry MPT rows (125M-3B
+on A100 40/80 GB, 760M-3B on H100) against the wide ones (7B-70B). Rows within tolerance: 38 with
+no such term, 46 / 48 / 50 / 46 / 37 at 2.1 / 2.8 / 3.5 / 4.2 / 5.6 (below 2.8 the Megatron-LM
+1.7B row of the older set, published_measurements.json, leaves its 30% band). As bytes (for a
+GPT block's 72 d**2 matmul FLOPs per token, forward and backward, at the A100's 0.687): ~180 d bf16
+elements read or written per token and layer, the order of an unfused block's elementwise traffic."""
 EXPOSED_FLOOR = 0.15
 """Share of every overlapped collective that stays exposed however long the compute beside it:
 the first gather / last bucket of a pass and the slowdown of kernels sharing SMs and HBM with
@@ -101,9 +125,21 @@ class Perf:
     """Pipeline point-to-point sends of activations and gradients (not overlapped)."""
 
 
-def default_efficiency(model: ModelSpec, gpu: GPUSpec) -> float:
-    """Share of peak FLOP/s the matmuls reach, by GPU and model width (see module docstring)."""
-    return round(gpu.compute_efficiency * min(1.0, model.hidden_size / 4096) ** 0.15, 3)
+def default_efficiency(model: ModelSpec, gpu: GPUSpec, precision: str = "bf16") -> float:
+    """Share of peak FLOP/s the block matmuls reach, by GPU and model width (module docstring):
+    ``compute_efficiency / (1 + MEMORY_BOUND_WIDTH x (peak / HBM bandwidth) / d)``."""
+    if gpu.hbm_gbps <= 0:  # a recorded device profile: no bandwidth known, its efficiency calibrated
+        return gpu.compute_efficiency
+    balance = gpu.peak_flops(precision) / (gpu.hbm_gbps * 1e9)  # FLOPs per byte of HBM traffic
+    return round(gpu.compute_efficiency / (1 + MEMORY_BOUND_WIDTH * balance / model.hidden_size), 3)
+
+
+def _attention_core_flops(model: ModelSpec, layout: Layout) -> float:
+    """Attention-core FLOPs of one step, all GPUs: 3 passes of QK^T and AV over the full square,
+    4 when checkpointing reruns them (``selective`` and ``full``; torchtitan's per-op policy keeps
+    the attention output, Korthikanti et al. 2022 Sec. 4.2)."""
+    passes = 4 if layout.checkpointing in ("selective", "full") else 3
+    return passes * model.num_layers * _attention_core_forward(model, layout.seq_len) * layout.tokens_per_step
 
 
 def _ring(n: int, factor: float, nbytes: float, gbps: float) -> float:
@@ -123,8 +159,13 @@ def _group_bandwidth(layout: Layout, gpu: GPUSpec, group: int, stride: int) -> f
     """
     per_node = max(1, min(group, layout.gpus_per_node // stride))
     if group * stride <= layout.gpus_per_node:
-        return gpu.intra_node_gbps * NVLINK_EFFICIENCY
-    return min(gpu.intra_node_gbps * NVLINK_EFFICIENCY, per_node * gpu.inter_node_gbps * NETWORK_EFFICIENCY)
+        return _nvlink(gpu)
+    return min(_nvlink(gpu), per_node * gpu.inter_node_gbps * NETWORK_EFFICIENCY)
+
+
+def _nvlink(gpu: GPUSpec) -> float:
+    """NCCL bus bandwidth inside a node, GB/s: the catalog's measured figure where it has one."""
+    return gpu.intra_node_busbw_gbps or gpu.intra_node_gbps * NVLINK_EFFICIENCY
 
 
 def _exposed(comm: float, window: float) -> float:
@@ -135,7 +176,7 @@ def _exposed(comm: float, window: float) -> float:
 def _eager_attention_s(model: ModelSpec, layout: Layout, gpu: GPUSpec, passes: int) -> float:
     """Memory-bound seconds per step on one GPU that eager attention adds to the matmuls: the
     score matrix (heads x s x s per sequence and layer) through HBM; ``passes`` 4 with recompute."""
-    if layout.attention != "eager":
+    if layout.attention != "eager" or gpu.hbm_gbps <= 0:
         return 0.0
     sequences = layout.micro_batch * layout.grad_accum  # per data-parallel rank and step
     scores = model.num_heads / layout.tp * layout.seq_len ** 2 * math.ceil(model.num_layers / layout.pp) * sequences
@@ -153,10 +194,14 @@ def estimate_perf(
     efficiency: float | None = None,
 ) -> Perf:
     """Estimate step time and throughput of ``layout`` on ``gpu`` (see module docstring)."""
-    eff = efficiency if efficiency is not None else default_efficiency(model, gpu)
+    eff = efficiency if efficiency is not None else default_efficiency(model, gpu, layout.precision)
+    # the attention core at the GPU's attention efficiency (the matmuls' where the catalog has none)
+    att_eff = eff if efficiency is not None else gpu.attention_efficiency or eff
     peak = gpu.peak_flops(layout.precision)
     passes = 4 if layout.checkpointing in ("selective", "full") else 3
-    compute = hardware_flops_per_step / (layout.gpus * peak * eff) + _eager_attention_s(model, layout, gpu, passes)
+    attn = min(_attention_core_flops(model, layout), hardware_flops_per_step)
+    compute = (hardware_flops_per_step - attn) / (layout.gpus * peak * eff) + attn / (layout.gpus * peak * att_eff) \
+        + _eager_attention_s(model, layout, gpu, passes)
     micro = compute / layout.grad_accum  # one micro-batch, forward + backward (+ recompute)
     fwd_share = 1 / passes
     forward, backward = micro * fwd_share, micro * (1 - fwd_share)
@@ -169,7 +214,17 @@ def estimate_perf(
     m, nd = layout.grad_accum, layout.dp * layout.cp  # ZeRO/FSDP shard over data x context parallel
     dp_bw = _group_bandwidth(layout, gpu, nd, layout.tp)
     sharded = layout.zero == 3 or (layout.framework == "fsdp" and layout.zero >= 2)
-    if sharded:
+    fsdp_pipeline = sharded and layout.framework == "fsdp" and layout.pp > 1
+    if fsdp_pipeline:
+        # FSDP2 under torch.distributed.pipelining: parameters stay gathered across micro-batches
+        # (torchtitan: reshard_after_forward=False with PP) and gradients are reduce-scattered
+        # after the last micro-batch only (stage.py backward_maybe_with_nosync sets
+        # requires_gradient_sync and reshard_after_backward False before it): one all-gather
+        # beside the first forward, one reduce-scatter beside the last backward.
+        gather, scatter = _ring(nd, 1, shard * elem, dp_bw), _ring(nd, 1, shard * grad_elem, dp_bw)
+        dp_comm = gather + scatter
+        dp_exposed = _exposed(gather, forward) + _exposed(scatter, backward)
+    elif sharded:
         gather = _ring(nd, 1, shard * elem, dp_bw)  # one parameter all-gather
         scatter = _ring(nd, 1, shard * grad_elem, dp_bw)
         dp_comm = m * (2 * gather + scatter)
@@ -194,14 +249,14 @@ def estimate_perf(
     act_bytes = layout.micro_batch * layout.seq_len // layout.cp * model.hidden_size * elem
     layers_here = math.ceil(model.num_layers / layout.pp)
     per_layer = 6 if layout.checkpointing == "full" else 4
-    tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, gpu.intra_node_gbps * NVLINK_EFFICIENCY)
+    tp_comm = m * layers_here * per_layer * _ring(layout.tp, 2, act_bytes, _nvlink(gpu))
 
     p, v = layout.pp, layout.pp_interleave
     bubble = compute * (p - 1) / (v * m) if p > 1 else 0.0
     p2p = 0.0
     if p > 1:
         link = gpu.inter_node_gbps * NETWORK_EFFICIENCY if layout.tp * p > layout.gpus_per_node \
-            else gpu.intra_node_gbps * NVLINK_EFFICIENCY
+            else _nvlink(gpu)
         p2p = m * v * 2 * (act_bytes / layout.tp) / (link * 1e9)
 
     offload = 0.0

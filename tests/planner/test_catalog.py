@@ -78,6 +78,19 @@ def test_every_gpu_has_positive_figures(key: str) -> None:
     assert gpu.intra_node_gbps > gpu.inter_node_gbps
 
 
+def test_fitted_efficiencies_follow_their_documented_derivation() -> None:
+    # gpus.json: compute_efficiency = measured MAMF share x 0.80 (A100 SXM 85.9%, H100 SXM 80.1%)
+    for key, mamf in (("a100-40gb", 0.859), ("a100-80gb", 0.859), ("h100-sxm", 0.801), ("h200", 0.801),
+                      ("h100-pcie", 0.801)):
+        gpu = load_gpu(key)
+        assert gpu.compute_efficiency == round(mamf * 0.80, 3), key
+        assert gpu.attention_efficiency == (0.60 if key.startswith("a100") else 0.40), key
+    for gpu in gpu_catalog().values():
+        assert 0 < gpu.compute_efficiency <= 1
+        assert gpu.attention_efficiency is None or 0 < gpu.attention_efficiency <= gpu.compute_efficiency
+        assert gpu.intra_node_busbw_gbps is None or 0 < gpu.intra_node_busbw_gbps <= gpu.intra_node_gbps
+
+
 def test_v100_has_no_bf16() -> None:
     v100 = load_gpu("v100-32gb")
     with pytest.raises(UsageError) as err:

@@ -5,13 +5,17 @@ efficiency 0.5) keeps the arithmetic checkable: compute = hardware FLOPs / (GPUs
 efficiency); a ring all-reduce moves 2(n-1)/n of the buffer, ZeRO-3 3(n-1)/n per micro-batch; NCCL
 reaches 0.78 of NVLink (78 GB/s here) and 0.86 of a node's NICs; a collective beside compute leaves
 max(0.15 x its time, its time - that compute) exposed (the backward pass is 2/3 of compute).
+Without ``--mfu`` the matmuls run at 0.5 / (1 + 3.5 x machine balance / d), the balance being
+100 FLOP per HBM byte here, and the attention core at the GPU's own attention efficiency.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from trainplan.planner import GPUSpec, Layout, default_efficiency, estimate_perf, load_model
+from trainplan.planner import GPUSpec, Layout, default_efficiency, estimate_perf, load_gpu, load_model
 
 GPU = GPUSpec(key="round", name="round numbers", memory_gib=80, tflops={"bf16": 100.0, "fp32": 50.0},
               hbm_gbps=1000, intra_node_gbps=100, inter_node_gbps=10, compute_efficiency=0.5, price_per_hour=1.0)
@@ -83,6 +87,59 @@ def test_recompute_counts_in_hfu_not_mfu(llama7b):
     assert p.hfu == pytest.approx(0.5) and p.mfu == pytest.approx(0.375)
 
 
-def test_default_efficiency_shrinks_for_narrow_models(llama7b):
-    assert default_efficiency(llama7b, GPU) == 0.5  # d = 4096: the GPU's own figure
-    assert default_efficiency(load_model("gpt2"), GPU) == 0.389  # 0.5 x (768 / 4096) ** 0.15
+def test_default_efficiency_shrinks_with_the_memory_bound_share(llama7b):
+    # machine balance of the round GPU: 100e12 FLOP/s / 1000e9 B/s = 100 FLOP per byte
+    assert default_efficiency(llama7b, GPU) == 0.461  # 0.5 / (1 + 3.5 x 100 / 4096)
+    assert default_efficiency(load_model("gpt2"), GPU) == 0.343  # 0.5 / (1 + 3.5 x 100 / 768)
+    # the same width weighs more on a GPU whose FLOP/s outgrew its HBM (H100 SXM: 989.4 / 3350)
+    narrow = dataclasses.replace(llama7b, hidden_size=2048)
+    a100, h100 = load_gpu("a100-80gb"), load_gpu("h100-sxm")
+    assert default_efficiency(narrow, a100) == round(0.687 / (1 + 3.5 * (312 / 2039) * 1000 / 2048), 3) == 0.545
+    assert default_efficiency(narrow, h100) == round(0.641 / (1 + 3.5 * (989.4 / 3350) * 1000 / 2048), 3) == 0.426
+    # a recorded device profile knows no bandwidth: its (calibrated) figure is used as it is
+    assert default_efficiency(llama7b, dataclasses.replace(GPU, hbm_gbps=0.0)) == 0.5
+
+
+def test_attention_core_runs_at_its_own_efficiency(llama7b):
+    gpu = dataclasses.replace(GPU, attention_efficiency=0.25)
+    layout = Layout(gpus=1, seq_len=4096)
+    # attention core per token: 3 passes x 32 layers x 2 s h (d_qk + d_v) = 3 x 32 x 2 x 4096 x 32 x 256
+    attn = 3 * 32 * 2 * 4096 * 32 * 256 * 4096  # 4096 tokens a step: 2.64e13 FLOPs
+    p = estimate_perf(llama7b, layout, gpu, params_total=N, model_flops_per_step=1e14, hardware_flops_per_step=1e14)
+    assert p.compute_s == pytest.approx((1e14 - attn) / (100e12 * 0.461) + attn / (100e12 * 0.25))
+    assert p.efficiency == 0.461
+    # full checkpointing reruns the core: 4 passes
+    full = estimate_perf(llama7b, layout.with_(checkpointing="full"), gpu, params_total=N,
+                         model_flops_per_step=1e14, hardware_flops_per_step=1.3e14)
+    assert full.compute_s == pytest.approx((1.3e14 - attn * 4 / 3) / (100e12 * 0.461) + attn * 4 / 3 / (100e12 * 0.25))
+    # eager attention: the same, plus the score matrix through HBM
+    eager = estimate_perf(llama7b, layout.with_(attention="eager"), gpu, params_total=N,
+                          model_flops_per_step=1e14, hardware_flops_per_step=1e14)
+    scores = 32 * 4096**2 * 32  # heads x s^2 x layers, one sequence
+    assert eager.compute_s == pytest.approx(p.compute_s + scores * 24 / 1000e9)
+    # --mfu sets one efficiency for everything
+    fixed = estimate_perf(llama7b, layout, gpu, params_total=N, model_flops_per_step=1e14,
+                          hardware_flops_per_step=1e14, efficiency=0.4)
+    assert fixed.compute_s == pytest.approx(1e14 / (100e12 * 0.4))
+
+
+def test_fsdp_under_a_pipeline_gathers_and_reduces_once_a_step(llama7b):
+    layout = Layout(gpus=32, gpus_per_node=8, tp=1, pp=4, zero=3, framework="fsdp", grad_accum=8, seq_len=4096)
+    p = estimate_perf(llama7b, layout, GPU, params_total=N, model_flops_per_step=8e15,
+                      hardware_flops_per_step=8e15, efficiency=0.5)
+    shard = N / 4  # this stage's parameters
+    # dp 8 with stride 1: the ring stays in the node, 78 GB/s; bf16 gather, fp32 reduce-scatter (FSDP2)
+    gather, scatter = 7 / 8 * shard * 2 / 78e9, 7 / 8 * shard * 4 / 78e9
+    assert p.dp_comm_s == pytest.approx(gather + scatter)  # not 8 x (2 gathers + 1 scatter)
+    assert p.dp_comm_exposed_s == pytest.approx(0.15 * (gather + scatter))  # hidden beside 2.5 s of compute
+    deepspeed = estimate_perf(llama7b, layout.with_(framework="deepspeed"), GPU, params_total=N,
+                              model_flops_per_step=8e15, hardware_flops_per_step=8e15, efficiency=0.5)
+    assert deepspeed.dp_comm_s == pytest.approx(8 * (2 * gather + scatter / 2))  # ZeRO-3: every micro-batch
+
+
+def test_measured_nccl_bandwidth_sets_tensor_parallel_time(llama7b):
+    gpu = dataclasses.replace(GPU, intra_node_busbw_gbps=60.0)
+    tp = estimate_perf(llama7b, Layout(gpus=2, tp=2, seq_len=4096), gpu, params_total=N,
+                       model_flops_per_step=8e15, hardware_flops_per_step=8e15, efficiency=0.5)
+    assert tp.tp_comm_s == pytest.approx(128 * 4096 * 4096 * 2 / 60e9)  # not 0.78 x 100 GB/s
+    assert load_gpu("h100-sxm").intra_node_busbw_gbps == 360  # NVIDIA/nccl-tests issue #326
