@@ -54,7 +54,7 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     assert code == 0, err
     assert "e_max" in out and "90% interval" in out and "12 trials" in err
     saved = json.loads(cal.read_text())
-    assert saved["version"] == 1 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
+    assert saved["version"] == 2 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
 
     code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                          "--micro-batch", "12", "--seq-len", "128", "--format", "json")
@@ -70,6 +70,30 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     code, out, _ = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                        "--micro-batch", "512", "--seq-len", "128")
     assert code == 0 and "90% PI" in out and "outside the trials'" in out
+
+
+def test_plan_recommend_uses_the_calibration_and_refuses_what_it_cannot_predict(tmp_path, capsys) -> None:
+    cal = tmp_path / "cal.json"
+    assert run(capsys, "calibrate", *_trial_folders(tmp_path / "runs", 12), "-o", str(cal))[0] == 0  # 1 ZeRO-3 x 2
+    code, _, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal), "--zero", "3",
+                       "--gpus", "2", "--seq-len", "128")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "ZeRO-3 across ranks not calibrated" in err and "--zero 3 --gpus 2" in err
+
+    code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal), "--recommend",
+                         "--max-gpus", "2", "--seq-len", "128", "--global-batch", "16", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    top = doc["top"]
+    assert top and all(t["gpu"]["name"] == "Test CPU" and t["layout"]["zero"] != 3 or t["layout"]["gpus"] == 1
+                       for t in top)
+    for t in top:  # ranked by the calibrated figures, which the JSON marks; the planner's are kept
+        c = t["calibrated"]
+        assert t["throughput"]["tokens_per_s"] == pytest.approx(c["tokens_per_s"]["value"])
+        assert c["tokens_per_s"]["low"] < c["tokens_per_s"]["value"] < c["tokens_per_s"]["high"]
+        assert c["tokens_per_s"]["uncalibrated"] != c["tokens_per_s"]["value"]
+    hours = [t["time"]["hours"] for t in top]
+    assert hours == sorted(hours)
 
 
 def test_plan_refuses_calibration_of_another_device(tmp_path, capsys) -> None:

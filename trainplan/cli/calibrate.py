@@ -106,8 +106,6 @@ def use_calibration(o: dict[str, Any], layout: Layout, gpu: GPUSpec) -> tuple[Ca
     if ctx.get_parameter_source("gpu") == ParameterSource.COMMANDLINE and not _same_gpu(cal.device, gpu):
         raise UsageError("--calibration", f"calibrated on {device_label(cal.device)}, not {gpu.name} "
                                           f"(--gpu {o['gpu']}); drop --gpu to plan on the calibrated device")
-    if o["recommend"]:
-        raise UsageError("--recommend", "not calibrated yet; plan one layout with --calibration")
     if ctx.get_parameter_source("precision") != ParameterSource.COMMANDLINE:
         layout = layout.with_(precision=cal.ranges["precision"][0])
     return cal, cal.profile(layout.gpus), layout
