@@ -151,8 +151,8 @@ def contention(dirs: list[Path]) -> str:
         load = json.loads((d / "result.json").read_text()).get("device", {}).get("load_avg_1m")
         loads += [load] if load is not None else []
     return (f"wall / CPU time per step: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-"
-            f"{max(ratios):.2f}; 1-min load average at trial start {min(loads, default=0):.1f}-"
-            f"{max(loads, default=0):.1f}")
+            f"{max(ratios):.2f}; 1-min load average at trial start "
+            + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded"))
 
 
 def report(points: list[dict]) -> int:
