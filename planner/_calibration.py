@@ -8,11 +8,14 @@ runner and the search supply the points; nothing here reads a trial folder or a 
 
 Step time (per optimizer step, one rank), linear in six constants::
 
-    t = F / (P * e_max) + F_a / (P * e_attn) + m * t_mb + s * C + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
+    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
 
-F the hardware FLOPs one rank runs per step (``_flops``) less F_a, those of the attention core
-(QK^T and AV, 12 L s (h d_head) per token: another kernel, SDPA, whose share of peak differs from
-the dense matmuls'; taken at e_max when the trials' attention share spans too little to tell), P the rank's measured matmul peak,
+F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
+one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
+activation function, residual adds and rotary embeddings are memory-bound kernels whose time
+follows the bytes, not the FLOPs (Ivanov et al. 2021, "Data Movement Is All You Need", Sec. 3:
+they take a large share of a transformer step with a tiny share of its FLOPs); fitted when the
+trials' ratio of those elements to FLOPs spans 1.5x or more (several widths), P the rank's measured matmul peak,
 m the micro-batches per step, C the planner's data-parallel communication time before overlap
 (``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
@@ -53,7 +56,6 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._device import device_key, device_label, device_profile
-from trainplan.planner._flops import _attention_core_forward
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec, from_hf_config
@@ -71,7 +73,7 @@ Z90 = 1.645
 """Two-sided 90% normal quantile, for the prediction intervals."""
 
 
-SPEED_TERMS = ("flops_term", "attn_term", "micro_batches", "comm_s", "zero3_layers", "zero3_gather_layers")
+SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "zero3_layers", "zero3_gather_layers")
 """The step-time regressors, in the order of the coefficients (module docstring)."""
 
 
@@ -142,13 +144,13 @@ def _features(p: Plan) -> dict[str, float]:
     peak = p.gpu.peak_flops(lay.precision)
     flops_rank = p.flops.hardware_per_step / lay.gpus
     layers = float(lay.grad_accum * p.model.num_layers) if lay.zero == 3 else 0.0
-    fl = p.flops  # the attention core per token (planner/_flops.py), with the recompute the hardware adds
-    attn = (3 * p.model.num_layers * _attention_core_forward(p.model, lay.seq_len)
-            * fl.hardware_per_token / fl.model_per_token * fl.tokens_per_step / lay.gpus)
+    fl = p.flops
+    elems = (fl.tokens_per_step / lay.gpus * p.model.hidden_size * p.model.num_layers
+             * fl.hardware_per_token / fl.model_per_token)
     return {
-        "flops_term": (flops_rank - attn) / peak,  # dense seconds at efficiency 1
-        "attn_term": attn / peak,
-        "attn_share": attn / flops_rank,
+        "flops_term": flops_rank / peak,  # seconds at efficiency 1
+        "elem_term": elems,
+        "elem_per_flop": elems / flops_rank,
         "micro_batches": float(lay.grad_accum),
         "comm_s": p.perf.dp_comm_s,
         "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
@@ -234,7 +236,7 @@ class Calibration:
     trials: list[dict[str, Any]]
     """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
-    """``e_max``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``t_zero3_layer_s``,
+    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``t_zero3_layer_s``,
     ``t_zero3_gather_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
@@ -248,7 +250,7 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, 1/e_attn, t_mb, s, t_z3, t_z3g]; ``memory``:
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, t_z3, t_z3g]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
@@ -260,7 +262,7 @@ class Calibration:
 
     def _speed_coefs(self) -> list[float]:
         sp = self.speed
-        return [1 / sp["e_max"].value, 1 / sp["e_attn"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
+        return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
                 sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
@@ -282,7 +284,7 @@ class Calibration:
         mem = sum(a * b for a, b in zip(self._mem_coefs(), xm))
         mb = [math.log(v / mem) for c in self.boot.get("memory", []) if (v := sum(a * b for a, b in zip(c, xm))) > 0]
         msd = math.sqrt(self.residual["memory"] ** 2 + (statistics.pstdev(mb) if len(mb) > 1 else 0.0) ** 2)
-        eff = (f["flops_term"] + f["attn_term"]) / max(sum(a * b for a, b in zip(self._speed_coefs()[:3], x[:3])), 1e-30)
+        eff = f["flops_term"] / max(sum(a * b for a, b in zip(self._speed_coefs()[:3], x[:3])), 1e-30)
         return Calibrated(
             tokens_per_s=Figure(value=tps, low=tps * math.exp(-Z90 * sd), high=tps * math.exp(Z90 * sd),
                                 uncalibrated=p.perf.tokens_per_s),
@@ -465,17 +467,11 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
                               "run one more micro-batch size or model width")
     fitted, notes = _identified(plans, feats)
 
-    def speed_fit(idx: Sequence[int], cols: Sequence[str] = fitted) -> list[float] | None:
-        # without attn_term the attention core's FLOPs join the dense ones at one efficiency
-        rows = [[feats[i][k] + (feats[i]["attn_term"] if k == "flops_term" and "attn_term" not in cols else 0)
-                 for k in cols] for i in idx]
-        c = _wls(rows, [step[i] for i in idx])
-        if c is not None and "attn_term" in cols and c[1] <= 0:  # no time for attention: one efficiency
-            return speed_fit(idx, [k for k in cols if k != "attn_term"])
+    def speed_fit(idx: Sequence[int]) -> list[float] | None:
+        c = _wls([[feats[i][k] for k in fitted] for i in idx], [step[i] for i in idx])
         if c is None or c[0] <= 0:
             return None
-        full = dict(zip(cols, c))
-        full.setdefault("attn_term", full["flops_term"])
+        full = dict(zip(fitted, c))
         return [full[k] if k in full else _DEFAULT_COEF[k] for k in SPEED_TERMS]
 
     zeros = [pl.layout.zero for pl in plans]
@@ -514,8 +510,9 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         "e_max": const([1 / s[0] for s in sboot], e_max, "share of peak",
                        "compute efficiency of the dense matmuls reached by large micro-batches (share of the measured "
                        "matmul peak)"),
-        "e_attn": const([1 / s[1] for s in sboot if s[1] > 0], 1 / sc[1], "share of peak",
-                        "compute efficiency of the attention core (SDPA), same reference", "attn_term" in fitted),
+        "t_element_s": const([s[1] for s in sboot], sc[1], "s",
+                             "time per activation element (token x width x layer) of the memory-bound kernels",
+                             "elem_term" in fitted),
         "t_micro_batch_s": const([s[2] for s in sboot], sc[2], "s", "fixed time per micro-batch per rank"),
         "w_half_flops": const([s[2] * peak_ref / s[0] for s in sboot], sc[2] * peak_ref * e_max, "FLOPs",
                               "work per micro-batch at which the efficiency is half of e_max (at the median peak)"),
@@ -580,11 +577,11 @@ def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> 
     z3_one = sum(pl.layout.zero == 3 and pl.layout.dp == 1 for pl in plans)
     z3_multi = sum(f["zero3_gather_layers"] > 0 for f in feats)
     fitted, notes = ["flops_term", "micro_batches"], []
-    if _spread([f["attn_share"] for f in feats]) >= MIN_SPREAD:
-        fitted.insert(1, "attn_term")
+    if _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
+        fitted.insert(1, "elem_term")
     else:
-        notes.append("attention core taken at the dense matmuls' efficiency: the trials' attention share of the FLOPs "
-                     "spans less than 1.5x (run one more sequence length, 2x longer or shorter)")
+        notes.append("memory-bound kernels not calibrated apart from the matmuls: the trials' activation elements per "
+                     "FLOP span less than 1.5x (run one more model width, 2x wider or narrower)")
     if multi >= 2:
         fitted.append("comm_s")
     else:

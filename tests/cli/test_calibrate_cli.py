@@ -2,7 +2,8 @@
 calibrated figures with intervals beside the uncalibrated ones, and one-line refusals (exit 2).
 
 The trial folders here are written from synthetic measurements (tests/planner/test_calibration.py)
-to test the reading and refusing branches fast; real trials are in test_calibrate_real.py."""
+to test the reading and refusing branches fast; real trials: tests/runners/test_device.py (slow) and the
+leave-one-out benchmark, benchmarks/calibration.py."""
 
 from __future__ import annotations
 

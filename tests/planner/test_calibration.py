@@ -17,7 +17,7 @@ DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_byt
           "peak_flops": {"fp32": 1.0e11}, "peak_source": "test"}
 STACK = {"torch": "2.13.0", "deepspeed": "0.19.0", "transformers": "4.99.0"}
 TINY = dict(load_model("trainplan-tiny").hf_config)
-TRUE = {"e_max": 0.6, "e_attn": 0.25, "t_mb": 0.004, "share": 40.0, "t_z3": 0.002, "t_z3g": 0.006, "c0": 150e6, "k": 1.3}
+TRUE = {"e_max": 0.6, "t_el": 2e-8, "t_mb": 0.004, "share": 40.0, "t_z3": 0.002, "t_z3g": 0.006, "c0": 150e6, "k": 1.3}
 
 
 def _grid() -> list[dict]:
@@ -38,7 +38,7 @@ def _measure(point: dict, rng: random.Random, noise: float) -> dict:
     """What a trial would measure if the true constants were TRUE (with multiplicative noise)."""
     p = _plan_point(point, point["device"])
     f = _features(p)
-    step = (f["flops_term"] / TRUE["e_max"] + f["attn_term"] / TRUE["e_attn"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
+    step = (f["flops_term"] / TRUE["e_max"] + f["elem_term"] * TRUE["t_el"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
             + TRUE["t_z3"] * f["zero3_layers"] + TRUE["t_z3g"] * f["zero3_gather_layers"])
     mem = TRUE["c0"] + TRUE["k"] * f["allocated"]
     return {**point, "tokens_per_s": p.layout.tokens_per_step / step * math.exp(rng.gauss(0, noise)),
@@ -51,7 +51,7 @@ def test_fit_recovers_known_constants_from_noisy_synthetic_points() -> None:
     s, m = cal.speed, cal.memory
     assert s["e_max"].value == pytest.approx(TRUE["e_max"], rel=0.08)
     assert s["t_micro_batch_s"].value == pytest.approx(TRUE["t_mb"], rel=0.15)
-    assert s["e_attn"].value == pytest.approx(TRUE["e_attn"], rel=0.25)
+    assert s["t_element_s"].value == pytest.approx(TRUE["t_el"], rel=0.25)
     assert s["comm_factor"].value == pytest.approx(TRUE["share"], rel=0.25)
     assert s["t_zero3_layer_s"].value == pytest.approx(TRUE["t_z3"], rel=0.25)
     assert s["t_zero3_gather_s"].value == pytest.approx(TRUE["t_z3g"], rel=0.25)
