@@ -15,7 +15,10 @@ one rank's step touches (tokens x width x layers, times the recompute share): th
 activation function, residual adds and rotary embeddings are memory-bound kernels whose time
 follows the bytes, not the FLOPs (Ivanov et al. 2021, "Data Movement Is All You Need", Sec. 3:
 they take a large share of a transformer step with a tiny share of its FLOPs); fitted when the
-trials' ratio of those elements to FLOPs spans 1.5x or more (several widths), P the rank's measured matmul peak,
+trials' ratio of those elements to FLOPs spans 1.5x or more (several widths). The same regressor
+is also what narrow matmuls reaching a lower share of peak would add (F / d grows as T d L): the
+fit cannot tell the two apart, and on the CPU trials time per token grew ~2x per width doubling,
+not the ~4x of the FLOPs. P the rank's measured matmul peak,
 m the micro-batches per step, C the planner's data-parallel communication time before overlap
 (``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
@@ -28,10 +31,12 @@ submodule to gather its parameters before forward and backward and release them 
 2020, "ZeRO", Sec. 5.3/7), Python work that a bandwidth model misses (``t_z3``, z3 = 1 under ZeRO-3),
 and across n ranks each of those gathers and the gradient reduce-scatters is a collective whose
 latency, not its bytes, dominates for small layers (``t_z3g`` per extra rank of the ring, z3r = 1
-under ZeRO-3 with n > 1 data-parallel ranks). Measured on the CPU (gloo): ZeRO-3 on 2 ranks of the
-width-64 model took 2.7x the CPU-seconds per token of ZeRO-0 on one, which the bandwidth term,
-fitted on ZeRO-0-2 trials, put at under 1%: that was the 242% worst leave-one-out error before these
-terms. L is the model's layers; the trials at hand all have 4, so the per-layer scaling is an
+under ZeRO-3 with n > 1 data-parallel ranks). Measured on the CPU (gloo, benchmarks/results/
+calibration.md): ZeRO-3 on 2 ranks of the width-64 model ran 2.7x slower (CPU-seconds) than the
+planner's bandwidth model says, and the one ZeRO-3 2-rank trial was predicted 3.4x too fast from
+ZeRO-0-2 trials (the 242% worst leave-one-out error before these terms); fitted, t_z3 is ~27 ms
+per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not the gathers' wait,
+is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer scaling is an
 assumption (a plan of other depth is flagged as outside the data). Peak memory:
 ``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3 engine path
 (none at stage 0; ~50 MB more at stages 1-2 on this CPU), A the planner's allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
