@@ -333,6 +333,11 @@ class Calibration:
         """Why the calibration cannot predict ``p``'s tokens/s: a term its step time needs that the
         trials did not identify, with the run that would identify it (empty when it can)."""
         lay, miss, out = p.layout, self.uncalibrated(), []
+        seen = self.ranges.get("paths", {})
+        for name, value in (("tp", lay.tp), ("pp", lay.pp), ("offload", lay.offload),
+                            ("checkpointing", lay.checkpointing)):
+            if name in seen and value not in seen[name]:  # a code path the step-time model has no term for
+                out.append(f"{name} {value} not among the trials' {seen[name]}: run a trial with it")
         if lay.dp > 1 and "comm_factor" in miss:
             out.append("communication not calibrated (fewer than 2 trials ran on more than one rank): "
                        "run 2 trials with --gpus 2")
@@ -556,6 +561,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
                 "layers": sorted({pl.model.num_layers for pl in plans}),
+                "paths": {k: sorted({getattr(pl.layout, k) for pl in plans})
+                          for k in ("tp", "pp", "offload", "checkpointing")},
                 "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
                                      for p in pts if p["device"].get("threads_per_rank")},
                 "precision": sorted({pl.layout.precision for pl in plans})},
