@@ -36,11 +36,12 @@ calibration.md): ZeRO-3 on 2 ranks of the width-64 model ran 2.7x slower (CPU-se
 planner's bandwidth model says, and the one ZeRO-3 2-rank trial was predicted 3.4x too fast from
 ZeRO-0-2 trials (the 242% worst leave-one-out error before these terms); fitted, t_z3 is ~27 ms
 per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not the gathers' wait,
-is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer scaling is an
-assumption (a plan of other depth is flagged as outside the data). Peak memory:
-``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3 engine path
-(none at stage 0; ~50 MB more at stages 1-2 on this CPU), A the planner's allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
-plus a share.
+is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer
+scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
+
+Peak memory: ``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3
+engine path (none at stage 0; ~60 MB more at stages 1-3 on this CPU), A the planner's allocated
+bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead plus a share.
 
 Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
 intervals from a pairs bootstrap over the trials (seeded, so a file is reproducible); a
@@ -556,7 +557,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
               for p, pl, t, m, mf, a in zip(pts, plans, t_fit, mem, m_fit, alloc)]
     return Calibration(
         device=device, stack=dict(pts[0]["stack"]), trials=trials, speed=speed, memory=memory,
-        residual={"tokens_per_s": _rel_sd(t_fit, step, len(fitted)), "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
+        residual={"tokens_per_s": _rel_sd(t_fit, step, len(fitted)),
+                  "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),

@@ -136,3 +136,19 @@ def test_calibrate_reads_the_median_step_and_skips_unusable_trials(tmp_path, cap
     tokens = point["layout"]["micro_batch"] * point["layout"]["seq_len"] * point["layout"]["gpus"]
     cpu = [json.loads(x)["cpu_s"] for x in (Path(dirs[1]) / "metrics.jsonl").read_text().splitlines()]
     assert by_cpu["timing"] == "cpu" and by_cpu["tokens_per_s"] == pytest.approx(tokens / cpu[2])  # steps 3-6
+
+
+def test_calibrate_warns_when_wall_timing_measured_a_shared_machine(tmp_path, capsys) -> None:
+    dirs = _trial_folders(tmp_path / "runs", 8)
+    assert "warning" not in run(capsys, "calibrate", *dirs, "-o", str(tmp_path / "a.json"))[2]  # wall ~ CPU time
+    for d in dirs:  # rank 0 computed a quarter of each step's wall time: the rest was the neighbours'
+        m = Path(d) / "metrics.jsonl"
+        rows = [json.loads(x) for x in m.read_text().splitlines()]
+        prev = 0
+        for r in rows:
+            r["cpu_s"] = (r["tokens"] - prev) / r["tokens_per_s"] / 4
+            prev = r["tokens"]
+        m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "calibrate", *dirs, "-o", str(tmp_path / "b.json"))
+    assert code == 0 and "warning: a step took 4.0x rank 0's CPU time" in err and "--timing cpu" in err
+    assert "warning" not in run(capsys, "calibrate", *dirs, "--timing", "cpu", "-o", str(tmp_path / "c.json"))[2]
