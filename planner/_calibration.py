@@ -6,19 +6,42 @@ assumptions, for one device and one software stack, with constants fitted to mea
 (plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
 runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
 
-Step time (per optimizer step, one rank), linear in the three constants::
+Step time (per optimizer step, one rank), linear in six constants::
 
-    t = F / (P * e_max) + m * t_mb + s * C
+    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
 
-F the hardware FLOPs one rank runs per step (``_flops``), P the rank's measured matmul peak,
+F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
+one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
+activation function, residual adds and rotary embeddings are memory-bound kernels whose time
+follows the bytes, not the FLOPs (Ivanov et al. 2021, "Data Movement Is All You Need", Sec. 3:
+they take a large share of a transformer step with a tiny share of its FLOPs); fitted when the
+trials' ratio of those elements to FLOPs spans 1.5x or more (several widths). The same regressor
+is also what narrow matmuls reaching a lower share of peak would add (F / d grows as T d L): the
+fit cannot tell the two apart, and on the CPU trials time per token grew ~2x per width doubling,
+not the ~4x of the FLOPs. P the rank's measured matmul peak,
 m the micro-batches per step, C the planner's data-parallel communication time before overlap
 (``_perf``). Read as an efficiency, ``e(w) = e_max * w / (w + w_half)`` with ``w`` the FLOPs of one
 micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micro-batch (kernel
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
-communication time really exposed (the overlap and the real bandwidth together). Peak memory:
-``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3 engine path
-(none at stage 0; ~50 MB more at stages 1-2 on this CPU), A the planner's allocated bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead
-plus a share.
+communication time really exposed (the overlap and the real bandwidth together).
+
+ZeRO-3 pays per layer and micro-batch, whatever the width: DeepSpeed's stage-3 engine hooks every
+submodule to gather its parameters before forward and backward and release them after
+(deepspeed/runtime/zero/parameter_offload.py, partitioned_param_coordinator.py; Rajbhandari et al.
+2020, "ZeRO", Sec. 5.3/7), Python work that a bandwidth model misses (``t_z3``, z3 = 1 under ZeRO-3),
+and across n ranks each of those gathers and the gradient reduce-scatters is a collective whose
+latency, not its bytes, dominates for small layers (``t_z3g`` per extra rank of the ring, z3r = 1
+under ZeRO-3 with n > 1 data-parallel ranks). Measured on the CPU (gloo, benchmarks/results/
+calibration.md): ZeRO-3 on 2 ranks of the width-64 model ran 2.7x slower (CPU-seconds) than the
+planner's bandwidth model says, and the one ZeRO-3 2-rank trial was predicted 3.4x too fast from
+ZeRO-0-2 trials (the 242% worst leave-one-out error before these terms); fitted, t_z3 is ~27 ms
+per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not the gathers' wait,
+is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer
+scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
+
+Peak memory: ``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3
+engine path (none at stage 0; ~60 MB more at stages 1-3 on this CPU), A the planner's allocated
+bytes as the measurement sees them (:func:`expected_peak_bytes`): a constant overhead plus a share.
 
 Both fits weight each trial by 1/measured^2 (relative error). Intervals are 90% percentile
 intervals from a pairs bootstrap over the trials (seeded, so a file is reproducible); a
@@ -39,13 +62,14 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._device import device_key, device_label, device_profile
+from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
 __all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the calibration file; a file of another version is refused."""
 MIN_SPREAD = 1.5
 """A regressor must span at least this ratio (max/min) across the trials to be identified."""
@@ -55,24 +79,22 @@ Z90 = 1.645
 """Two-sided 90% normal quantile, for the prediction intervals."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Constant:
-    """One fitted constant with its 90% interval."""
+SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "zero3_layers", "zero3_gather_layers")
+"""The step-time regressors, in the order of the coefficients (module docstring)."""
 
-    value: float
-    low: float
-    high: float
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Constant(Interval):
+    """One fitted constant with its 90% interval (NaN ends: not identified by the trials)."""
+
     unit: str
     doc: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Figure:
+class Figure(Interval):
     """One calibrated prediction with its 90% prediction interval and the uncalibrated estimate."""
 
-    value: float
-    low: float
-    high: float
     uncalibrated: float
 
 
@@ -127,10 +149,18 @@ def _features(p: Plan) -> dict[str, float]:
     lay = p.layout
     peak = p.gpu.peak_flops(lay.precision)
     flops_rank = p.flops.hardware_per_step / lay.gpus
+    layers = float(lay.grad_accum * p.model.num_layers) if lay.zero == 3 else 0.0
+    fl = p.flops
+    elems = (fl.tokens_per_step / lay.gpus * p.model.hidden_size * p.model.num_layers
+             * fl.hardware_per_token / fl.model_per_token)
     return {
         "flops_term": flops_rank / peak,  # seconds at efficiency 1
+        "elem_term": elems,
+        "elem_per_flop": elems / flops_rank,
         "micro_batches": float(lay.grad_accum),
         "comm_s": p.perf.dp_comm_s,
+        "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
+        "zero3_gather_layers": layers * (lay.dp - 1),  # ... x extra ranks of each gather's ring
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
         "peak": peak,
         "allocated": expected_peak_bytes(p),
@@ -212,7 +242,8 @@ class Calibration:
     trials: list[dict[str, Any]]
     """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
-    """``e_max``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor`` (see module docstring)."""
+    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``t_zero3_layer_s``,
+    ``t_zero3_gather_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
     residual: dict[str, float]
@@ -225,7 +256,8 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, t_mb, s]; ``memory``: [c0, k]), for prediction intervals."""
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, t_z3, t_z3g]; ``memory``:
+    [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
     # Prediction -----------------------------------------------------------------------------
@@ -235,13 +267,17 @@ class Calibration:
                 m["share"].value]
 
     def _speed_coefs(self) -> list[float]:
-        return [1 / self.speed["e_max"].value, self.speed["t_micro_batch_s"].value,
-                self.speed["comm_factor"].value]
+        sp = self.speed
+        return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
+                sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
-        """Calibrated tokens/s, step time and peak memory of ``p`` (planned on this device's profile)."""
+        """Calibrated tokens/s, step time and peak memory of ``p`` (planned on this device's profile).
+
+        Lenient: a term the trials did not identify keeps its default (communication all exposed,
+        no ZeRO-3 cost) and ``outside_data`` says so; :meth:`apply` refuses such a layout instead."""
         f = _features(p)
-        x = [f["flops_term"], f["micro_batches"], f["comm_s"]]
+        x = [f[k] for k in SPEED_TERMS]
 
         def step(c: Sequence[float]) -> float:
             return sum(a * b for a, b in zip(c, x))
@@ -254,7 +290,7 @@ class Calibration:
         mem = sum(a * b for a, b in zip(self._mem_coefs(), xm))
         mb = [math.log(v / mem) for c in self.boot.get("memory", []) if (v := sum(a * b for a, b in zip(c, xm))) > 0]
         msd = math.sqrt(self.residual["memory"] ** 2 + (statistics.pstdev(mb) if len(mb) > 1 else 0.0) ** 2)
-        eff = f["flops_term"] / max(t - x[2] * self._speed_coefs()[2], 1e-30)
+        eff = f["flops_term"] / max(sum(a * b for a, b in zip(self._speed_coefs()[:3], x[:3])), 1e-30)
         return Calibrated(
             tokens_per_s=Figure(value=tps, low=tps * math.exp(-Z90 * sd), high=tps * math.exp(Z90 * sd),
                                 uncalibrated=p.perf.tokens_per_s),
@@ -280,18 +316,39 @@ class Calibration:
             out.append(f"{lay.gpus} ranks; the trials ran at most {max(r['ranks'])}")
         if lay.zero not in r["zero"]:
             out.append(f"ZeRO-{lay.zero} not among the trials' stages {r['zero']}")
-        elif lay.dp > 1 and lay.zero not in r.get("zero_across_ranks", r["zero"]):
-            # each stage communicates differently: one seen on one rank says nothing of its collectives
-            out.append(f"ZeRO-{lay.zero} across {lay.dp} ranks; the trials ran it on one rank only")
+        elif lay.dp > 1 and lay.zero < 3 and not set(r.get("zero_across_ranks", [])) & {0, 1, 2}:
+            # stages 0-2 share the bandwidth term; ZeRO-3's own terms are checked by refusal()
+            out.append(f"ZeRO-{lay.zero} across {lay.dp} ranks; the trials ran ZeRO-0-2 on one rank only")
+        if lay.zero == 3 and "layers" in r and not min(r["layers"]) <= p.model.num_layers <= max(r["layers"]):
+            out.append(f"{p.model.num_layers} layers; ZeRO-3's per-layer cost was measured at {r['layers']} layers")
         if lay.precision not in r["precision"]:
             out.append(f"{lay.precision} not among the trials' precisions {r['precision']}")
-        if lay.dp > 1 and "comm_factor" in self.uncalibrated():
-            out.append("communication not calibrated (every trial ran on one rank)")
+        out += self.refusal(p)
         return out
 
     def uncalibrated(self) -> list[str]:
         """Constants the trials could not identify (kept at the planner's assumption)."""
-        return [k for k, c in self.speed.items() if c.low != c.low]  # NaN interval: not fitted
+        return [k for k, c in self.speed.items() if not c.identified]
+
+    def refusal(self, p: Plan) -> list[str]:
+        """Why the calibration cannot predict ``p``'s tokens/s: a term its step time needs that the
+        trials did not identify, with the run that would identify it (empty when it can)."""
+        lay, miss, out = p.layout, self.uncalibrated(), []
+        seen = self.ranges.get("paths", {})
+        for name, value in (("tp", lay.tp), ("pp", lay.pp), ("offload", lay.offload),
+                            ("checkpointing", lay.checkpointing)):
+            if name in seen and value not in seen[name]:  # a code path the step-time model has no term for
+                out.append(f"{name} {value} not among the trials' {seen[name]}: run a trial with it")
+        if lay.dp > 1 and "comm_factor" in miss:
+            out.append("communication not calibrated (fewer than 2 trials ran on more than one rank): "
+                       "run 2 trials with --gpus 2")
+        if lay.zero == 3 and lay.dp == 1 and "t_zero3_layer_s" in miss:
+            out.append("ZeRO-3 on one rank not calibrated: run a trial with --zero 3 --gpus 1 "
+                       "(and another ZeRO-3 trial)")
+        if lay.zero == 3 and lay.dp > 1 and "t_zero3_gather_s" in miss:
+            out.append(f"ZeRO-3 across ranks not calibrated (its per-layer gathers): run 2 trials with "
+                       f"--zero 3 --gpus {lay.dp}")
+        return out
 
     # Checks -----------------------------------------------------------------------------------
     def check(self, *, device: Mapping[str, Any] | None = None, stack: Mapping[str, str | None] | None = None,
@@ -312,11 +369,15 @@ class Calibration:
         threads = self.ranges.get("threads_per_rank", {}).get(str(ranks))
         return device_profile(self.device, ranks, threads)
 
-    def apply(self, p: Plan) -> Calibrated:
-        """Calibrated figures of a plan; refused unless ``p`` was planned on this device's profile."""
+    def apply(self, p: Plan, *, strict: bool = True, key: str = "--calibration") -> Calibrated:
+        """Calibrated figures of a plan; refused unless ``p`` was planned on this device's profile,
+        and (``strict``) when its tokens/s needs a term the trials did not identify (:meth:`refusal`).
+        ``strict=False`` (screening, which needs only the memory) predicts anyway and flags it."""
         if p.gpu.key != self.profile().key:
-            raise UsageError("--calibration", f"calibrated on {device_label(self.device)}, "
-                                              f"not {p.gpu.name} ({p.gpu.key}); plan on the calibrated device")
+            raise UsageError(key, f"calibrated on {device_label(self.device)}, "
+                                  f"not {p.gpu.name} ({p.gpu.key}); plan on the calibrated device")
+        if strict and (why := self.refusal(p)):
+            raise UsageError(key, f"cannot calibrate this layout's tokens/s: {'; '.join(why)}")
         return self.predict(p)
 
     # Files ------------------------------------------------------------------------------------
@@ -415,18 +476,14 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         raise UsageError(key, f"every trial's estimated memory is about the same ({min(alloc) / 2**20:.0f}-"
                               f"{max(alloc) / 2**20:.0f} MiB), so the memory overhead cannot be told from its share: "
                               "run one more micro-batch size or model width")
-    comm_fitted = sum(f["comm_s"] > 0 for f in feats) >= 2
-    notes = []
-    if not comm_fitted:
-        notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank "
-                     "(run trials with --gpus 2 to calibrate it); all of the planner's communication time is counted "
-                     "as exposed")
+    fitted, notes = _identified(plans, feats)
 
     def speed_fit(idx: Sequence[int]) -> list[float] | None:
-        rows = [[feats[i]["flops_term"], feats[i]["micro_batches"]] + ([feats[i]["comm_s"]] if comm_fitted else [])
-                for i in idx]
-        c = _wls(rows, [step[i] for i in idx])
-        return None if c is None or c[0] <= 0 else (c + [] if comm_fitted else c + [_default_share(plans)])
+        c = _wls([[feats[i][k] for k in fitted] for i in idx], [step[i] for i in idx])
+        if c is None or c[0] <= 0:
+            return None
+        full = dict(zip(fitted, c))
+        return [full[k] if k in full else _DEFAULT_COEF[k] for k in SPEED_TERMS]
 
     zeros = [pl.layout.zero for pl in plans]
 
@@ -447,7 +504,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         idx = [rng.randrange(len(pts)) for _ in pts]
         if len({work[i] for i in idx}) < 2:
             continue
-        if (s := speed_fit(idx)) is not None:
+        # a resample without a term's trials cannot fit it: it says nothing of that term's spread
+        if all(any(feats[i][k] > 0 for i in idx) for k in fitted) and (s := speed_fit(idx)) is not None:
             sboot.append(s)
         if len({alloc[i] for i in idx}) >= 2 and (m := mem_fit(idx)) is not None:
             mboot.append(m)
@@ -461,13 +519,23 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     e_max = 1 / sc[0]
     speed = {
         "e_max": const([1 / s[0] for s in sboot], e_max, "share of peak",
-                       "compute efficiency reached by large micro-batches (share of the measured matmul peak)"),
-        "t_micro_batch_s": const([s[1] for s in sboot], sc[1], "s", "fixed time per micro-batch per rank"),
-        "w_half_flops": const([s[1] * peak_ref / s[0] for s in sboot], sc[1] * peak_ref * e_max, "FLOPs",
+                       "compute efficiency of the dense matmuls reached by large micro-batches (share of the measured "
+                       "matmul peak)"),
+        "t_element_s": const([s[1] for s in sboot], sc[1], "s",
+                             "time per activation element (token x width x layer) of the memory-bound kernels",
+                             "elem_term" in fitted),
+        "t_micro_batch_s": const([s[2] for s in sboot], sc[2], "s", "fixed time per micro-batch per rank"),
+        "w_half_flops": const([s[2] * peak_ref / s[0] for s in sboot], sc[2] * peak_ref * e_max, "FLOPs",
                               "work per micro-batch at which the efficiency is half of e_max (at the median peak)"),
-        "comm_factor": const([s[2] for s in sboot], sc[2], "x planner",
-                                    "exposed communication time / the planner's data-parallel communication time at the "
-                                    "assumed bandwidth (absorbs both the overlap and the real bandwidth)", comm_fitted),
+        "comm_factor": const([s[3] for s in sboot], sc[3], "x planner",
+                             "exposed communication time / the planner's data-parallel communication time at the "
+                             "assumed bandwidth (absorbs both the overlap and the real bandwidth)", "comm_s" in fitted),
+        "t_zero3_layer_s": const([s[4] for s in sboot], sc[4], "s",
+                                 "ZeRO-3's fixed time per layer per micro-batch (its gather/release hooks), on any "
+                                 "number of ranks", "zero3_layers" in fitted),
+        "t_zero3_gather_s": const([s[5] for s in sboot], sc[5], "s",
+                                  "ZeRO-3's further time per layer per micro-batch per extra rank (the latency of "
+                                  "its per-layer collectives)", "zero3_gather_layers" in fitted),
     }
     memory = {
         "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
@@ -479,7 +547,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
                                       3 in zeros),
         "share": const([m[3] for m in mboot], mc[3], "x allocated", "measured / estimated allocated bytes, at the margin"),
     }
-    x = [[f["flops_term"], f["micro_batches"], f["comm_s"]] for f in feats]
+    x = [[f[k] for k in SPEED_TERMS] for f in feats]
     t_fit = [sum(a * b for a, b in zip(sc, xi)) for xi in x]
     m_fit = [sum(c * v for c, v in zip(mc, _mem_row(z, a))) for z, a in zip(zeros, alloc)]
     trials = [{"id": p.get("id"), "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
@@ -489,10 +557,14 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
               for p, pl, t, m, mf, a in zip(pts, plans, t_fit, mem, m_fit, alloc)]
     return Calibration(
         device=device, stack=dict(pts[0]["stack"]), trials=trials, speed=speed, memory=memory,
-        residual={"tokens_per_s": _rel_sd(t_fit, step, 3 if comm_fitted else 2), "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
+        residual={"tokens_per_s": _rel_sd(t_fit, step, len(fitted)),
+                  "memory": _rel_sd(m_fit, mem, 2 + len({min(z, 2) for z in zeros if z}))},
         ranges={"work_flops": [min(work), max(work)], "allocated_bytes": [min(alloc), max(alloc)],
                 "ranks": sorted({pl.layout.gpus for pl in plans}), "zero": sorted({pl.layout.zero for pl in plans}),
                 "zero_across_ranks": sorted({pl.layout.zero for pl in plans if pl.layout.dp > 1}),
+                "layers": sorted({pl.model.num_layers for pl in plans}),
+                "paths": {k: sorted({getattr(pl.layout, k) for pl in plans})
+                          for k in ("tp", "pp", "offload", "checkpointing")},
                 "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
                                      for p in pts if p["device"].get("threads_per_rank")},
                 "precision": sorted({pl.layout.precision for pl in plans})},
@@ -506,7 +578,37 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
     return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
 
-def _default_share(plans: Sequence[Plan]) -> float:
-    """When the trials cannot identify the communication factor: all of the planner's
-    communication time counted as exposed (conservative; flagged as outside the data)."""
-    return 1.0
+_DEFAULT_COEF = {"comm_s": 1.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
+"""A term the trials cannot identify: all of the planner's communication time counted as exposed,
+no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it."""
+
+
+def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> tuple[list[str], list[str]]:
+    """The step-time terms the trials identify, and notes on those they do not (with the run that
+    would help). Each term needs 2 trials that exercise it (one could be fitted exactly, with
+    nothing left to check it); ZeRO-3's rank term needs its one-rank term told apart, or absorbs it."""
+    multi = sum(f["comm_s"] > 0 for f in feats)
+    z3_one = sum(pl.layout.zero == 3 and pl.layout.dp == 1 for pl in plans)
+    z3_multi = sum(f["zero3_gather_layers"] > 0 for f in feats)
+    fitted, notes = ["flops_term", "micro_batches"], []
+    if _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
+        fitted.insert(1, "elem_term")
+    else:
+        notes.append("memory-bound kernels not calibrated apart from the matmuls: the trials' activation elements per "
+                     "FLOP span less than 1.5x (run one more model width, 2x wider or narrower)")
+    if multi >= 2:
+        fitted.append("comm_s")
+    else:
+        notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank (run 2 trials "
+                     "with --gpus 2); layouts on several ranks are refused")
+    if z3_one >= 1 and z3_one + z3_multi >= 2:
+        fitted.append("zero3_layers")
+    elif z3_one + z3_multi:
+        notes.append(f"ZeRO-3 on one rank not calibrated: {z3_one} ZeRO-3 trial(s) on one rank, {z3_multi} on "
+                     "several (run a trial with --zero 3 --gpus 1, and 2 ZeRO-3 trials in all)")
+    if z3_multi >= 2:
+        fitted.append("zero3_gather_layers")
+    elif z3_multi or z3_one:
+        notes.append(f"ZeRO-3 across ranks not calibrated: {z3_multi} ZeRO-3 trial(s) on several ranks (run 2 "
+                     "with --zero 3 --gpus 2); such layouts are refused")
+    return fitted, notes

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from trainplan.errors import UsageError
 from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
+from trainplan.planner._interval import Interval  # value with its 2.5-97.5 percentile bootstrap interval
 from trainplan.planner._scaling import ALPHA, BETA
 
 __all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "size_optima"]
@@ -50,18 +51,6 @@ class Point:
     lr: float
     batch_tokens: float
     loss: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Interval:
-    """A fitted value with its bootstrap interval (2.5 and 97.5 percentiles)."""
-
-    value: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,19 +5,29 @@ not only the speed; every candidate reaches it with its own micro-batch x accumu
 parallelism (:meth:`Layout.with_global_batch`, the one rule). A candidate is kept only when
 :meth:`Layout.problems` finds nothing wrong with it (the same rules ``plan`` validates); those that
 do not fit in memory are counted, not shown.
+
+With a :class:`~trainplan.planner.Calibration` (``plan --recommend --calibration FILE``) each
+candidate is planned on the calibrated device's profile for its rank count, kept when the upper end
+of its calibrated peak memory's 90% interval fits the rank's memory, and ranked by its calibrated
+step time; a candidate whose tokens/s needs a term the trials did not identify (e.g. ZeRO-3 across
+ranks with no such trial) is dropped and counted with the run that would identify it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
+from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._layout import ZERO_STAGES, Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._plan import Plan, plan
+
+if TYPE_CHECKING:
+    from trainplan.planner._calibration import Calibrated, Calibration
 
 __all__ = ["LayoutSpace", "Recommendation", "OBJECTIVES", "candidate_layouts", "recommend"]
 
@@ -67,6 +77,21 @@ class Recommendation:
     """Fewest GPUs any feasible layout needs."""
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     """Why candidates were dropped, with counts."""
+    calibrated: list[Calibrated] | None = None
+    """With a calibration: each ranked plan's calibrated figures (intervals, and the uncalibrated
+    estimate), in ``ranked`` order. The ranked plans' throughput, time and cost are then the
+    calibrated ones (their ``perf`` replaced); ``calibrated[i].*.uncalibrated`` keeps the planner's."""
+
+    def top_dicts(self, n: int) -> list[dict[str, Any]]:
+        """The ``--format json`` objects of the best ``n`` plans; with a calibration each carries its
+        ``calibrated`` figures (value, 90% interval, uncalibrated estimate)."""
+        out = [p.to_dict() for p in self.ranked[:n]]
+        if self.calibrated is not None:
+            for d, c in zip(out, self.calibrated):
+                d["calibrated"] = {**c.to_dict(), "interval": "90% prediction interval",
+                                   "note": "throughput, time and cost in this object are the calibrated figures; "
+                                           "the planner's are each figure's 'uncalibrated'"}
+        return out
 
 
 def candidate_layouts(model: ModelSpec, base: Layout, global_batch: int, space: LayoutSpace) -> Iterator[Layout]:
@@ -110,8 +135,13 @@ def recommend(
     space: LayoutSpace | None = None,
     mfu: float | None = None,
     price: float | None = None,
+    calibration: Calibration | None = None,
 ) -> Recommendation:
-    """Plan every candidate layout and rank those that fit by ``optimize``."""
+    """Plan every candidate layout and rank those that fit by ``optimize`` (calibrated figures with
+    ``calibration``: see the module docstring; ``gpu`` is then the calibrated device's profile)."""
+    if calibration is not None:
+        return _recommend_calibrated(model, base, calibration, global_batch=global_batch, tokens=tokens,
+                                     optimize=optimize, space=space)
     if optimize not in OBJECTIVES:
         raise UsageError("--optimize", f"{optimize!r} is not one of {', '.join(OBJECTIVES)}")
     space = space or LayoutSpace()
@@ -129,4 +159,42 @@ def recommend(
         ranked=feasible, optimize=optimize, evaluated=evaluated, feasible=len(feasible),
         min_gpus=min((p.layout.gpus for p in feasible), default=None),
         rejected_reasons={"does not fit in GPU memory": evaluated - len(feasible)},
+    )
+
+
+def _calibrated_plan(p: Plan, c: Calibrated) -> Plan:
+    """``p`` with its throughput replaced by the calibrated one (so time and cost follow)."""
+    t = c.step_time_s.value
+    perf = replace(p.perf, step_time_s=t, tokens_per_s=c.tokens_per_s.value, efficiency=c.efficiency,
+                   mfu=p.perf.mfu * p.perf.step_time_s / t, hfu=p.perf.hfu * p.perf.step_time_s / t)
+    return replace(p, perf=perf)
+
+
+def _recommend_calibrated(model: ModelSpec, base: Layout, cal: Calibration, *, global_batch: int,
+                          tokens: float | None, optimize: str, space: LayoutSpace | None) -> Recommendation:
+    if optimize not in OBJECTIVES:
+        raise UsageError("--optimize", f"{optimize!r} is not one of {', '.join(OBJECTIVES)}")
+    space = space or LayoutSpace()
+    if space.max_gpus < 1:
+        raise UsageError("--max-gpus", f"must be a positive integer, got {space.max_gpus}")
+    kept: list[tuple[Plan, Calibrated]] = []
+    evaluated, rejected = 0, {"calibrated peak memory (90% upper bound) does not fit": 0}
+    for layout in candidate_layouts(model, base, global_batch, space):
+        evaluated += 1
+        profile = cal.profile(layout.gpus)
+        p = plan(model, layout, profile, tokens=tokens)
+        if why := cal.refusal(p):
+            reason = f"tokens/s not calibrated: {why[0]}"
+            rejected[reason] = rejected.get(reason, 0) + 1
+            continue
+        c = cal.apply(p, key="--recommend")
+        if c.memory_bytes.high > p.usable_bytes:
+            rejected["calibrated peak memory (90% upper bound) does not fit"] += 1
+            continue
+        kept.append((_calibrated_plan(p, c), c))
+    kept.sort(key=lambda pc: _key(pc[0], optimize))
+    return Recommendation(
+        ranked=[p for p, _ in kept], optimize=optimize, evaluated=evaluated, feasible=len(kept),
+        min_gpus=min((p.layout.gpus for p, _ in kept), default=None), rejected_reasons=rejected,
+        calibrated=[c for _, c in kept],
     )

@@ -2,7 +2,8 @@
 calibrated figures with intervals beside the uncalibrated ones, and one-line refusals (exit 2).
 
 The trial folders here are written from synthetic measurements (tests/planner/test_calibration.py)
-to test the reading and refusing branches fast; real trials are in test_calibrate_real.py."""
+to test the reading and refusing branches fast; real trials: tests/runners/test_device.py (slow) and the
+leave-one-out benchmark, benchmarks/calibration.py."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     assert code == 0, err
     assert "e_max" in out and "90% interval" in out and "12 trials" in err
     saved = json.loads(cal.read_text())
-    assert saved["version"] == 1 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
+    assert saved["version"] == 2 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
 
     code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                          "--micro-batch", "12", "--seq-len", "128", "--format", "json")
@@ -70,6 +71,30 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     code, out, _ = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                        "--micro-batch", "512", "--seq-len", "128")
     assert code == 0 and "90% PI" in out and "outside the trials'" in out
+
+
+def test_plan_recommend_uses_the_calibration_and_refuses_what_it_cannot_predict(tmp_path, capsys) -> None:
+    cal = tmp_path / "cal.json"
+    assert run(capsys, "calibrate", *_trial_folders(tmp_path / "runs", 12), "-o", str(cal))[0] == 0  # 1 ZeRO-3 x 2
+    code, _, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal), "--zero", "3",
+                       "--gpus", "2", "--seq-len", "128")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "ZeRO-3 across ranks not calibrated" in err and "--zero 3 --gpus 2" in err
+
+    code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal), "--recommend",
+                         "--max-gpus", "2", "--seq-len", "128", "--global-batch", "16", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out)
+    top = doc["top"]
+    assert top and all(t["gpu"]["name"] == "Test CPU" and t["layout"]["zero"] != 3 or t["layout"]["gpus"] == 1
+                       for t in top)
+    for t in top:  # ranked by the calibrated figures, which the JSON marks; the planner's are kept
+        c = t["calibrated"]
+        assert t["throughput"]["tokens_per_s"] == pytest.approx(c["tokens_per_s"]["value"])
+        assert c["tokens_per_s"]["low"] < c["tokens_per_s"]["value"] < c["tokens_per_s"]["high"]
+        assert c["tokens_per_s"]["uncalibrated"] != c["tokens_per_s"]["value"]
+    hours = [t["time"]["hours"] for t in top]
+    assert hours == sorted(hours)
 
 
 def test_plan_refuses_calibration_of_another_device(tmp_path, capsys) -> None:
@@ -111,3 +136,19 @@ def test_calibrate_reads_the_median_step_and_skips_unusable_trials(tmp_path, cap
     tokens = point["layout"]["micro_batch"] * point["layout"]["seq_len"] * point["layout"]["gpus"]
     cpu = [json.loads(x)["cpu_s"] for x in (Path(dirs[1]) / "metrics.jsonl").read_text().splitlines()]
     assert by_cpu["timing"] == "cpu" and by_cpu["tokens_per_s"] == pytest.approx(tokens / cpu[2])  # steps 3-6
+
+
+def test_calibrate_warns_when_wall_timing_measured_a_shared_machine(tmp_path, capsys) -> None:
+    dirs = _trial_folders(tmp_path / "runs", 8)
+    assert "warning" not in run(capsys, "calibrate", *dirs, "-o", str(tmp_path / "a.json"))[2]  # wall ~ CPU time
+    for d in dirs:  # rank 0 computed a quarter of each step's wall time: the rest was the neighbours'
+        m = Path(d) / "metrics.jsonl"
+        rows = [json.loads(x) for x in m.read_text().splitlines()]
+        prev = 0
+        for r in rows:
+            r["cpu_s"] = (r["tokens"] - prev) / r["tokens_per_s"] / 4
+            prev = r["tokens"]
+        m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run(capsys, "calibrate", *dirs, "-o", str(tmp_path / "b.json"))
+    assert code == 0 and "warning: a step took 4.0x rank 0's CPU time" in err and "--timing cpu" in err
+    assert "warning" not in run(capsys, "calibrate", *dirs, "--timing", "cpu", "-o", str(tmp_path / "c.json"))[2]

@@ -17,7 +17,7 @@ DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_byt
           "peak_flops": {"fp32": 1.0e11}, "peak_source": "test"}
 STACK = {"torch": "2.13.0", "deepspeed": "0.19.0", "transformers": "4.99.0"}
 TINY = dict(load_model("trainplan-tiny").hf_config)
-TRUE = {"e_max": 0.6, "t_mb": 0.004, "share": 40.0, "c0": 150e6, "k": 1.3}
+TRUE = {"e_max": 0.6, "t_el": 2e-8, "t_mb": 0.004, "share": 40.0, "t_z3": 0.002, "t_z3g": 0.006, "c0": 150e6, "k": 1.3}
 
 
 def _grid() -> list[dict]:
@@ -25,7 +25,8 @@ def _grid() -> list[dict]:
     for width, mb, seq, zero, gpus in [(128, 16, 128, 0, 1), (128, 4, 128, 0, 1), (128, 32, 128, 1, 1),
                                         (64, 16, 256, 2, 1), (256, 8, 128, 0, 1), (256, 16, 64, 3, 1),
                                         (128, 8, 256, 0, 2), (128, 16, 128, 2, 2), (64, 2, 128, 0, 1),
-                                        (256, 32, 256, 1, 2), (128, 64, 64, 0, 1), (64, 8, 64, 3, 2)]:
+                                        (256, 32, 256, 1, 2), (128, 64, 64, 0, 1), (64, 8, 64, 3, 2),
+                                        (128, 8, 128, 3, 1), (128, 4, 128, 3, 2)]:
         model = {**TINY, "hidden_size": width, "intermediate_size": int(width * 2.75)}
         layout = {"gpus": gpus, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"}
         grid.append({"id": f"w{width}-mb{mb}-s{seq}-z{zero}-r{gpus}", "model": model, "layout": layout,
@@ -37,7 +38,8 @@ def _measure(point: dict, rng: random.Random, noise: float) -> dict:
     """What a trial would measure if the true constants were TRUE (with multiplicative noise)."""
     p = _plan_point(point, point["device"])
     f = _features(p)
-    step = f["flops_term"] / TRUE["e_max"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
+    step = (f["flops_term"] / TRUE["e_max"] + f["elem_term"] * TRUE["t_el"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
+            + TRUE["t_z3"] * f["zero3_layers"] + TRUE["t_z3g"] * f["zero3_gather_layers"])
     mem = TRUE["c0"] + TRUE["k"] * f["allocated"]
     return {**point, "tokens_per_s": p.layout.tokens_per_step / step * math.exp(rng.gauss(0, noise)),
             "peak_mem_bytes": int(mem * math.exp(rng.gauss(0, noise)))}
@@ -49,14 +51,17 @@ def test_fit_recovers_known_constants_from_noisy_synthetic_points() -> None:
     s, m = cal.speed, cal.memory
     assert s["e_max"].value == pytest.approx(TRUE["e_max"], rel=0.08)
     assert s["t_micro_batch_s"].value == pytest.approx(TRUE["t_mb"], rel=0.15)
+    assert s["t_element_s"].value == pytest.approx(TRUE["t_el"], rel=0.25)
     assert s["comm_factor"].value == pytest.approx(TRUE["share"], rel=0.25)
+    assert s["t_zero3_layer_s"].value == pytest.approx(TRUE["t_z3"], rel=0.25)
+    assert s["t_zero3_gather_s"].value == pytest.approx(TRUE["t_z3g"], rel=0.25)
     assert m["overhead_bytes"].value == pytest.approx(TRUE["c0"], rel=0.1)
     assert m["share"].value == pytest.approx(TRUE["k"], rel=0.1)
     for c in (*s.values(), *m.values()):
         assert c.low <= c.value <= c.high
     assert s["e_max"].low <= TRUE["e_max"] <= s["e_max"].high
     assert 0.005 < cal.residual["tokens_per_s"] < 0.05
-    assert len(cal.trials) == 12 and not cal.notes
+    assert len(cal.trials) == 14 and not cal.notes
 
 
 def test_noise_free_fit_is_exact_and_predictions_carry_intervals() -> None:
@@ -87,10 +92,32 @@ def test_too_few_or_too_alike_trials_are_refused_naming_the_measurement() -> Non
         fit(same)
 
 
-def test_single_rank_trials_leave_communication_uncalibrated() -> None:
+def test_single_rank_trials_leave_communication_uncalibrated_and_refuse_several_ranks() -> None:
     pts = [_measure(p, random.Random(0), 0.01) for p in _grid() if p["layout"]["gpus"] == 1]
     cal = fit(pts)
-    assert cal.uncalibrated() == ["comm_factor"] and "--gpus 2" in cal.notes[0]
+    assert cal.uncalibrated() == ["comm_factor", "t_zero3_gather_s"] and "--gpus 2" in cal.notes[0]
+    two = _plan_point({**_grid()[6], "layout": {**_grid()[6]["layout"]}}, DEVICE)
+    with pytest.raises(UsageError, match="communication not calibrated.*run 2 trials with --gpus 2"):
+        cal.apply(two)
+    assert any("communication not calibrated" in r for r in cal.apply(two, strict=False).outside_data)
+
+
+def test_zero3_across_ranks_needs_its_own_trials() -> None:
+    """ZeRO-3's per-layer gathers cost what the bandwidth term of ZeRO-0-2 cannot tell: without 2
+    ZeRO-3 trials on several ranks such a layout is refused, naming the run; with them it is predicted."""
+    pts = [_measure(p, random.Random(0), 0.0) for p in _grid()]
+    z3_multi = [i for i, p in enumerate(pts) if p["layout"]["zero"] == 3 and p["layout"]["gpus"] > 1]
+    held = pts[z3_multi[0]]
+    without = fit([p for i, p in enumerate(pts) if i not in z3_multi])
+    assert "t_zero3_gather_s" in without.uncalibrated() and "t_zero3_layer_s" not in without.uncalibrated()
+    with pytest.raises(UsageError, match="ZeRO-3 across ranks not calibrated.*--zero 3 --gpus 2"):
+        without.apply(_plan_point(held, DEVICE))
+    lenient = without.apply(_plan_point(held, DEVICE), strict=False).tokens_per_s.value
+    assert lenient > held["tokens_per_s"] * 1.2  # the bandwidth term alone predicts it far too fast
+    loo = fit(pts[:z3_multi[0]] + pts[z3_multi[0] + 1:])  # one ZeRO-3 multi-rank trial left: still refused
+    assert "t_zero3_gather_s" in loo.uncalibrated()
+    full = fit(pts)
+    assert full.apply(_plan_point(held, DEVICE)).tokens_per_s.value == pytest.approx(held["tokens_per_s"], rel=1e-6)
 
 
 def test_mixed_devices_or_stacks_are_refused() -> None:

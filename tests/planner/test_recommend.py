@@ -58,3 +58,28 @@ def test_bad_objective_and_gpu_cap_name_their_flags():
 def test_gpu_counts_are_powers_of_two_in_a_node_then_whole_nodes():
     assert LayoutSpace(max_gpus=40).gpu_counts(8) == [1, 2, 4, 8, 16, 24, 32, 40]
     assert LayoutSpace(max_gpus=4).gpu_counts(8) == [1, 2, 4]
+
+
+def test_recommend_with_a_calibration_ranks_by_calibrated_time_and_drops_what_it_cannot_predict():
+    import random
+
+    from tests.planner.test_calibration import _grid, _measure
+    from trainplan.planner import fit
+
+    cal = fit([_measure(p, random.Random(4), 0.01) for p in _grid()[:12]])  # one ZeRO-3 trial on 2 ranks
+    model = load_model("trainplan-tiny")
+    space = LayoutSpace(max_gpus=2, zero=(0, 3), offload=("none",), tp=(1, 2), pp=(1,), micro_batch=(4, 8),
+                        checkpointing=("none", "full"))
+    rec = recommend(model, cal.profile(), Layout(seq_len=128, precision="fp32"), global_batch=16, space=space,
+                    calibration=cal)
+    assert rec.ranked and rec.calibrated and len(rec.calibrated) == len(rec.ranked)
+    assert all(p.layout.tp == 1 and p.layout.checkpointing == "none" for p in rec.ranked)
+    assert not any(p.layout.zero == 3 and p.layout.dp > 1 for p in rec.ranked)
+    reasons = " ".join(rec.rejected_reasons)
+    assert "tp 2 not among the trials' [1]" in reasons and "ZeRO-3 across ranks not calibrated" in reasons
+    assert rec.evaluated == rec.feasible + sum(rec.rejected_reasons.values())
+    for p, c in zip(rec.ranked, rec.calibrated):  # the ranked plans carry the calibrated figures
+        assert p.perf.tokens_per_s == c.tokens_per_s.value and p.perf.step_time_s == c.step_time_s.value
+    hours = [p.hours for p in rec.ranked]
+    assert hours == sorted(hours)
+    assert rec.top_dicts(1)[0]["calibrated"]["tokens_per_s"]["uncalibrated"] != rec.ranked[0].perf.tokens_per_s

@@ -15,6 +15,41 @@ from trainplan.runners import TrialSpec, run_trial
 SMALL = dict(eval_tokens=2048, max_data_bytes=300_000, eval_every=100, steps=3)
 
 
+def test_cpu_matmul_peak_is_timed_by_thread_cpu_seconds_and_restores_threads(monkeypatch):
+    """On the CPU the peak is one thread's product timed by its CPU-seconds, times the cores: a
+    clock that jumps (what a descheduled process sees) changes nothing."""
+    import time
+
+    import torch
+
+    from trainplan.runners._device import measure_matmul_peak
+
+    before = torch.get_num_threads()
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() * 100)  # a wall clock 100x slow would show
+    peak = measure_matmul_peak(torch.device("cpu"), ("fp32",), size=256, repeats=3)["fp32"]
+    assert torch.get_num_threads() == before
+    monkeypatch.undo()
+    cores = __import__("os").cpu_count()
+    one = 2 * 256**3 / min(_thread_timed_product(256) for _ in range(3))
+    assert 1e8 < peak and 0.3 < peak / (one * cores) < 3
+
+
+def _thread_timed_product(n):
+    import time
+
+    import torch
+
+    a, b, threads = torch.randn(n, n), torch.randn(n, n), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.thread_time()
+        (a @ b).sum()
+        return time.thread_time() - t0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 def test_real_trials_record_device_and_peak_growth_then_calibrate(tmp_path, capsys):
     results = {}

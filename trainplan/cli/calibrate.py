@@ -62,6 +62,10 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
     for why in skipped:
         click.echo(f"trainplan calibrate: skipped {why}", err=True)
     cal = fit(points, key=key)
+    if timing == "wall" and cal.device.get("kind") == "cpu" and (ratio := _wall_over_cpu(points)) > 1.3:
+        click.echo(f"trainplan calibrate: warning: a step took {ratio:.1f}x rank 0's CPU time by the clock (median "
+                   "over the trials): the machine was shared, and wall timing fits the neighbours' load as well; "
+                   "--timing cpu fits contention-free tokens/s (docs/protocol.md)", err=True)
     cal.save(out)
     click.echo(f"wrote {out} ({len(cal.trials)} trials)", err=True)
     if fmt == "json":
@@ -80,6 +84,25 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
     click.echo(f"  residual scatter: tokens/s {cal.residual['tokens_per_s']:.1%}, memory {cal.residual['memory']:.1%}")
     for note in cal.notes:
         click.echo(f"  note: {note}")
+
+
+def _wall_over_cpu(points: list[dict[str, Any]]) -> float:
+    """Median over the trials of a step's wall time over rank 0's CPU-seconds (1 on a machine the
+    trials had to themselves; read from each trial's metrics.jsonl), 0 when not recorded."""
+    import statistics
+
+    from trainplan.runners._result import read_metrics
+
+    ratios = []
+    for p in points:
+        if not p.get("source"):
+            continue
+        rows, _ = read_metrics(Path(p["source"]) / "metrics.jsonl")
+        rows = [r for r in rows if r.get("step", 0) >= 2 and r.get("cpu_s") and r.get("tokens_per_s")]
+        steps = [(b["tokens"] - a["tokens"]) / b["tokens_per_s"] / b["cpu_s"] for a, b in zip(rows, rows[1:])]
+        if steps:
+            ratios.append(statistics.median(steps))
+    return statistics.median(ratios) if ratios else 0.0
 
 
 # ``trainplan plan --calibration FILE`` ------------------------------------------------------------
@@ -106,8 +129,6 @@ def use_calibration(o: dict[str, Any], layout: Layout, gpu: GPUSpec) -> tuple[Ca
     if ctx.get_parameter_source("gpu") == ParameterSource.COMMANDLINE and not _same_gpu(cal.device, gpu):
         raise UsageError("--calibration", f"calibrated on {device_label(cal.device)}, not {gpu.name} "
                                           f"(--gpu {o['gpu']}); drop --gpu to plan on the calibrated device")
-    if o["recommend"]:
-        raise UsageError("--recommend", "not calibrated yet; plan one layout with --calibration")
     if ctx.get_parameter_source("precision") != ParameterSource.COMMANDLINE:
         layout = layout.with_(precision=cal.ranges["precision"][0])
     return cal, cal.profile(layout.gpus), layout

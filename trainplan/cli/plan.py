@@ -186,7 +186,7 @@ def plan(**o: Any) -> None:
     if o["recommend"]:
         rec = recommend(model, gpu, layout, global_batch=global_batch or layout.global_batch, tokens=tokens,
                         optimize=o["optimize"], space=LayoutSpace(max_gpus=o["max_gpus"]),
-                        mfu=o["mfu"], price=o["price"])
+                        mfu=o["mfu"], price=o["price"], calibration=cal)
     best = rec.ranked[0] if rec and rec.ranked else single
     _write_ds_config(o["ds_config"], best)
     if o["report"]:
@@ -204,7 +204,7 @@ def plan(**o: Any) -> None:
         if rec is not None:
             out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
                    "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
-                   "top": [p.to_dict() for p in rec.ranked[: o["top"]]],
+                   "top": rec.top_dicts(o["top"]),
                    "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
         click.echo(json.dumps(out, indent=2))
     else:
