@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.safe import mask_argv, mask_url, redact
-from trainplan.search._records import status_counts  # counts live with the statuses; re-exported
+from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
+    status_counts, store_status, write_status,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -165,8 +167,7 @@ def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.Froze
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     try:  # attributes first: a finished trial can no longer be written
-        study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
-        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        store_status(study._storage, t._trial_id, "terminated", reason)
         if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -249,8 +250,8 @@ def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseExceptio
 
     try:
         if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
-            trial.set_user_attr("status", "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed")
-            trial.set_user_attr("reason", redact(f"search error: {type(exc).__name__}: {exc}")[:500])
+            write_status(trial, "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed",
+                         redact(f"search error: {type(exc).__name__}: {exc}")[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
         pass
