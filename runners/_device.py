@@ -153,7 +153,7 @@ def measure_matmul_peak(device: Any, dtypes: tuple[str, ...], *, size: int = 102
 
 def _cached_peak(key: str, measure: Any) -> tuple[dict[str, float], str]:
     from trainplan.runners._dist import machine_key
-    from trainplan.runners._launch import extensions_dir
+    from trainplan.runners._opcache import extensions_dir
 
     machine = machine_key()
     path = extensions_dir() / f"matmul-peak-{machine}-{key}.json" if machine else None

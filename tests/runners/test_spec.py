@@ -67,36 +67,6 @@ def test_ds_config_follows_layout_and_hyperparams():
     json.dumps(cfg)
 
 
-def test_stale_build_lock_is_removed_and_fresh_one_kept(tmp_path, monkeypatch):
-    import os
-    import time
-
-    from trainplan.runners import _launch
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale = tmp_path / "py311_cpu" / "fused_adam" / "lock"
-    fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
-    for lock in (stale, fresh):
-        lock.parent.mkdir(parents=True)
-        lock.touch()
-    old = time.time() - _launch.STALE_LOCK_S - 60
-    os.utime(stale, (old, old))
-    assert _launch.clear_stale_build_locks() == [stale]
-    assert not stale.exists() and fresh.exists()
-
-
-def test_master_port_is_free_and_below_the_ephemeral_range():
-    import socket
-
-    from trainplan.runners._launch import _ephemeral_low, free_port
-
-    ports = {free_port() for _ in range(20)}
-    assert all(20000 <= p < _ephemeral_low() for p in ports)
-    for port in ports:  # each one can really be bound
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", port))
-
-
 def test_a_hand_edited_ds_config_applies_whole():
     spec = TrialSpec(steps=20, hyperparams={"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 2})
     edited = spec.ds_config()

@@ -249,7 +249,7 @@ def _summary(result: dict[str, Any], trial_dir: Path) -> str:
 def _check_out(path: Path) -> None:
     """``--out`` is a new or empty folder, or a trial folder (whose earlier files are kept as
     ``<name>.N``): never a folder of someone's other files."""
-    from trainplan.runners._launch import is_trial_dir
+    from trainplan.runners._folders import is_trial_dir
 
     if path.exists() and not path.is_dir():
         raise UsageError("--out", f"{path} is a file; give a folder")
