@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.search._ladder import ladder_size
+from trainplan.search._sweep import PARAMS
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -31,8 +33,6 @@ BASE_EXTRAS = ("tokens", "global_batch", "warmup_fraction", "evals_per_trial")
 
 def suggest(trial: optuna.trial.BaseTrial, sweep: SweepSpec) -> dict[str, Any]:
     """Ask ``trial`` for every parameter of the sweep's space; returns name -> value."""
-    from trainplan.search._sweep import PARAMS
-
     values: dict[str, Any] = {}
     for p in sweep.space:
         if p.choices:
@@ -83,8 +83,6 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         raise UsageError("base.tokens", "give steps or tokens, not both")
     merged.update(values)
     if "size" in merged:  # a ladder sweep: the size names the model and its token budget
-        from trainplan.search._ladder import ladder_size
-
         size = ladder_size(sweep, merged.pop("size"))
         base["model"] = size.model
         if size.tokens is not None:

@@ -24,9 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.safe import mask_argv, mask_url, redact
+from trainplan.search._calibrate import refit_calibration
+from trainplan.search._guard import OrphanGuard, kill_trial_processes, process_start_ticks
+from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open_storage, storage_url
+from trainplan.search._progress import SearchProgress
 from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
-    status_counts, store_status, write_status,
+    budget_count, status_counts, store_status, write_status,
 )
+from trainplan.search._trial import run_trial_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -75,8 +80,6 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     """Create or load the sweep's study and store the study-level records."""
     import optuna
 
-    from trainplan.search._optuna import make_pruner, make_sampler, open_storage
-
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(sweep.storage, run_dir, sweep)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -109,8 +112,6 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Pa
     of their processes, verified (and, given ``run_dir``, only trials whose folder lies in it).
     Returns the numbers reclaimed."""
     import optuna
-
-    from trainplan.search._guard import kill_trial_processes, process_start_ticks
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -180,9 +181,6 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None
     """A trial to run, ``None`` when the budget is spent, ``False`` to wait (others still run)."""
     import optuna
 
-    from trainplan.search._optuna import claim_lock
-    from trainplan.search._records import budget_count
-
     states = optuna.trial.TrialState
     with claim_lock(study._storage, url, sweep.study_name):
         # Local first: it knows the worker died (not just went quiet) and records why.
@@ -221,9 +219,6 @@ def worker_devices(index: int, sweep: SweepSpec) -> dict[str, str] | None:
 
 def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guard: Any,
             stop: threading.Event, deadline: float | None, errors: list[BaseException], index: int) -> None:
-    from trainplan.search._calibrate import refit_calibration
-    from trainplan.search._trial import run_trial_for
-
     try:
         env = worker_devices(index, sweep)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -280,9 +275,6 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                progress: bool = True) -> SearchResult:
     """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
     from trainplan.runners import adopt_orphans
-    from trainplan.search._guard import OrphanGuard
-    from trainplan.search._optuna import storage_url
-    from trainplan.search._progress import SearchProgress
 
     run_dir = run_dir or search_dir(sweep)
     run_dir.mkdir(parents=True, exist_ok=True)
