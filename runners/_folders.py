@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["TRIAL_FILES", "is_trial_dir", "log_tail", "rotate_trial_files"]
+from trainplan.errors import UsageError
+
+__all__ = ["TRIAL_FILES", "check_trial_folder", "is_trial_dir", "log_tail", "rotate_trial_files"]
 
 TRIAL_FILES = ("spec.json", "ds_config.json", "cmd.txt", "metrics.jsonl", "result.json", "stdout.log", "stderr.log")
 """The files one trial writes in its folder (docs/protocol.md, "Trial protocol")."""
@@ -30,6 +32,17 @@ def rotate_trial_files(trial_dir: Path, names: tuple[str, ...] = TRIAL_FILES) ->
 def is_trial_dir(path: Path) -> bool:
     """``path`` holds (or held) a trial: its ``spec.json`` or ``cmd.txt``, current or rotated."""
     return any(any(path.glob(f"{name}*")) for name in ("spec.json", "cmd.txt"))
+
+
+def check_trial_folder(path: Path, flag: str = "--out") -> None:
+    """``path`` may hold a trial: a new or empty folder, or a trial folder (whose earlier files are
+    kept as ``<name>.N``), never a folder of someone's other files; else a :class:`UsageError`
+    naming ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(flag, f"{path} is a file; give a folder")
+    if path.is_dir() and any(path.iterdir()) and not is_trial_dir(path):
+        raise UsageError(flag, f"{path} is not empty and holds no trial (no spec.json); give a new or empty "
+                               "folder, or a trial folder to rerun in")
 
 
 def log_tail(path: Path, limit: int = 4000) -> str:

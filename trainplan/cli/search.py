@@ -173,17 +173,13 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
 
 def _check_workers(sweep: Any) -> None:
     """On a CPU machine each trial's ranks are processes: more of them than cores only thrash."""
-    import os
-
-    from trainplan.cli.run import gpu_present
     from trainplan.errors import UsageError
+    from trainplan.runners._device import cpu_ranks_exceed_cores
 
-    cores = os.cpu_count() or 1
-    ranks = sweep.workers * sweep.hardware.gpus_per_trial
-    if not gpu_present() and ranks > cores:
+    cores = cpu_ranks_exceed_cores(sweep.workers * sweep.hardware.gpus_per_trial)
+    if cores:
         raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
                                       f"exceed this machine's {cores} CPU cores (no GPU here)")
-
 
 
 def _check_data(sweep: Any) -> None:
