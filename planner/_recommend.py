@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import product
+from typing import Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._dsconfig import plan_deepspeed_config
 from trainplan.planner._layout import ZERO_STAGES, Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._plan import Plan, plan
@@ -67,6 +69,14 @@ class Recommendation:
     """Fewest GPUs any feasible layout needs."""
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     """Why candidates were dropped, with counts."""
+
+    def to_dict(self, requested: Plan, top: int) -> dict[str, Any]:
+        """The recommendation as JSON (``plan --recommend --format json``): the search's counts,
+        the ``requested`` plan, the ``top`` ranked plans and the best one's ``ds_config.json``."""
+        return {"kind": "recommendation", "optimize": self.optimize, "evaluated": self.evaluated,
+                "feasible": self.feasible, "min_gpus": self.min_gpus, "requested": requested.to_dict(),
+                "top": [p.to_dict() for p in self.ranked[:top]],
+                "ds_config": plan_deepspeed_config(self.ranked[0]) if self.ranked else None}
 
 
 def candidate_layouts(model: ModelSpec, base: Layout, global_batch: int, space: LayoutSpace) -> Iterator[Layout]:
