@@ -28,9 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "ESTIMATE_KEYS", "EXPORT_FORMATS", "FAILED_STATUSES", "TRIAL_STATUSES",
-    "TrialOutcome", "TrialRecord", "budget_count", "curve_row", "export_trials", "read_trial", "status_counts",
-    "store_status", "superseded_numbers", "trial_records", "trial_status", "trials_frame", "write_attrs", "write_estimate",
-    "write_overfit", "write_setup", "write_status", "write_worker",
+    "TrialOutcome", "TrialRecord", "best_row", "budget_count", "curve_row", "export_trials", "last_beat", "read_trial",
+    "spent_gpu_hours", "status_counts", "store_status", "superseded_numbers", "trial_folder", "trial_records",
+    "trial_status", "trial_worker", "trials_frame", "write_attrs", "write_estimate", "write_overfit", "write_setup",
+    "write_status", "write_worker",
 ]
 
 EXPORT_FORMATS = ("csv", "parquet", "json")
@@ -131,6 +132,36 @@ class TrialOutcome:
 
     def write(self, trial: optuna.Trial) -> None:
         write_attrs(trial, {f: getattr(self, f) for f in self.__dataclass_fields__})
+
+
+def trial_worker(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Who ran ``t`` (:func:`write_worker`); empty when not recorded."""
+    return dict(t.user_attrs.get("worker") or {})
+
+
+def trial_folder(t: optuna.trial.FrozenTrial) -> str | None:
+    """The folder ``t`` ran in, as recorded (None before it was prepared)."""
+    return t.user_attrs.get("trial_dir")
+
+
+def last_beat(t: optuna.trial.FrozenTrial) -> float | None:
+    """Wall-clock time of ``t``'s last heartbeat on storages without Optuna's own, else its start."""
+    beat = t.user_attrs.get("beat") or (t.datetime_start.timestamp() if t.datetime_start else None)
+    return None if beat is None else float(beat)
+
+
+def spent_gpu_hours(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """GPU-hours (CPU rank-hours for CPU trials) the ``trials`` used, the budget's measure."""
+    return sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
+
+
+def best_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A best trial as a plain dict (``trainplan search``'s summary): number, values, params,
+    folder and the measured and estimated figures, as stored."""
+    row = {"number": t.number, "values": list(t.values), "params": dict(t.params), "trial_dir": trial_folder(t)}
+    row.update({k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
+                                                 "gpu_hours", "cpu_seconds", "estimate")})
+    return row
 
 
 def trial_status(t: optuna.trial.FrozenTrial, superseded: bool = False) -> str:

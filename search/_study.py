@@ -29,7 +29,8 @@ from trainplan.search._guard import OrphanGuard, kill_trial_processes, process_s
 from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open_storage, storage_url
 from trainplan.search._progress import SearchProgress
 from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
-    budget_count, status_counts, store_status, write_status,
+    best_row, budget_count, last_beat, spent_gpu_hours, status_counts, store_status, trial_folder, trial_worker,
+    write_status,
 )
 from trainplan.search._trial import run_trial_for
 
@@ -115,14 +116,14 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Pa
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = trial_worker(t)
         if not worker or worker.get("host") != host:
             continue
         if process_start_ticks(worker["pid"]) == worker.get("start"):
             continue  # the worker lives
         # The stored record is not trusted: only processes that verifiably are this trial's (the
         # leader's start time, the trial's own spec path on each command line) are ended.
-        folder = t.user_attrs.get("trial_dir")
+        folder = trial_folder(t)
         if run_dir is not None and folder and not _inside(folder, run_dir):
             folder = None  # a record naming another run's folder is not this search's to end
         kill_trial_processes(worker, folder)
@@ -149,10 +150,10 @@ def reclaim_silent_trials(study: optuna.Study, sweep: SweepSpec, now: float | No
     now = time.time() if now is None else now
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker") or {}
+        worker = trial_worker(t)
         if worker.get("host") == host:
             continue  # this host knows for sure (reclaim_dead_local_trials)
-        beat = t.user_attrs.get("beat") or (t.datetime_start.timestamp() if t.datetime_start else None)
+        beat = last_beat(t)
         if beat is None or now - float(beat) <= 3 * sweep.heartbeat_s:
             continue
         reason = f"its worker on {worker.get('host', 'an unknown host')} went silent for {now - float(beat):.0f} s; retried"
@@ -193,7 +194,7 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None
         limit = sweep.budget.n_trials
         if sweep.sampler.type == "grid":  # a grid has only so many points; it never repeats one
             limit = min(limit, math.prod(len(p.choices) for p in sweep.space))
-        spent = sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
+        spent = spent_gpu_hours(trials)
         over_hours = sweep.budget.max_gpu_hours is not None and spent >= sweep.budget.max_gpu_hours
         if budget_count(trials) < limit and not over_hours:
             return study.ask()
@@ -259,11 +260,7 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return []
     chosen = [study.best_trial] if len(study.directions) == 1 else study.best_trials
-    return [{"number": t.number, "values": list(t.values), "params": dict(t.params),
-             "trial_dir": t.user_attrs.get("trial_dir"),
-             **{k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
-                                                  "gpu_hours", "cpu_seconds", "estimate")}}
-            for t in chosen]
+    return [best_row(t) for t in chosen]
 
 
 STOP_WAIT_S = 120.0
