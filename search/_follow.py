@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from trainplan.search._guard import session_cpu_ticks
 from trainplan.search._overfit import overfit_at
 from trainplan.search._records import curve_row
 
@@ -66,6 +65,10 @@ def follow_trial(handle: TrialHandle, trial: optuna.Trial, sweep: SweepSpec, spe
                  heartbeat: Callable[[int], None] | None) -> Followed:
     """Watch ``handle`` until the trial ends, is pruned or ``stop`` is set; the trial's processes
     are gone when this returns."""
+    # _guard is imported where used: `python -m trainplan.search._guard` (the watchdog) must not find
+    # it already imported by the package.
+    from trainplan.search._guard import session_cpu_ticks
+
     pgid = handle.pid
     can_prune = len(sweep.objectives) == 1 and sweep.pruner.type != "none"
     curve: list[list[Any]] = []

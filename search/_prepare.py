@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.search._calibrate import calibrated_screen, current_calibration
-from trainplan.search._guard import process_start_ticks
 from trainplan.search._records import write_estimate, write_setup, write_worker
 from trainplan.search._space import resolve_trial, suggest
 
@@ -76,6 +75,10 @@ class Prepared:
 
 def prepare_trial(trial: optuna.Trial, sweep: SweepSpec, run_dir: Path) -> Prepared:
     """Sample ``trial``, resolve and screen it, and record its setup attributes."""
+    # _guard is imported where used: `python -m trainplan.search._guard` (the watchdog) must not find
+    # it already imported by the package.
+    from trainplan.search._guard import process_start_ticks
+
     trial_dir = run_dir / "trials" / f"trial-{trial.number:04d}"
     trial_dir.mkdir(parents=True, exist_ok=True)
     # Who owns this trial, recorded before anything can die: a restart on this host reclaims it.

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from trainplan.errors import UsageError
 from trainplan.safe import mask_argv, mask_url, redact
 from trainplan.search._calibrate import refit_calibration
-from trainplan.search._guard import OrphanGuard, kill_trial_processes, process_start_ticks
 from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open_storage, storage_url
 from trainplan.search._progress import SearchProgress
 from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
@@ -113,6 +112,8 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Pa
     of their processes, verified (and, given ``run_dir``, only trials whose folder lies in it).
     Returns the numbers reclaimed."""
     import optuna
+
+    from trainplan.search._guard import kill_trial_processes, process_start_ticks  # where used: search/_follow.py
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -272,6 +273,7 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                progress: bool = True) -> SearchResult:
     """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
     from trainplan.runners import adopt_orphans
+    from trainplan.search._guard import OrphanGuard  # where used: see search/_follow.py
 
     run_dir = run_dir or search_dir(sweep)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.search._follow import Followed, finite, follow_trial
-from trainplan.search._guard import process_start_ticks
 from trainplan.search._optuna import heartbeat_writer
 from trainplan.search._prepare import Prepared, prepare_trial, screen
 from trainplan.search._records import TrialOutcome, write_estimate, write_overfit, write_status, write_worker
@@ -40,6 +39,7 @@ def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, ru
     """Run ``trial`` to its end and tell the study; returns the trial's status. ``env`` is added
     to the launch environment (a worker's own ``CUDA_VISIBLE_DEVICES``)."""
     import trainplan.runners as runners  # looked up here: tests stand a fake launcher in
+    from trainplan.search._guard import process_start_ticks  # where used: see search/_follow.py
 
     heartbeat = heartbeat_writer(study._storage, sweep)
     if heartbeat is not None:

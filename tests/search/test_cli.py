@@ -42,3 +42,14 @@ def test_best_trial_hours_are_rank_hours_for_a_cpu_trial(tmp_path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({"status": "completed", "device": {"kind": "gpu", "count": 1}}))
     assert best_lines(best, ("eval_loss",))[2].endswith("0.0100 GPU-hours")
     assert cpu[0] == "best trial #3: eval_loss=2.5" and cpu[-1].endswith("spec.json")
+
+
+def test_the_watchdog_module_is_not_imported_by_the_package() -> None:
+    # `python -m trainplan.search._guard` runs the watchdog; had the package imported it first,
+    # runpy would warn on the search's stderr (and run a second copy of the module).
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, trainplan.search, trainplan.cli.search; "
+                          "print('trainplan.search._guard' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
