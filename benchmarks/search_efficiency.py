@@ -40,7 +40,7 @@ def _arm(name: str, seed: int, n_trials: int, tokens: int | None, root: Path,
         overrides.update(changes or {})
     sweep = load_sweep(None, overrides)
     if tokens is not None:
-        from trainplan.search._sweep import sweep_from_dict
+        from trainplan.search import sweep_from_dict
 
         raw = sweep.to_dict()
         raw["base"] = {**raw["base"], "tokens": tokens}

@@ -105,18 +105,24 @@ class Layout:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def with_global_batch(self, global_batch: int, *, flag: str = "--global-batch") -> Layout:
+    def with_global_batch(self, global_batch: int, *, flag: str = "--global-batch",
+                          grad_accum: int | None = None) -> Layout:
         """This layout with the gradient accumulation that reaches ``global_batch`` sequences per step.
 
         The one rule (``plan``, ``run`` and the search): the global batch is micro-batch x
         accumulation x data-parallel ranks exactly, so it must be a multiple of micro-batch x dp;
-        anything else is refused, naming ``flag``, never rounded.
+        anything else is refused, naming ``flag``, never rounded. A ``grad_accum`` the user gave as
+        well must be the one this implies.
         """
         per_step = self.micro_batch * self.dp
         if not isinstance(global_batch, int) or global_batch < 1 or per_step < 1 or global_batch % per_step:
             raise UsageError(flag, f"{global_batch!r} is not a positive multiple of --micro-batch x data-parallel "
                                    f"ranks = {self.micro_batch} x {self.dp} = {per_step}")
-        return replace(self, grad_accum=global_batch // per_step)
+        accum = global_batch // per_step
+        if grad_accum is not None and grad_accum != accum:
+            raise UsageError("--grad-accum", f"{grad_accum} disagrees with {flag} {global_batch} "
+                                             f"(which implies {accum}); give one of them")
+        return replace(self, grad_accum=accum)
 
     # Validation ---------------------------------------------------------------------------
     def problems(self, model: ModelSpec | None = None) -> list[UsageError]:

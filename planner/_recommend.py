@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._dsconfig import plan_deepspeed_config
 from trainplan.planner._layout import ZERO_STAGES, Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._plan import Plan, plan
@@ -92,6 +93,14 @@ class Recommendation:
                                    "note": "throughput, time and cost in this object are the calibrated figures; "
                                            "the planner's are each figure's 'uncalibrated'"}
         return out
+
+    def to_dict(self, requested: Plan, top: int) -> dict[str, Any]:
+        """The recommendation as JSON (``plan --recommend --format json``): the search's counts,
+        the ``requested`` plan, the ``top`` ranked plans and the best one's ``ds_config.json``."""
+        return {"kind": "recommendation", "optimize": self.optimize, "evaluated": self.evaluated,
+                "feasible": self.feasible, "min_gpus": self.min_gpus, "requested": requested.to_dict(),
+                "top": self.top_dicts(top),
+                "ds_config": plan_deepspeed_config(self.ranked[0]) if self.ranked else None}
 
 
 def candidate_layouts(model: ModelSpec, base: Layout, global_batch: int, space: LayoutSpace) -> Iterator[Layout]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainplan.reports import _curves, _diagnostics, _scaling, _summary, _table
 from trainplan.reports._html import Page, pre_json
@@ -20,6 +20,8 @@ from trainplan.reports._target import Target, resolve_target
 
 if TYPE_CHECKING:
     import optuna
+
+    from trainplan.planner import Plan, Recommendation
 
 __all__ = ["build_plan_report", "build_report"]
 
@@ -110,27 +112,7 @@ def _scaling_section(page: Page, parts: list[str], target: Target | None, study:
                      if compute.rows else _empty(f"Loss against compute: {compute.message}."))
 
 
-def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = None, tokens: float | None = None,
-                 top_k: int | None = None, generated: str | None = None) -> Path:
-    """Write ``out_dir/report.html`` and ``out_dir/report_data/*`` for ``study``; return the page path.
-
-    Args:
-        gpu: target GPU catalog name (default: the sweep's ``hardware.gpu``).
-        tokens: token budget of the full run (default: the sweep's ``target.tokens``, else compute-optimal).
-        top_k: learning curves shown when the page opens (all when None; a dropdown changes it).
-        generated: text for "generated at" (default: the end time of the study's last trial).
-    """
-    out = Path(out_dir)
-    record = read_study(study)
-    resolved = resolve_target(record, gpu=gpu, tokens=tokens)
-    target = resolved if isinstance(resolved, Target) else None
-    ends = [t.end for t in record.trials if t.end]
-    stamp = generated or (f"data up to {max(ends).isoformat(timespec='seconds')}" if ends else "no finished trials")
-    page = Page(title=f"trainplan report: {record.name}",
-                subtitle=f"{len(record.trials)} trials; {stamp}", out_dir=out)
-
-    _summary_section(page, _summary.get_summary_info(record, resolved))
-
+def _estimates_section(page: Page, record: StudyRecord, out: Path) -> None:
     parts = page.section(*SECTIONS[1])
     est = _summary.get_estimate_info(record)
     parts.append(page.figure("estimate-vs-measured", _summary.get_estimate_plot(est), est)
@@ -140,18 +122,22 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
 
         calibration_section(page, parts, out / "calibration.json")
 
+
+def _curves_section(page: Page, record: StudyRecord, top_k: int | None) -> None:
     parts = page.section(*SECTIONS[2])
     curves = _curves.get_curves_info(record, top_k)
-    if curves.series:
-        fid = "learning-curves"
-        options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in _curves.X_AXES.items())
-        parts.append(f'<div class="controls"><label>x axis <select data-curves-for="fig-{fid}">{options}</select>'
-                     "</label> (the dropdown on the figure filters the top-K trials)</div>")
-        parts.append(page.figure(fid, _curves.get_curves_plot(curves), curves))
-        page.scripts.append(_curves.CURVES_JS)
-    else:
+    if not curves.series:
         parts.append(_empty("No trial logged a learning curve yet."))
+        return
+    fid = "learning-curves"
+    options = "".join(f'<option value="{k}">{html.escape(v)}</option>' for k, v in _curves.X_AXES.items())
+    parts.append(f'<div class="controls"><label>x axis <select data-curves-for="fig-{fid}">{options}</select>'
+                 "</label> (the dropdown on the figure filters the top-K trials)</div>")
+    parts.append(page.figure(fid, _curves.get_curves_plot(curves), curves))
+    page.scripts.append(_curves.CURVES_JS)
 
+
+def _diagnostics_section(page: Page, study: optuna.Study, record: StudyRecord) -> None:
     parts = page.section(*SECTIONS[3])
     history = _diagnostics.get_history_info(record)
     if history.numbers:
@@ -172,37 +158,53 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
     if timeline.numbers:
         parts.append(page.figure("timeline", _diagnostics.get_timeline_plot(timeline), timeline))
 
-    parts = page.section(*SECTIONS[4])
-    _scaling_section(page, parts, target, record)
-    from trainplan.reports._scaleup import add_scaleup_section, ladder_info
 
-    if (ladder := ladder_info(study)) is not None:  # a ladder study: the fit across its sizes
-        add_scaleup_section(page, page.section("scaleup", "Scale-up across the ladder"), ladder)
-
-    parts = page.section(*SECTIONS[5])
+def _tables_sections(page: Page, record: StudyRecord, out: Path) -> None:
+    """The trial table and the environment, each with its data file."""
     table = _table.get_table_info(record)
     page.write_data("trials", table)
-    parts.append(_table.table_html(table, out))
-
-    parts = page.section(*SECTIONS[6])
+    page.section(*SECTIONS[5]).append(_table.table_html(table, out))
     env = _table.get_environment_info(record)
     page.write_data("environment", env)
-    parts.append(_table.environment_html(env))
+    page.section(*SECTIONS[6]).append(_table.environment_html(env))
+
+
+def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = None, tokens: float | None = None,
+                 top_k: int | None = None, generated: str | None = None) -> Path:
+    """Write ``out_dir/report.html`` and ``out_dir/report_data/*`` for ``study``; return the page path.
+
+    Args:
+        gpu: target GPU catalog name (default: the sweep's ``hardware.gpu``).
+        tokens: token budget of the full run (default: the sweep's ``target.tokens``, else compute-optimal).
+        top_k: learning curves shown when the page opens (all when None; a dropdown changes it).
+        generated: text for "generated at" (default: the end time of the study's last trial).
+    """
+    from trainplan.reports._scaleup import add_scaleup_section, ladder_info
+
+    out = Path(out_dir)
+    record = read_study(study)
+    resolved = resolve_target(record, gpu=gpu, tokens=tokens)
+    ends = [t.end for t in record.trials if t.end]
+    stamp = generated or (f"data up to {max(ends).isoformat(timespec='seconds')}" if ends else "no finished trials")
+    page = Page(title=f"trainplan report: {record.name}",
+                subtitle=f"{len(record.trials)} trials; {stamp}", out_dir=out)
+    _summary_section(page, _summary.get_summary_info(record, resolved))
+    _estimates_section(page, record, out)
+    _curves_section(page, record, top_k)
+    _diagnostics_section(page, study, record)
+    _scaling_section(page, page.section(*SECTIONS[4]), resolved if isinstance(resolved, Target) else None, record)
+    if (ladder := ladder_info(study)) is not None:  # a ladder study: the fit across its sizes
+        add_scaleup_section(page, page.section("scaleup", "Scale-up across the ladder"), ladder)
+    _tables_sections(page, record, out)
     return page.write()
 
 
-def _recommendations(recommendations: Any) -> list[Any]:
-    if recommendations is None:
-        return []
-    return list(getattr(recommendations, "ranked", recommendations))
-
-
-def build_plan_report(plan_result: Any, recommendations: Any, out_path: str | Path) -> Path:
+def build_plan_report(plan_result: Plan, recommendations: Recommendation | None, out_path: str | Path) -> Path:
     """A planner-only page for ``trainplan plan ... --report PATH``.
 
     Args:
         plan_result: the planner's ``Plan``.
-        recommendations: ``recommend(...)``'s result (or a list of plans), or None.
+        recommendations: ``recommend(...)``'s result, or None.
         out_path: the HTML file to write; figure data goes to ``report_data/`` beside it.
     """
     from trainplan.planner import Hyperparams
@@ -224,7 +226,7 @@ def build_plan_report(plan_result: Any, recommendations: Any, out_path: str | Pa
     breakdown = _scaling.get_breakdown_info(p)
     parts.append(page.figure("memory-breakdown", _scaling.get_breakdown_plot(breakdown), breakdown))
     parts.append("<h3>Plan (JSON)</h3>" + pre_json(d))
-    ranked = _recommendations(recommendations)
+    ranked = recommendations.ranked if recommendations is not None else []
     parts = page.section("recommend", "Recommended layouts")
     if ranked:
         choices = [_summary.layout_choice(f"#{i + 1}", r, target) for i, r in enumerate(ranked[:10])]

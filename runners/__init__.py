@@ -8,9 +8,10 @@ package is light: torch, transformers and deepspeed load only inside the trainin
 
 from __future__ import annotations
 
-from trainplan.runners._launch import (
-    TrialHandle, adopt_orphans, build_command, free_port, launch_trial, ops_compiled, prepare_trial, run_trial,
-)
+from trainplan.runners._launch import TrialHandle, build_command, launch_trial, prepare_trial, run_trial
+from trainplan.runners._opcache import ops_compiled
+from trainplan.runners._ports import free_port
+from trainplan.runners._procgroup import adopt_orphans
 from trainplan.runners._result import METRIC_KEYS, STATUSES, build_result, read_metrics
 from trainplan.runners._spec import (
     DEFAULT_DATA, DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT, RUNNER_CHECKPOINTING, TrialSpec, launchable_space,

@@ -25,8 +25,8 @@ from typing import Any
 
 from trainplan.planner._device import software_stack
 
-__all__ = ["RANK_BASELINE_BYTES", "cpu_peak_growth", "describe_device", "host_memory_warning",
-           "measure_matmul_peak", "recorded_device", "reset_peak", "software_stack"]
+__all__ = ["RANK_BASELINE_BYTES", "cpu_peak_growth", "cpu_ranks_exceed_cores", "describe_device", "gpu_present",
+           "host_memory_warning", "measure_matmul_peak", "recorded_device", "reset_peak", "software_stack"]
 
 RANK_BASELINE_BYTES = 640 * 2**20
 """Host memory a CPU rank holds before its model: torch, DeepSpeed and transformers' Llama imported
@@ -35,6 +35,19 @@ corpus and gloo's buffers (assumed 0.25 GiB)."""
 
 _recorded: dict[str, Any] = {}
 _baseline: list[int] = []
+
+
+def gpu_present() -> bool:
+    """A CUDA device is visible, checked without importing torch (the driver's /proc entries)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir()) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+
+
+def cpu_ranks_exceed_cores(ranks: int) -> int | None:
+    """This machine's CPU cores when ``ranks`` CPU processes would outnumber them (no GPU here:
+    each rank is a process, and more of them than cores only thrash, gloo may time out); else None."""
+    cores = os.cpu_count() or 1
+    return cores if not gpu_present() and ranks > cores else None
 
 
 def _status_kib(field: str) -> int | None:
@@ -164,7 +177,7 @@ def measure_matmul_peak(device: Any, dtypes: tuple[str, ...], *, size: int = 102
 
 def _cached_peak(key: str, measure: Any) -> tuple[dict[str, float], str]:
     from trainplan.runners._dist import machine_key
-    from trainplan.runners._launch import extensions_dir
+    from trainplan.runners._opcache import extensions_dir
 
     machine = machine_key()
     path = extensions_dir() / f"matmul-peak-{machine}-{key}.json" if machine else None

@@ -84,7 +84,7 @@ def init_distributed(backend: str | None = None) -> None:
     import deepspeed
     import deepspeed.ops
 
-    from trainplan.runners._launch import extensions_dir
+    from trainplan.runners._opcache import extensions_dir
 
     remember_cpu_info(extensions_dir())
 

@@ -1,5 +1,8 @@
 """Launching a trial with the ``deepspeed`` launcher, watching it, stopping it, recording how it ended.
 
+The parts it uses live beside it: the rendezvous port (_ports.py), the op-build cache and its
+locks (_opcache.py), the trial's process group (_procgroup.py) and the trial folder (_folders.py).
+
 The launcher (and through it every rank) runs in a new process session, so one ``killpg`` reaches
 the whole trial: the ``deepspeed`` runner, ``deepspeed.launcher.launch`` and the ranks. On SIGTERM
 the ranks finish their step, flush their metrics and write ``result.json``; ``launch.py`` also
@@ -14,7 +17,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,45 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.runners._data import check_data
+from trainplan.runners._folders import log_tail, rotate_trial_files
+from trainplan.runners._opcache import clear_stale_build_locks, extensions_dir
+from trainplan.runners._ports import free_port
+from trainplan.runners._procgroup import group_alive, reap_adopted, signal_group
 from trainplan.runners._result import build_result, classify_exit, planner_estimate, read_metrics, write_json
 from trainplan.runners._spec import TrialSpec
 
-__all__ = ["TrialHandle", "adopt_orphans", "build_command", "free_port", "is_trial_dir", "launch_trial", "ops_compiled",
-           "prepare_trial", "rotate_trial_files", "run_trial"]
-
-_TRIAL_FILES = ("spec.json", "ds_config.json", "cmd.txt", "metrics.jsonl", "result.json", "stdout.log", "stderr.log")
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default range starts here
-
-
-def free_port() -> int:
-    """A TCP port for the rendezvous that nothing listens on now, chosen below the kernel's
-    ephemeral range.
-
-    A port the kernel hands out for ``bind(0)`` lies in the ephemeral range, where every outgoing
-    connection on the machine (gloo's among them) also takes ports: between our check and the
-    rank's bind it can be taken (EADDRINUSE, seen with a trial running beside another). Below the
-    range only explicit binds compete.
-    """
-    import random
-
-    high = max(_ephemeral_low() - 1, 20001)
-    for _ in range(100):
-        port = random.randint(20000, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # everything there is busy
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["TrialHandle", "build_command", "launch_trial", "prepare_trial", "run_trial"]
 
 
 def _deepspeed_exe() -> list[str]:
@@ -90,53 +61,6 @@ def build_command(spec_path: str | Path, *, gpus: int, master_port: int | None, 
         cmd += ["--master_port", str(master_port)]
     cmd += ["--module", "trainplan.runners.train", "--spec", str(spec_path if portable else Path(spec_path).resolve())]
     return cmd
-
-
-def extensions_dir() -> Path:
-    """Where DeepSpeed's JIT-built ops live for this environment: ``$TORCH_EXTENSIONS_DIR`` or
-    ``<venv>/torch_extensions``.
-
-    One cache per virtual environment: two environments sharing torch's default
-    ``~/.cache/torch_extensions`` rebuild each other's ops (their build files name different
-    include paths) and can leave a trial waiting on the other's build lock.
-    """
-    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
-
-
-def ops_compiled() -> bool:
-    """Whether DeepSpeed's C++ Adam op is already built in :func:`extensions_dir`.
-
-    The first DeepSpeed run in an environment JIT-compiles it (about 100 s on a 2-core CPU); torch
-    keeps builds under ``$TORCH_EXTENSIONS_DIR[/py<XY>_<cu|cpu>]/<op>/``
-    (torch/utils/cpp_extension.py, ``_get_build_directory``).
-    """
-    root = extensions_dir()
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
-    return any(root.glob(f"{tag}*/fused_adam/*.so")) or any(root.glob("fused_adam/*.so"))
-
-
-STALE_LOCK_S = 900.0
-"""A build lock older than this is left over from a killed build (a build takes ~100 s here)."""
-
-
-def clear_stale_build_locks() -> list[Path]:
-    """Remove build locks that a killed JIT build left behind; return what was removed.
-
-    torch waits, without a time limit, for a ``lock`` file in an op's build folder to disappear
-    (torch/utils/file_baton.py, ``FileBaton.wait``), so one build killed mid-way (a timeout, a
-    Ctrl-C) would hang every later DeepSpeed launch in this environment.
-    """
-    removed = []
-    for lock in extensions_dir().glob("**/lock"):
-        try:
-            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-                lock.unlink()
-                removed.append(lock)
-        except FileNotFoundError:  # another process finished its build meanwhile
-            continue
-    for lock in removed:
-        print(f"trainplan: removed a stale DeepSpeed build lock {lock} (left by a killed build)", file=sys.stderr)
-    return removed
 
 
 class TrialHandle:
@@ -199,19 +123,10 @@ class TrialHandle:
         return records
 
     def _group_alive(self) -> bool:
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pragma: no cover - a recycled group id we do not own
-            return False
-        return True
+        return group_alive(self.process.pid)
 
     def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
+        signal_group(self.process.pid, sig)
 
     def stop(self, grace_s: float = 10.0, *, status: str = "terminated") -> int | None:
         """SIGTERM the whole trial; SIGKILL what is still alive after ``grace_s``. Returns the exit code.
@@ -245,17 +160,9 @@ class TrialHandle:
             time.sleep(0.05)
 
     def _reap_adopted(self) -> None:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == self.process.pid:
-                continue
-            try:
-                if os.getpgid(int(entry)) != self.process.pid:
-                    continue
-                pid, _, usage = os.wait4(int(entry), os.WNOHANG)
-            except (ProcessLookupError, ChildProcessError):  # gone, or not this process's child
-                continue
-            if pid:
-                self.reaped_cpu_s = (self.reaped_cpu_s or 0.0) + usage.ru_utime + usage.ru_stime
+        cpu_s = reap_adopted(self.process.pid, skip=self.process.pid)
+        if cpu_s is not None:
+            self.reaped_cpu_s = (self.reaped_cpu_s or 0.0) + cpu_s
 
     def finalize(self) -> dict[str, Any]:
         """Wait for the trial, complete and return its ``result.json``.
@@ -269,7 +176,7 @@ class TrialHandle:
         for log in self._logs:
             log.close()
         path = self.trial_dir / "result.json"
-        stderr_tail = _tail(self.trial_dir / "stderr.log")
+        stderr_tail = log_tail(self.trial_dir / "stderr.log")
         records, _ = read_metrics(self.trial_dir / "metrics.jsonl")
         wall = round(time.monotonic() - self.started, 3)
         try:
@@ -292,35 +199,6 @@ class TrialHandle:
         return result
 
 
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, os.SEEK_END) - limit))
-            return fh.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def rotate_trial_files(trial_dir: Path, names: tuple[str, ...] = _TRIAL_FILES) -> int | None:
-    """Move an earlier trial's files in ``trial_dir`` aside as ``<name>.N`` (N: 1 for the first
-    earlier trial, then 2, ...), all with one N so they stay together; nothing is deleted or
-    overwritten. Returns N, or None when the folder held none of ``names``."""
-    present = [name for name in names if (trial_dir / name).exists()]
-    if not present:
-        return None
-    used = [int(p.name.rsplit(".", 1)[1]) for name in _TRIAL_FILES for p in trial_dir.glob(f"{name}.*")
-            if p.name.rsplit(".", 1)[1].isdigit()]
-    generation = max(used, default=0) + 1
-    for name in present:
-        (trial_dir / name).rename(trial_dir / f"{name}.{generation}")
-    return generation
-
-
-def is_trial_dir(path: Path) -> bool:
-    """``path`` holds (or held) a trial: its ``spec.json`` or ``cmd.txt``, current or rotated."""
-    return any(any(path.glob(f"{name}*")) for name in ("spec.json", "cmd.txt"))
-
-
 def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,
                   include: str | None = None, hostfile: str | None = None) -> list[str]:
     """Validate ``spec`` and write ``spec.json``, ``ds_config.json`` and ``cmd.txt``; return the command."""
@@ -336,24 +214,6 @@ def prepare_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | 
                             include=include, hostfile=hostfile)
     (trial_dir / "cmd.txt").write_text(shlex.join(command) + "\n")
     return command
-
-
-def adopt_orphans() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``,
-    prctl(2)); True if it now is.
-
-    When a trial is stopped, its launcher, DeepSpeed's ``launch.py`` and the ranks die together,
-    and a rank whose parent died first is normally waited for by init, its CPU time lost to the
-    trial's account. With this, such processes return to the caller, which
-    :meth:`TrialHandle.finalize` waits for, so a stopped trial's CPU-seconds are exact too. The
-    search calls it once; the setting lasts for the life of the process.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    pr_set_child_subreaper = 36  # linux/prctl.h
-    return ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0
 
 
 def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 from trainplan.runners._device import recorded_device, software_stack
 
 __all__ = [
-    "STATUSES", "EXIT_CODES", "METRIC_KEYS", "build_result", "classify_exit", "planner_estimate",
+    "STATUSES", "EXIT_CODES", "METRIC_KEYS", "build_result", "classify_exit", "planner_estimate", "ran_on_cpu",
     "read_metrics", "write_json",
 ]
 
@@ -136,3 +136,15 @@ def build_result(records: list[dict[str, Any]], *, status: str, reason: str = ""
         "device": recorded_device(),  # where the trial ran (docs/protocol.md); None if it never started
         "stack": software_stack(),
     }
+
+
+def ran_on_cpu(trial_dir: str | Path | None) -> bool:
+    """Whether the trial in ``trial_dir`` ran its ranks on the CPU, by the ``device`` its
+    ``result.json`` records (docs/protocol.md): its ``gpu_hours`` are then CPU rank-hours."""
+    if not trial_dir:
+        return False
+    try:
+        device = json.loads((Path(trial_dir) / "result.json").read_text()).get("device")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(device, dict) and device.get("kind") == "cpu"

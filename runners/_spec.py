@@ -24,9 +24,10 @@ from trainplan.errors import UsageError, close_matches
 from trainplan.planner import (
     Hyperparams, Layout, LayoutSpace, deepspeed_config, hyperparams_from_deepspeed_config, load_model,
 )
+from trainplan.runners._device import gpu_present
 
-__all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "RUNNER_CHECKPOINTING",
-           "is_checkpoint", "launchable_space"]
+__all__ = ["TrialSpec", "DEFAULT_DATA", "DEFAULT_HYPERPARAMS", "DEFAULT_LAYOUT", "RUNNER_CHECKPOINTING", "SPEC_FLAGS",
+           "is_checkpoint", "launchable_space", "resolve_spec", "spec_default"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
@@ -257,3 +258,71 @@ class TrialSpec:
 
     def with_(self, **changes: Any) -> TrialSpec:
         return dataclasses.replace(self, **changes)
+
+
+# Precedence ---------------------------------------------------------------------------------------
+SPEC_FLAGS: dict[str, tuple[str | None, str]] = {
+    "model": (None, "model"), "data": (None, "data"), "text_key": (None, "text_key"),
+    "tokenizer": (None, "tokenizer"), "steps": (None, "steps"), "dropout": (None, "dropout"),
+    "seed": (None, "seed"), "eval_every": (None, "eval_every"), "eval_tokens": (None, "eval_tokens"),
+    "log_every": (None, "log_every"), "max_data_bytes": (None, "max_data_bytes"),
+    "timeout": (None, "timeout_s"), "estimate_gpu": (None, "gpu"),
+    "gpus": ("layout", "gpus"), "zero": ("layout", "zero"), "offload": ("layout", "offload"),
+    "seq_len": ("layout", "seq_len"), "micro_batch": ("layout", "micro_batch"),
+    "grad_accum": ("layout", "grad_accum"), "precision": ("layout", "precision"),
+    "attention": ("layout", "attention"),
+    "lr": ("hyperparams", "lr"), "min_lr_ratio": ("hyperparams", "min_lr_ratio"),
+    "weight_decay": ("hyperparams", "weight_decay"), "warmup_steps": ("hyperparams", "warmup_steps"),
+    "schedule": ("hyperparams", "schedule"), "eps": ("hyperparams", "eps"),
+    "grad_clip": ("hyperparams", "grad_clip"),
+}
+"""``trainplan run`` options that set one spec field: option name -> (section, field); section
+None is the spec's top level. ``beta1``/``beta2`` (one field, ``betas``) and ``global_batch``
+(derived: it sets ``grad_accum``) are handled by :func:`resolve_spec` itself."""
+
+
+def spec_default(section: str | None, name: str) -> Any:
+    """The default of one spec field (``section`` as in :data:`SPEC_FLAGS`)."""
+    if section == "layout":
+        return getattr(DEFAULT_LAYOUT, name)
+    if section == "hyperparams":
+        return getattr(DEFAULT_HYPERPARAMS, name)
+    return next(f.default for f in fields(TrialSpec) if f.name == name)
+
+
+def resolve_spec(flags: Mapping[str, Any], spec_file: str | Path | None = None, *, gpu: bool | None = None) -> TrialSpec:
+    """The one precedence rule: command line (``flags``, by option name; None: not given) >
+    ``spec_file`` > defaults. Returns a validated spec.
+
+    The precision a spec does not state is bf16 where a GPU is present (``gpu``; detected when
+    None), fp32 on the CPU. ``global_batch`` sets the accumulation by the planner's one rule
+    (:meth:`~trainplan.planner.Layout.with_global_batch`), so it cannot be given with ``grad_accum``.
+    """
+    gpu = gpu_present() if gpu is None else gpu
+    base: dict[str, Any] = {}
+    file_sets_precision = False
+    if spec_file:
+        base = TrialSpec.from_json(spec_file).to_dict()
+        file_sets_precision = "precision" in json.loads(Path(spec_file).read_text()).get("layout", {})
+    base.setdefault("layout", {})
+    base.setdefault("hyperparams", {})
+    for name, (section, key) in SPEC_FLAGS.items():
+        value = flags.get(name)
+        if value is not None:
+            (base if section is None else base[section])[key] = value
+    if flags.get("beta1") is not None or flags.get("beta2") is not None:
+        betas = list(base["hyperparams"].get("betas", DEFAULT_HYPERPARAMS.betas))
+        betas[0] = flags["beta1"] if flags.get("beta1") is not None else betas[0]
+        betas[1] = flags["beta2"] if flags.get("beta2") is not None else betas[1]
+        base["hyperparams"]["betas"] = betas
+    if flags.get("precision") is None and not file_sets_precision:
+        base["layout"]["precision"] = "bf16" if gpu else "fp32"
+    spec = TrialSpec.from_dict(base)
+    if flags.get("global_batch") is not None:
+        if flags.get("grad_accum") is not None:
+            raise UsageError("--global-batch", "give --global-batch or --grad-accum, not both")
+        spec = spec.with_(layout=spec.layout.with_global_batch(flags["global_batch"]))
+    spec = spec.validate()
+    if spec.layout.precision == "fp16" and not gpu:
+        raise UsageError("--precision", "fp16 needs a GPU; use fp32 (or bf16) on the CPU")
+    return spec

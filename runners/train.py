@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     metrics = None
     if rank == 0:  # a rerun by hand (cmd.txt) starts a fresh record; the earlier one is kept as .N
-        from trainplan.runners._launch import rotate_trial_files
+        from trainplan.runners._folders import rotate_trial_files
 
         rotate_trial_files(trial_dir, ("metrics.jsonl", "result.json"))
         metrics = open(trial_dir / "metrics.jsonl", "w")

@@ -35,9 +35,8 @@ from trainplan.search._sweep import (
     SamplerConfig,
     SweepSpec,
     default_sweep_path,
-    load_sweep,
-    sweep_from_dict,
 )
+from trainplan.search._sweepfile import load_sweep, sweep_from_dict
 from trainplan.search._trial import run_trial_for, screen
 
 __all__ = [

@@ -22,11 +22,16 @@ from trainplan.runners import STATUSES as RUNNER_STATUSES
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
     import pandas as pd
+    from optuna.storages import BaseStorage
+
+    from trainplan.runners import TrialSpec
 
 __all__ = [
-    "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "EXPORT_FORMATS", "FAILED_STATUSES", "TRIAL_STATUSES", "TrialRecord",
-    "budget_count", "curve_row", "export_trials", "read_trial", "status_counts", "superseded_numbers", "trial_records",
-    "trial_status", "trials_frame", "write_attrs",
+    "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "ESTIMATE_KEYS", "EXPORT_FORMATS", "FAILED_STATUSES", "TRIAL_STATUSES",
+    "TrialOutcome", "TrialRecord", "best_row", "budget_count", "curve_row", "export_trials", "last_beat", "read_trial",
+    "spent_gpu_hours", "status_counts", "store_status", "superseded_numbers", "trial_folder", "trial_records",
+    "trial_status", "trial_worker", "trials_frame", "write_attrs", "write_estimate", "write_overfit", "write_setup",
+    "write_status", "write_worker",
 ]
 
 EXPORT_FORMATS = ("csv", "parquet", "json")
@@ -37,8 +42,10 @@ TRIAL_STATUSES = ("completed", "pruned", *FAILED_STATUSES, "infeasible")
 """Every status a search trial records: the runner's, ``pruned`` (the search stopped it) and
 ``infeasible`` (the planner screened it out, never launched)."""
 ATTR_KEYS = ("status", "reason", "trial_dir", "curve", "tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
-             "gpu_hours", "cpu_seconds", "estimate", "config", "worker", "beat")
+             "gpu_hours", "cpu_seconds", "overfit", "estimate", "config", "worker", "beat")
 """The user attributes a search trial carries (docs/protocol.md, "Search records")."""
+ESTIMATE_KEYS = ("memory_bytes", "allocated_bytes", "tokens_per_s", "fits")
+"""The planner figures kept in a trial's ``estimate`` attribute."""
 CURVE_COLUMNS = ("step", "tokens", "elapsed_s", "train_loss", "eval_loss")
 """One row of the ``curve`` attribute: these ``metrics.jsonl`` keys, in this order."""
 _STATE_STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "crashed"}
@@ -56,6 +63,105 @@ def write_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         raise ValueError(f"not a search trial attribute: {sorted(unknown)}")
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+def write_status(trial: optuna.Trial, status: str, reason: str) -> None:
+    """Store how ``trial`` ended (``status``) and why (``reason``)."""
+    write_attrs(trial, {"status": status, "reason": reason})
+
+
+def store_status(storage: BaseStorage, trial_id: int, status: str, reason: str) -> None:
+    """:func:`write_status` for a trial known by its storage id (one a dead worker left)."""
+    storage.set_trial_user_attr(trial_id, "status", status)
+    storage.set_trial_user_attr(trial_id, "reason", reason)
+
+
+def write_worker(trial: optuna.Trial, worker: dict[str, Any]) -> None:
+    """Store who runs ``trial`` (host, pid, start ticks; later its process group): a restart on
+    that host reclaims the trial if the worker died."""
+    write_attrs(trial, {"worker": worker})
+
+
+def write_setup(trial: optuna.Trial, *, trial_dir: Path, params: dict[str, Any], spec: TrialSpec | None) -> None:
+    """Store the trial's folder and its configuration: the sampled ``params``, and the resolved
+    ``spec`` when there is one."""
+    config: dict[str, Any] = {"params": params}
+    if spec is not None:
+        config.update(spec.to_dict())
+    write_attrs(trial, {"trial_dir": str(trial_dir), "config": config})
+
+
+def write_estimate(trial: optuna.Trial, estimate: dict[str, Any]) -> None:
+    """Store the planner's figures for the trial (:data:`ESTIMATE_KEYS` of ``estimate``)."""
+    write_attrs(trial, {"estimate": {k: estimate.get(k) for k in ESTIMATE_KEYS}})
+
+
+def write_overfit(trial: optuna.Trial, overfit: dict[str, Any] | None) -> None:
+    """Store where the trial began to overfit (search/_overfit.py), or None."""
+    write_attrs(trial, {"overfit": overfit})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialOutcome:
+    """What the search measured of one trial: the part of its record written when it ends."""
+
+    status: str
+    """One of :data:`TRIAL_STATUSES`."""
+    reason: str
+    """Why it failed, was pruned or was screened out (empty when completed)."""
+    curve: list[list[Any]]
+    """Learning curve rows (:data:`CURVE_COLUMNS`)."""
+    tokens: int
+    """Training tokens seen."""
+    tokens_per_s: float | None
+    """Measured training throughput."""
+    peak_mem_bytes: float | None
+    """Measured peak memory per rank."""
+    elapsed_s: float
+    """Training wall-clock seconds (the runner's own figure)."""
+    gpu_hours: float
+    """``elapsed_s`` times the trial's ranks, in hours."""
+    cpu_seconds: float
+    """User + system CPU-seconds of every process of the trial."""
+
+    @classmethod
+    def infeasible(cls, reason: str) -> TrialOutcome:
+        """A trial screened out before launch: nothing ran, nothing was spent."""
+        return cls(status="infeasible", reason=reason, curve=[], tokens=0, tokens_per_s=None, peak_mem_bytes=None,
+                   elapsed_s=0, gpu_hours=0, cpu_seconds=0)
+
+    def write(self, trial: optuna.Trial) -> None:
+        write_attrs(trial, {f: getattr(self, f) for f in self.__dataclass_fields__})
+
+
+def trial_worker(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Who ran ``t`` (:func:`write_worker`); empty when not recorded."""
+    return dict(t.user_attrs.get("worker") or {})
+
+
+def trial_folder(t: optuna.trial.FrozenTrial) -> str | None:
+    """The folder ``t`` ran in, as recorded (None before it was prepared)."""
+    return t.user_attrs.get("trial_dir")
+
+
+def last_beat(t: optuna.trial.FrozenTrial) -> float | None:
+    """Wall-clock time of ``t``'s last heartbeat on storages without Optuna's own, else its start."""
+    beat = t.user_attrs.get("beat") or (t.datetime_start.timestamp() if t.datetime_start else None)
+    return None if beat is None else float(beat)
+
+
+def spent_gpu_hours(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """GPU-hours (CPU rank-hours for CPU trials) the ``trials`` used, the budget's measure."""
+    return sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
+
+
+def best_row(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """A best trial as a plain dict (``trainplan search``'s summary): number, values, params,
+    folder and the measured and estimated figures, as stored."""
+    row = {"number": t.number, "values": list(t.values), "params": dict(t.params), "trial_dir": trial_folder(t)}
+    row.update({k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
+                                                 "gpu_hours", "cpu_seconds", "estimate")})
+    return row
 
 
 def trial_status(t: optuna.trial.FrozenTrial, superseded: bool = False) -> str:

@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.runners import TrialSpec
+from trainplan.search._ladder import ladder_size
+from trainplan.search._sweep import PARAMS
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
     from trainplan.planner import Layout
-
-    from trainplan.runners import TrialSpec
     from trainplan.search._sweep import SweepSpec
 
 __all__ = ["BASE_EXTRAS", "resolve_trial", "suggest"]
@@ -31,8 +32,6 @@ BASE_EXTRAS = ("tokens", "global_batch", "warmup_fraction", "evals_per_trial")
 
 def suggest(trial: optuna.trial.BaseTrial, sweep: SweepSpec) -> dict[str, Any]:
     """Ask ``trial`` for every parameter of the sweep's space; returns name -> value."""
-    from trainplan.search._sweep import PARAMS
-
     values: dict[str, Any] = {}
     for p in sweep.space:
         if p.choices:
@@ -73,8 +72,23 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
     - ``warmup_fraction`` sets ``warmup_steps = round(fraction * steps)``, at least 1 (DeepSpeed).
     - ``evals_per_trial`` sets ``eval_every = steps // evals_per_trial`` (at least 1).
     """
-    from trainplan.runners import TrialSpec
+    base, merged = _merge(sweep, values)
+    try:
+        spec = TrialSpec.from_dict(base)
+    except UsageError as exc:
+        raise UsageError(f"base.{exc.key.lstrip('-').replace('-', '_')}", exc.message) from None
+    spec = spec.with_(**_derived(spec, sweep, merged, values))
+    try:
+        return spec.validate()
+    except UsageError as exc:
+        key = exc.key.lstrip("-").replace("-", "_")
+        where = f"space.{key}" if key in values else f"base.{key}"
+        raise UsageError(where, exc.message) from None
 
+
+def _merge(sweep: SweepSpec, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trial spec keys (base trial, the sampled layout keys, the ladder size's model) and the
+    values the search derives fields from (``BASE_EXTRAS`` and the sampled ones): base < values."""
     base = dict(sweep.base)
     merged = {k: base.pop(k) for k in BASE_EXTRAS if k in base}
     layout = dict(base.pop("layout", {}) or {})
@@ -83,8 +97,6 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         raise UsageError("base.tokens", "give steps or tokens, not both")
     merged.update(values)
     if "size" in merged:  # a ladder sweep: the size names the model and its token budget
-        from trainplan.search._ladder import ladder_size
-
         size = ladder_size(sweep, merged.pop("size"))
         base["model"] = size.model
         if size.tokens is not None:
@@ -94,15 +106,15 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         merged.pop("tokens", None)
     if "tokens" in values:
         base.pop("steps", None)
-    ranks = sweep.hardware.gpus_per_trial
-    layout["gpus"] = ranks
+    layout["gpus"] = sweep.hardware.gpus_per_trial
     for key in ("micro_batch", "zero"):
         if key in merged:
             layout[key] = int(merged[key])
-    try:
-        spec = TrialSpec.from_dict({**base, "layout": layout, "hyperparams": hyper})
-    except UsageError as exc:
-        raise UsageError(f"base.{exc.key.lstrip('-').replace('-', '_')}", exc.message) from None
+    return {**base, "layout": layout, "hyperparams": hyper}, merged
+
+
+def _derived(spec: TrialSpec, sweep: SweepSpec, merged: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec fields that follow from ``merged``: layout, steps, hyperparameters, eval interval."""
     lay = spec.layout
     if "global_batch" in merged:
         lay = _with_global_batch(lay, int(merged["global_batch"]),
@@ -124,8 +136,7 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         warmup = round(float(merged["warmup_fraction"]) * steps)
     # DeepSpeed's WarmupCosineLR refuses warmup_num_steps 0 (deepspeed/runtime/lr_schedules.py).
     hp_changes["warmup_steps"] = min(max(warmup, 1), steps)
-    changes: dict[str, Any] = {"layout": lay, "steps": steps,
-                               "hyperparams": dataclasses.replace(hp, **hp_changes),
+    changes: dict[str, Any] = {"layout": lay, "steps": steps, "hyperparams": dataclasses.replace(hp, **hp_changes),
                                "gpu": spec.gpu or sweep.hardware.gpu}
     if "dropout" in merged:
         changes["dropout"] = float(merged["dropout"])
@@ -134,10 +145,4 @@ def resolve_trial(sweep: SweepSpec, values: Mapping[str, Any]) -> TrialSpec:
         if not isinstance(evals, int) or evals < 1:
             raise UsageError("base.evals_per_trial", f"must be a positive integer, got {evals!r}")
         changes["eval_every"] = max(1, steps // evals)
-    spec = spec.with_(**changes)
-    try:
-        return spec.validate()
-    except UsageError as exc:
-        key = exc.key.lstrip("-").replace("-", "_")
-        where = f"space.{key}" if key in values else f"base.{key}"
-        raise UsageError(where, exc.message) from None
+    return changes

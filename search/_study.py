@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
 from trainplan.safe import mask_argv, mask_url, redact
-from trainplan.search._records import status_counts  # counts live with the statuses; re-exported
+from trainplan.search._calibrate import refit_calibration
+from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open_storage, storage_url
+from trainplan.search._progress import SearchProgress
+from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
+    best_row, budget_count, last_beat, spent_gpu_hours, status_counts, store_status, trial_folder, trial_worker,
+    write_status,
+)
+from trainplan.search._trial import run_trial_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -73,8 +80,6 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     """Create or load the sweep's study and store the study-level records."""
     import optuna
 
-    from trainplan.search._optuna import make_pruner, make_sampler, open_storage
-
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(sweep.storage, run_dir, sweep)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,18 +113,18 @@ def reclaim_dead_local_trials(study: optuna.Study, sweep: SweepSpec, run_dir: Pa
     Returns the numbers reclaimed."""
     import optuna
 
-    from trainplan.search._guard import kill_trial_processes, process_start_ticks
+    from trainplan.search._guard import kill_trial_processes, process_start_ticks  # where used: search/_follow.py
 
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = trial_worker(t)
         if not worker or worker.get("host") != host:
             continue
         if process_start_ticks(worker["pid"]) == worker.get("start"):
             continue  # the worker lives
         # The stored record is not trusted: only processes that verifiably are this trial's (the
         # leader's start time, the trial's own spec path on each command line) are ended.
-        folder = t.user_attrs.get("trial_dir")
+        folder = trial_folder(t)
         if run_dir is not None and folder and not _inside(folder, run_dir):
             folder = None  # a record naming another run's folder is not this search's to end
         kill_trial_processes(worker, folder)
@@ -146,10 +151,10 @@ def reclaim_silent_trials(study: optuna.Study, sweep: SweepSpec, now: float | No
     now = time.time() if now is None else now
     host, out = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker") or {}
+        worker = trial_worker(t)
         if worker.get("host") == host:
             continue  # this host knows for sure (reclaim_dead_local_trials)
-        beat = t.user_attrs.get("beat") or (t.datetime_start.timestamp() if t.datetime_start else None)
+        beat = last_beat(t)
         if beat is None or now - float(beat) <= 3 * sweep.heartbeat_s:
             continue
         reason = f"its worker on {worker.get('host', 'an unknown host')} went silent for {now - float(beat):.0f} s; retried"
@@ -165,8 +170,7 @@ def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.Froze
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     try:  # attributes first: a finished trial can no longer be written
-        study._storage.set_trial_user_attr(t._trial_id, "status", "terminated")
-        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        store_status(study._storage, t._trial_id, "terminated", reason)
         if not study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -178,9 +182,6 @@ def _fail_and_retry(study: optuna.Study, sweep: SweepSpec, t: optuna.trial.Froze
 def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None = None) -> optuna.Trial | None | bool:
     """A trial to run, ``None`` when the budget is spent, ``False`` to wait (others still run)."""
     import optuna
-
-    from trainplan.search._optuna import claim_lock
-    from trainplan.search._records import budget_count
 
     states = optuna.trial.TrialState
     with claim_lock(study._storage, url, sweep.study_name):
@@ -194,7 +195,7 @@ def _claim(study: optuna.Study, sweep: SweepSpec, url: str, run_dir: Path | None
         limit = sweep.budget.n_trials
         if sweep.sampler.type == "grid":  # a grid has only so many points; it never repeats one
             limit = min(limit, math.prod(len(p.choices) for p in sweep.space))
-        spent = sum(float(t.user_attrs.get("gpu_hours") or 0) for t in trials)
+        spent = spent_gpu_hours(trials)
         over_hours = sweep.budget.max_gpu_hours is not None and spent >= sweep.budget.max_gpu_hours
         if budget_count(trials) < limit and not over_hours:
             return study.ask()
@@ -220,9 +221,6 @@ def worker_devices(index: int, sweep: SweepSpec) -> dict[str, str] | None:
 
 def _worker(study: optuna.Study, sweep: SweepSpec, run_dir: Path, url: str, guard: Any,
             stop: threading.Event, deadline: float | None, errors: list[BaseException], index: int) -> None:
-    from trainplan.search._calibrate import refit_calibration
-    from trainplan.search._trial import run_trial_for
-
     try:
         env = worker_devices(index, sweep)
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -249,8 +247,8 @@ def _fail_unfinished(study: optuna.Study, trial: optuna.Trial, exc: BaseExceptio
 
     try:
         if study._storage.get_trial(trial._trial_id).state == optuna.trial.TrialState.RUNNING:
-            trial.set_user_attr("status", "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed")
-            trial.set_user_attr("reason", redact(f"search error: {type(exc).__name__}: {exc}")[:500])
+            write_status(trial, "terminated" if isinstance(exc, KeyboardInterrupt) else "crashed",
+                         redact(f"search error: {type(exc).__name__}: {exc}")[:500])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     except Exception:  # the storage itself failed: the heartbeat will reclaim the trial
         pass
@@ -263,11 +261,7 @@ def best_trials(study: optuna.Study) -> list[dict[str, Any]]:
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return []
     chosen = [study.best_trial] if len(study.directions) == 1 else study.best_trials
-    return [{"number": t.number, "values": list(t.values), "params": dict(t.params),
-             "trial_dir": t.user_attrs.get("trial_dir"),
-             **{k: t.user_attrs.get(k) for k in ("tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
-                                                  "gpu_hours", "cpu_seconds", "estimate")}}
-            for t in chosen]
+    return [best_row(t) for t in chosen]
 
 
 STOP_WAIT_S = 120.0
@@ -279,9 +273,7 @@ def run_search(sweep: SweepSpec, *, run_dir: Path | None = None, command: list[s
                progress: bool = True) -> SearchResult:
     """Run (or resume) the sweep until its budget is spent; returns the counts and the best."""
     from trainplan.runners import adopt_orphans
-    from trainplan.search._guard import OrphanGuard
-    from trainplan.search._optuna import storage_url
-    from trainplan.search._progress import SearchProgress
+    from trainplan.search._guard import OrphanGuard  # where used: see search/_follow.py
 
     run_dir = run_dir or search_dir(sweep)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from trainplan.runners._launch import clear_stale_build_locks, extensions_dir
+from trainplan.runners._opcache import clear_stale_build_locks, extensions_dir
 
 # Every DeepSpeed process the tests start (runner trials and the planner's engine probes) shares
 # this environment's one JIT-build cache, so the ops are compiled once per environment.

@@ -165,3 +165,21 @@ def test_recommend_leads_with_the_recommendation_and_a_requested_layout_that_doe
     code, out, _ = run(capsys, "plan", "--model", "gpt2", "--gpu", "a100-80gb", "--recommend", "--max-gpus", "2",
                        "--seq-len", "1024")
     assert code == 0 and out.index("Recommended layouts") < out.index("the requested layout") < out.index("step time")
+
+
+def test_grad_accum_given_with_the_global_batch_must_be_the_one_it_implies(capsys):
+    # 8 GPUs x micro-batch 4 = 32 sequences per micro-step: a global batch of 128 implies accumulation 4.
+    code, out, _ = run(capsys, *BASE, "--micro-batch", "4", "--global-batch", "128", "--grad-accum", "4", "--format", "json")
+    assert code == 0 and json.loads(out)["layout"]["grad_accum"] == 4
+    code, _, err = run(capsys, *BASE, "--micro-batch", "4", "--global-batch", "128", "--grad-accum", "3")
+    assert code == 2 and err.strip().startswith("trainplan: error: --grad-accum:") and "implies 4" in err
+
+
+def test_layout_help_is_the_layout_fields_docstrings(capsys):
+    from trainplan.cli._help import field_docs
+    from trainplan.planner import Layout
+
+    assert main(["plan", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("gpus", "tp", "attention"):
+        assert field_docs(Layout)[name] in text

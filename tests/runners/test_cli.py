@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from trainplan.cli import main
-from trainplan.cli.run import gpu_present
 from trainplan.runners import TrialSpec, ops_compiled
+from trainplan.runners._device import gpu_present
 
 
 def _dry_run(capsys, *args: str) -> dict:
@@ -90,3 +90,12 @@ def test_help_lists_every_flag_the_issue_asks_for(capsys):
                  "--grad-clip", "--dropout", "--zero", "--precision", "--gpus", "--include", "--hostfile",
                  "--seed", "--eval-every", "--out", "--spec", "--timeout", "--quiet"):
         assert flag in text
+
+
+def test_help_is_the_spec_fields_docstrings_with_the_runners_defaults(capsys):
+    from trainplan.runners import DEFAULT_HYPERPARAMS, DEFAULT_LAYOUT
+
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"Peak learning rate. [default: {DEFAULT_HYPERPARAMS.lr:g}]" in text
+    assert f"Tokens per sequence. [default: {DEFAULT_LAYOUT.seq_len}]" in text

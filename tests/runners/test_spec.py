@@ -67,36 +67,6 @@ def test_ds_config_follows_layout_and_hyperparams():
     json.dumps(cfg)
 
 
-def test_stale_build_lock_is_removed_and_fresh_one_kept(tmp_path, monkeypatch):
-    import os
-    import time
-
-    from trainplan.runners import _launch
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    stale = tmp_path / "py311_cpu" / "fused_adam" / "lock"
-    fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
-    for lock in (stale, fresh):
-        lock.parent.mkdir(parents=True)
-        lock.touch()
-    old = time.time() - _launch.STALE_LOCK_S - 60
-    os.utime(stale, (old, old))
-    assert _launch.clear_stale_build_locks() == [stale]
-    assert not stale.exists() and fresh.exists()
-
-
-def test_master_port_is_free_and_below_the_ephemeral_range():
-    import socket
-
-    from trainplan.runners._launch import _ephemeral_low, free_port
-
-    ports = {free_port() for _ in range(20)}
-    assert all(20000 <= p < _ephemeral_low() for p in ports)
-    for port in ports:  # each one can really be bound
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", port))
-
-
 def test_a_hand_edited_ds_config_applies_whole():
     spec = TrialSpec(steps=20, hyperparams={"lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 2})
     edited = spec.ds_config()
@@ -139,3 +109,30 @@ def test_layouts_the_planner_describes_but_the_runner_cannot_train_are_refused(l
     with pytest.raises(UsageError) as err:
         TrialSpec.from_dict({"layout": layout}).validate()
     assert err.value.key == key
+
+
+def test_precedence_is_command_line_then_spec_file_then_defaults(tmp_path):
+    from trainplan.runners._spec import resolve_spec
+
+    file = tmp_path / "trial.json"
+    file.write_text(json.dumps({"steps": 50, "layout": {"micro_batch": 8}, "hyperparams": {"betas": [0.8, 0.9]}}))
+    spec = resolve_spec({"steps": 60, "beta2": 0.99, "lr": None}, file, gpu=False)
+    assert spec.steps == 60                                  # command line over the file
+    assert spec.layout.micro_batch == 8                      # the file over the defaults
+    assert spec.hyperparams.betas == (0.8, 0.99)             # beta1 from the file, beta2 from the command line
+    assert spec.layout.seq_len == DEFAULT_LAYOUT.seq_len     # default
+    assert spec.hyperparams.lr == TrialSpec().hyperparams.lr  # None means not given
+
+
+def test_unstated_precision_follows_the_device(tmp_path):
+    from trainplan.runners._spec import resolve_spec
+
+    assert resolve_spec({}, gpu=True).layout.precision == "bf16"
+    assert resolve_spec({}, gpu=False).layout.precision == "fp32"
+    file = tmp_path / "trial.json"
+    file.write_text(json.dumps({"layout": {"precision": "fp32"}}))
+    assert resolve_spec({}, file, gpu=True).layout.precision == "fp32"  # the file states it
+    with pytest.raises(UsageError, match="fp16 needs a GPU"):
+        resolve_spec({"precision": "fp16"}, gpu=False)
+    with pytest.raises(UsageError, match="not both"):
+        resolve_spec({"global_batch": 16, "grad_accum": 1}, gpu=False)

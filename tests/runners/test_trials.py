@@ -230,7 +230,7 @@ def test_a_hand_edited_ds_config_is_applied_whole_or_refused(tmp_path):
     # optimizer then holds the file's lr, betas and weight decay, all of them (the weight decay
     # used to come from spec.json while the lr came from the file).
     from trainplan.runners import prepare_trial
-    from trainplan.runners._launch import extensions_dir
+    from trainplan.runners._opcache import extensions_dir
     from trainplan.runners.train import main as train_main
 
     spec = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={

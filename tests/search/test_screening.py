@@ -19,7 +19,7 @@ import pytest
 
 import trainplan.runners
 from trainplan.search import load_sweep, open_study, run_search, run_trial_for, screen
-from trainplan.search._sweep import sweep_from_dict
+from trainplan.search import sweep_from_dict
 
 
 def _sweep(tmp_path: Path, make_sweep, **sections: Any):

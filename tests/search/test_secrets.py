@@ -5,63 +5,18 @@ attribute and every written file is searched for the password."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 
 from tests._proc import cli_env, run_group
+from tests.search.conftest import PG_PASSWORD as PASSWORD  # the server's password
+from tests.search.conftest import PG_URL_PASSWORD as URL_PASSWORD
 
 pytestmark = pytest.mark.slow
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PASSWORD = "Zq7-s3cret/pw@x"  # holds "/" and "@", which a naive URL parser would split on
-URL_PASSWORD = PASSWORD.replace("/", "%2F").replace("@", "%40")
-
-
-def _as_postgres(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
-
-
-@pytest.fixture(scope="module")
-def pg_with_password() -> Iterator[tuple[str, str]]:
-    """(URL with the password, URL without it) of a loopback server that demands a password."""
-    if not (PG_BIN / "initdb").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL binaries missing under {PG_BIN}")
-        pytest.skip(f"PostgreSQL binaries missing under {PG_BIN}")
-    root = Path(tempfile.mkdtemp(prefix="trainplan-pgpw-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    pwfile = root / "pw"
-    pwfile.write_text(PASSWORD + "\n")
-    if os.geteuid() == 0:
-        for path in (root, sock, pwfile):
-            shutil.chown(path, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres",
-                                 "--auth=scram-sha-256", f"--pwfile={pwfile}"]), check=True, capture_output=True)
-    pwfile.unlink()
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                                 f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"]),
-                   check=True, capture_output=True)
-    try:
-        base = f"127.0.0.1:{port}/postgres"
-        yield f"postgresql+psycopg://postgres:{URL_PASSWORD}@{base}", f"postgresql+psycopg://postgres@{base}"
-    finally:
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
 
 def _cli(*args: str, runs: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run_group([sys.executable, "-m", "trainplan", *args], timeout=600, cwd=cwd,

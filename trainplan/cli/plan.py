@@ -9,11 +9,13 @@ Examples::
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
+from trainplan.cli._help import field_docs
 from trainplan.cli._types import Count, Finite, check_output_file
 from trainplan.cli._format import human_bytes, human_count, human_hours, parse_count, print_table
 from trainplan.errors import UsageError
@@ -22,24 +24,22 @@ from trainplan.planner import (
     LayoutSpace, Plan, load_gpu, load_model, plan as make_plan, plan_deepspeed_config, recommend,
 )
 
+_L = Layout()
+"""The planner's defaults: each layout option's default and help are its Layout field's."""
+
+
+def _doc(name: str) -> str:
+    return field_docs(Layout)[name]
+
 
 def _layout(o: dict[str, Any]) -> tuple[Layout, int | None]:
-    """Build the layout from flags; returns it and the global batch asked for (if any)."""
-    layout = Layout(
-        gpus=o["gpus"], gpus_per_node=o["gpus_per_node"], zero=o["zero"], offload=o["offload"],
-        tp=o["tp"], pp=o["pp"], micro_batch=o["micro_batch"], grad_accum=o["grad_accum"] or 1,
-        seq_len=o["seq_len"], precision=o["precision"], checkpointing=o["checkpointing"],
-        attention=o["attention"], optimizer=o["optimizer"], framework=o["framework"],
-        pp_interleave=o["pp_interleave"], sequence_parallel=o["sequence_parallel"], loss=o["loss"], cp=o["cp"],
-    ).validate()
+    """The layout the flags give (one flag per Layout field); returns it and the global batch asked
+    for (if any), which sets the accumulation by the planner's one rule."""
+    layout = Layout(**{f.name: o[f.name] for f in fields(Layout)} | {"grad_accum": o["grad_accum"] or 1}).validate()
     gb = o["global_batch"]
     if gb is None:
         return layout, None
-    sized = layout.with_global_batch(gb)
-    if o["grad_accum"] and o["grad_accum"] != sized.grad_accum:
-        raise UsageError("--grad-accum", f"{o['grad_accum']} disagrees with --global-batch {gb} "
-                         f"(which implies {sized.grad_accum}); give one of them")
-    return sized, gb
+    return layout.with_global_batch(gb, grad_accum=o["grad_accum"]), gb
 
 
 def _plan_rows(p: Plan) -> list[list[str]]:
@@ -128,31 +128,29 @@ def _write_ds_config(path: str | None, p: Plan) -> None:
 @click.command()
 @click.option("--model", required=True, help="Preset name (see `trainplan models`), a config.json or folder, or a hub id.")
 @click.option("--gpu", default="h100-sxm", show_default=True, help="GPU from the catalog (see `trainplan gpus`).")
-@click.option("--gpus", type=Count(), default=1, show_default=True, help="Total GPUs.")
-@click.option("--gpus-per-node", type=Count(1, 1024), default=8, show_default=True)
+@click.option("--gpus", type=Count(), default=_L.gpus, show_default=True, help=_doc("gpus"))
+@click.option("--gpus-per-node", type=Count(1, 1024), default=_L.gpus_per_node, show_default=True, help=_doc("gpus_per_node"))
 @click.option("--seq-len", type=Count(1, 2**24), default=None, help="Tokens per sequence [2048, or the model's maximum if smaller].")
-@click.option("--micro-batch", type=Count(), default=1, show_default=True, help="Sequences per GPU per step.")
-@click.option("--grad-accum", type=Count(), default=None, help="Micro-batches per optimizer step [1].")
+@click.option("--micro-batch", type=Count(), default=_L.micro_batch, show_default=True, help=_doc("micro_batch"))
+@click.option("--grad-accum", type=Count(), default=None, help=_doc("grad_accum") + f" [{_L.grad_accum}]")
 @click.option("--global-batch", type=Count(), default=None, help="Sequences per optimizer step (sets --grad-accum).")
 @click.option("--tokens", default=None, help="Training tokens, e.g. 300B or 2T [compute-optimal].")
-@click.option("--zero", type=click.Choice([str(z) for z in ZERO_STAGES]), default="0", show_default=True)
-@click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
-@click.option("--tp", type=Count(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
-@click.option("--pp", type=Count(1, 1024), default=1, show_default=True, help="Pipeline-parallel degree.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
-@click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default="none", show_default=True)
-@click.option("--attention", type=click.Choice(ATTENTION), default="sdpa", show_default=True)
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--framework", type=click.Choice(FRAMEWORKS), default="deepspeed", show_default=True,
-              help="Stack whose buffers and kernels the memory estimate models.")
-@click.option("--pp-interleave", type=Count(1, 1024), default=1, show_default=True,
-              help="Model chunks per pipeline stage (interleaved 1F1B).")
-@click.option("--cp", type=Count(1, 1 << 20), default=1, show_default=True,
-              help="Context-parallel degree (each sequence split over this many GPUs).")
-@click.option("--sequence-parallel", is_flag=True, help="Megatron sequence parallelism (needs --tp > 1).")
-@click.option("--loss", type=click.Choice(LOSSES), default="default", show_default=True,
-              help="fused: one cross-entropy kernel on the lp logits (flash-attn); chunked: a "
-                   "chunked/fused linear cross-entropy that never holds the whole logits.")
+@click.option("--zero", type=click.Choice([str(z) for z in ZERO_STAGES]), default=str(_L.zero), show_default=True, help=_doc("zero"))
+@click.option("--offload", type=click.Choice(OFFLOADS), default=_L.offload, show_default=True, help=_doc("offload"))
+@click.option("--tp", type=Count(1, 1024), default=_L.tp, show_default=True, help=_doc("tp"))
+@click.option("--pp", type=Count(1, 1024), default=_L.pp, show_default=True, help=_doc("pp"))
+@click.option("--precision", type=click.Choice(PRECISIONS), default=_L.precision, show_default=True, help=_doc("precision"))
+@click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default=_L.checkpointing, show_default=True,
+              help=_doc("checkpointing"))
+@click.option("--attention", type=click.Choice(ATTENTION), default=_L.attention, show_default=True, help=_doc("attention"))
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_L.optimizer, show_default=True, help=_doc("optimizer"))
+@click.option("--framework", type=click.Choice(FRAMEWORKS), default=_L.framework, show_default=True,
+              help=_doc("framework"))
+@click.option("--pp-interleave", type=Count(1, 1024), default=_L.pp_interleave, show_default=True,
+              help=_doc("pp_interleave"))
+@click.option("--cp", type=Count(1, 1 << 20), default=_L.cp, show_default=True, help=_doc("cp"))
+@click.option("--sequence-parallel", is_flag=True, help=_doc("sequence_parallel") + " Needs --tp > 1.")
+@click.option("--loss", type=click.Choice(LOSSES), default=_L.loss, show_default=True, help=_doc("loss"))
 @click.option("--mfu", type=Finite(0, 1, low_open=True), default=None, help="Compute efficiency to assume, 0-1 [by model width].")
 @click.option("--price", type=Finite(0, 1e6), default=None, help="USD per GPU-hour [catalog default].")
 @click.option("--recommend", is_flag=True, help="Search layouts and rank those that fit.")
@@ -202,17 +200,15 @@ def plan(**o: Any) -> None:
         if cal is not None:
             out["calibrated"] = calibrated_dict(cal, single, o["calibration"])
         if rec is not None:
-            out = {"kind": "recommendation", "optimize": rec.optimize, "evaluated": rec.evaluated,
-                   "feasible": rec.feasible, "min_gpus": rec.min_gpus, "requested": single.to_dict(),
-                   "top": rec.top_dicts(o["top"]),
-                   "ds_config": plan_deepspeed_config(best) if rec.ranked else None}
+            out = rec.to_dict(single, o["top"])
         click.echo(json.dumps(out, indent=2))
     else:
         if rec is not None:  # the answer first; the requested layout after it, one line when it does not fit
             if rec.ranked:
                 print_table(
                     f"Recommended layouts by {rec.optimize} (global batch {rec.ranked[0].layout.global_batch}; "
-                    f"{rec.feasible:,} of {rec.evaluated:,} candidates fit; fewest GPUs: {rec.min_gpus})",
+                    f"{rec.feasible:,} of {rec.evaluated:,} candidates fit; fewest GPUs: {rec.min_gpus})"
+                    + (" - tokens/s, time and cost calibrated" if rec.calibrated is not None else ""),
                     ["#", "GPUs", "dp/tp/pp", "ZeRO", "offload", "micro x accum", "ckpt", "mem/GPU",
                      "tokens/s", "MFU", "time", "cost"],
                     _rec_rows(rec.ranked[: o["top"]]))

@@ -21,7 +21,7 @@ import click
 
 from trainplan.cli._types import Count, Finite
 
-__all__ = ["search", "trials"]
+__all__ = ["best_lines", "search", "trials"]
 
 _common = [
     click.argument("sweep_file", required=False, type=click.Path(dir_okay=False, path_type=Path)),
@@ -116,14 +116,25 @@ def search(sweep_file: Path | None, study_name: str | None, storage: str | None,
         raise TrainplanError("no trial completed; see why in the trial table: trainplan trials"
                              + (f" {sweep_file}" if sweep_file else ""))
     for best in result.best:
-        values = ", ".join(f"{name}={value:.6g}" for name, value in zip(sweep.objectives, best["values"]))
-        click.echo(f"best trial #{best['number']}: {values}")
-        click.echo("  params: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in best["params"].items()))
-        tps = best.get("tokens_per_s")
-        click.echo(f"  measured: tokens {best.get('tokens')}, {tps:.0f} tokens/s, {best.get('elapsed_s', 0):.1f} s, "
-                   f"{best.get('gpu_hours', 0):.4f} GPU-hours" if tps else f"  measured: tokens {best.get('tokens')}")
-        click.echo(f"  rerun: trainplan run --spec {Path(best['trial_dir']) / 'spec.json'}")
+        for line in best_lines(best, sweep.objectives):
+            click.echo(line)
+
+
+def best_lines(best: dict[str, Any], objectives: tuple[str, ...]) -> list[str]:
+    """The text of one best trial (a :func:`trainplan.search.best_trials` entry). Hours are
+    GPU-hours, or rank-hours (CPU) for a trial that ran its ranks on the CPU, as in the report."""
+    from trainplan.runners._result import ran_on_cpu
+
+    values = ", ".join(f"{name}={value:.6g}" for name, value in zip(objectives, best["values"]))
+    lines = [f"best trial #{best['number']}: {values}",
+             "  params: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in best["params"].items())]
+    tps = best.get("tokens_per_s")
+    hours = "rank-hours (CPU)" if ran_on_cpu(best.get("trial_dir")) else "GPU-hours"
+    lines.append(f"  measured: tokens {best.get('tokens')}, {tps:.0f} tokens/s, {best.get('elapsed_s', 0):.1f} s, "
+                 f"{best.get('gpu_hours', 0):.4f} {hours}" if tps else f"  measured: tokens {best.get('tokens')}")
+    lines.append(f"  rerun: trainplan run --spec {Path(best['trial_dir']) / 'spec.json'}")
+    return lines
 
 
 @click.command("trials")
@@ -173,17 +184,13 @@ def trials(sweep_file: Path | None, study_name: str | None, storage: str | None,
 
 def _check_workers(sweep: Any) -> None:
     """On a CPU machine each trial's ranks are processes: more of them than cores only thrash."""
-    import os
-
-    from trainplan.cli.run import gpu_present
     from trainplan.errors import UsageError
+    from trainplan.runners._device import cpu_ranks_exceed_cores
 
-    cores = os.cpu_count() or 1
-    ranks = sweep.workers * sweep.hardware.gpus_per_trial
-    if not gpu_present() and ranks > cores:
+    cores = cpu_ranks_exceed_cores(sweep.workers * sweep.hardware.gpus_per_trial)
+    if cores:
         raise UsageError("--workers", f"{sweep.workers} workers x {sweep.hardware.gpus_per_trial} ranks per trial "
                                       f"exceed this machine's {cores} CPU cores (no GPU here)")
-
 
 
 def _check_data(sweep: Any) -> None:

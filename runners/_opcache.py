@@ -1,0 +1,58 @@
+"""DeepSpeed's JIT-built C++ ops: where this environment keeps them, whether they are built, and
+the build locks a killed build leaves behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["STALE_LOCK_S", "clear_stale_build_locks", "extensions_dir", "ops_compiled"]
+
+
+def extensions_dir() -> Path:
+    """Where DeepSpeed's JIT-built ops live for this environment: ``$TORCH_EXTENSIONS_DIR`` or
+    ``<venv>/torch_extensions``.
+
+    One cache per virtual environment: two environments sharing torch's default
+    ``~/.cache/torch_extensions`` rebuild each other's ops (their build files name different
+    include paths) and can leave a trial waiting on the other's build lock.
+    """
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+
+
+def ops_compiled() -> bool:
+    """Whether DeepSpeed's C++ Adam op is already built in :func:`extensions_dir`.
+
+    The first DeepSpeed run in an environment JIT-compiles it (about 100 s on a 2-core CPU); torch
+    keeps builds under ``$TORCH_EXTENSIONS_DIR[/py<XY>_<cu|cpu>]/<op>/``
+    (torch/utils/cpp_extension.py, ``_get_build_directory``).
+    """
+    root = extensions_dir()
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return any(root.glob(f"{tag}*/fused_adam/*.so")) or any(root.glob("fused_adam/*.so"))
+
+
+STALE_LOCK_S = 900.0
+"""A build lock older than this is left over from a killed build (a build takes ~100 s here)."""
+
+
+def clear_stale_build_locks() -> list[Path]:
+    """Remove build locks that a killed JIT build left behind; return what was removed.
+
+    torch waits, without a time limit, for a ``lock`` file in an op's build folder to disappear
+    (torch/utils/file_baton.py, ``FileBaton.wait``), so one build killed mid-way (a timeout, a
+    Ctrl-C) would hang every later DeepSpeed launch in this environment.
+    """
+    removed = []
+    for lock in extensions_dir().glob("**/lock"):
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+        except FileNotFoundError:  # another process finished its build meanwhile
+            continue
+    for lock in removed:
+        print(f"trainplan: removed a stale DeepSpeed build lock {lock} (left by a killed build)", file=sys.stderr)
+    return removed

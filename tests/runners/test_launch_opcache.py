@@ -1,0 +1,62 @@
+"""runners/_opcache.py: one op-build cache per environment, and build locks a killed build left."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainplan.runners import _opcache
+
+
+def test_stale_build_lock_is_removed_and_fresh_one_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "py311_cpu" / "fused_adam" / "lock"
+    fresh = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - _opcache.STALE_LOCK_S - 60
+    os.utime(stale, (old, old))
+    assert _opcache.clear_stale_build_locks() == [stale]
+    assert not stale.exists() and fresh.exists()
+
+
+def test_a_lock_that_a_finished_build_removed_meanwhile_is_no_error(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "py311_cpu" / "fused_adam" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    real_stat = Path.stat
+
+    def vanishing(self: Path, **kw):  # the build ends between the glob and the stat
+        if self.name == "lock":
+            self.unlink(missing_ok=True)
+        return real_stat(self, **kw)
+
+    monkeypatch.setattr(Path, "stat", vanishing)
+    assert _opcache.clear_stale_build_locks() == []
+
+
+def test_cache_is_the_environments_own_unless_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    assert _opcache.extensions_dir() == Path(sys.prefix) / "torch_extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert _opcache.extensions_dir() == tmp_path
+
+
+def test_ops_compiled_looks_for_this_pythons_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert not _opcache.ops_compiled()
+    other = tmp_path / "py27_cpu" / "fused_adam"
+    other.mkdir(parents=True)
+    (other / "fused_adam.so").touch()
+    assert not _opcache.ops_compiled()  # another Python's build does not count
+    mine = tmp_path / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / "fused_adam"
+    mine.mkdir(parents=True)
+    (mine / "fused_adam.so").touch()
+    assert _opcache.ops_compiled()
