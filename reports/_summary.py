@@ -122,6 +122,8 @@ class TargetDecision:
     """Planner estimate (the nvidia-smi figure)."""
     tokens_per_s: float
     mfu: float
+    epochs: float | None = None
+    """Passes over the unique data (``--dataset-tokens``), None when not given."""
     launch_command: str = ""
     """``cmd.txt`` beside the decision, when readable."""
     folder: str = ""
@@ -146,6 +148,7 @@ def target_decision(d: dict[str, Any], folder: Path | None = None) -> TargetDeci
         gpu_hours=float(lay["time"]["gpu_hours"]), cost_usd=float(lay["cost"]["usd"]),
         memory_per_gpu_bytes=int(lay["memory"]["per_gpu"]["total_bytes"]),
         tokens_per_s=float(lay["throughput"]["tokens_per_s"]), mfu=float(lay["throughput"]["mfu"]),
+        epochs=float(d["data"]["epochs"]) if d.get("data") else None,
         launch_command=_read(folder / "cmd.txt") if folder else "", folder=str(folder or ""),
         notes=[str(n) for n in d.get("notes") or []],
     )
@@ -166,6 +169,8 @@ def target_decision_html(t: TargetDecision) -> str:
         ("peak LR", f"{t.lr:.3g} (from {t.hyperparams_from}; the fit gives {t.lr_fit['value']:.3g} "
                     f"[{t.lr_fit['low']:.3g}, {t.lr_fit['high']:.3g}], 95% bootstrap)"),
         ("global batch", f"{t.global_batch:,} sequences of {t.seq_len} = {fmt_num(t.batch_tokens)} tokens"),
+        *([("data", f"{t.epochs:.3g} epochs of the unique tokens (--dataset-tokens; the data-constrained law of Muennighoff et al. 2023)")]
+          if t.epochs is not None else []),
         ("predicted final loss", f"{loss['value']:.4f} [{loss['low']:.4f}, {loss['high']:.4f}]{at} (prediction, {t.mode})"),
         ("GPUs", f"{t.gpus} x {t.gpu} on {t.nodes} node(s)"),
         ("layout", f"ZeRO-{t.zero}, micro-batch {t.micro_batch} x grad accum {t.grad_accum}, "
