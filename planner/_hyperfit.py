@@ -9,8 +9,12 @@ lr, batch, final loss of each completed trial). Method, written once:
    (1 for the best trial, 1/2 at the edge): one lucky trial does not decide, as Step Law
    (arXiv:2503.04715, Sec. 2) found the landscape flat near the optimum.
 2. Power laws in N: ``lr* = k N^a`` and ``B* = k N^b`` by least squares in log space (the form of
-   DeepSeek LLM, arXiv:2401.02954, eq. 1, and Step Law). The ladder holds D fixed, so the D
-   dependence at the target is Step Law's exponent (a prior, said so in ``notes``).
+   DeepSeek LLM, arXiv:2401.02954, eq. 1, and Step Law). When the ladder trained several token
+   budgets and they *identify* D (see :func:`d_identified`: 2+ budgets, a spare optimum beyond the
+   parameters, and log D not moving with log N), ``lr* = k N^a D^c`` and ``B* = k N^b D^d`` are
+   fitted (Step Law's form, arXiv:2503.04715, eq. 1-2) and ``d_identified`` is True. Otherwise the
+   D dependence at the target is Step Law's exponent (a prior), and ``d_reason`` and ``notes`` say
+   why D was not fitted.
 3. Loss: ``L = E + A N^-alpha`` (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, at fixed D);
    alpha is profiled over a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024
    value 0.3478 (the prior for few data). When the sizes trained several token budgets (3+
@@ -90,6 +94,14 @@ class FitResult:
     loss_e: Interval
     """E in L = E + A N^-alpha."""
     alpha_fitted: bool
+    d_identified: bool
+    """LR and batch were fitted in D (several budgets that separate D from N); else D is the prior's."""
+    d_reason: str
+    """Why D was (not) identified, in words."""
+    lr_d_exponent: Interval
+    """c in lr* = k N^a D^c (Step Law's 0.307 when D is not identified)."""
+    batch_d_exponent: Interval
+    """d in B* = k N^b D^d (Step Law's 0.571 when D is not identified)."""
     target_n: float
     target_tokens: float
     lr: Interval
@@ -111,6 +123,8 @@ class FitResult:
             "lr_exponent": self.lr_exponent.to_dict(), "batch_exponent": self.batch_exponent.to_dict(),
             "loss_alpha": self.loss_alpha.to_dict(), "loss_e": self.loss_e.to_dict(),
             "alpha_fitted": self.alpha_fitted,
+            "d_identified": self.d_identified, "d_reason": self.d_reason,
+            "lr_d_exponent": self.lr_d_exponent.to_dict(), "batch_d_exponent": self.batch_d_exponent.to_dict(),
             "target": {"non_embedding_params": self.target_n, "tokens": self.target_tokens,
                        "lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
                        "loss": self.loss.to_dict(), "loss_tokens": self.loss_tokens},
@@ -194,17 +208,59 @@ def _solve(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
     return [m[i][k] / m[i][i] for i in range(k)]
 
 
+def d_identified(optima: Sequence[SizeOptimum]) -> tuple[bool, str]:
+    """Whether the sizes' optima identify how LR and batch move with D, and why (not).
+
+    Needs 2+ token budgets, one optimum more than the fitted parameters (intercept, D slope, and an
+    N slope when there are 2+ sizes), and log D not (nearly) a linear function of log N across the
+    optima (|correlation| <= 0.95): a ladder whose bigger sizes simply train more tokens cannot tell
+    the N exponent from the D exponent.
+    """
+    ds, ns = sorted({o.tokens for o in optima}), {o.n_params for o in optima}
+    if len(ds) < 2:
+        return False, f"every size trained the same {ds[0]:.3g} tokens (one budget)"
+    k = 3 if len(ns) >= 2 else 2
+    if len(optima) < k + 1:
+        return False, (f"{len(optima)} size x budget optima for {k} parameters: run one more size or budget "
+                       "(ladder entries' tokens)")
+    if len(ns) >= 2:
+        x, z = [math.log(o.n_params) for o in optima], [math.log(o.tokens) for o in optima]
+        mx, mz = sum(x) / len(x), sum(z) / len(z)
+        sxz = sum((a - mx) * (b - mz) for a, b in zip(x, z))
+        r = sxz / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - mz) ** 2 for b in z))
+        if abs(r) > 0.95:
+            return False, (f"log D moves with log N across the ladder (correlation {r:.2f}): the D effect cannot be "
+                           "told from the N effect; give one size two budgets")
+    return True, f"{len(ds)} token budgets ({ds[0]:.3g}-{ds[-1]:.3g}) across {len(optima)} size x budget optima"
+
+
+def _power_fit(optima: Sequence[SizeOptimum], key: str, fit_n: bool, fit_d: bool) -> tuple[float, float, float]:
+    """ln k, N exponent, D exponent of ``key`` ~ k N^a D^c (a or c is 0.0 where not fitted)."""
+    ys = [math.log(getattr(o, key)) for o in optima]
+    if fit_n and fit_d:
+        k, a, c = _solve([[1.0, math.log(o.n_params), math.log(o.tokens)] for o in optima], ys)
+        return k, a, c
+    if fit_d:
+        k, c = _line([math.log(o.tokens) for o in optima], ys)
+        return k, 0.0, c
+    k, a = _line([math.log(o.n_params) for o in optima], ys)
+    return k, a, 0.0
+
+
 def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_alpha: bool,
-             loss_d: float, nd_loss: bool) -> dict[str, float]:
+             loss_d: float, nd_loss: bool, fit_d: bool = False) -> dict[str, float]:
     ns = [o.n_params for o in optima]
     d_fit = math.exp(sum(math.log(o.tokens) for o in optima) / len(optima))
-    x = [math.log(n) for n in ns]
-    k_lr, a_lr = _line(x, [math.log(o.lr) for o in optima])
-    k_b, a_b = _line(x, [math.log(o.batch_tokens) for o in optima])
-    d_ratio = target_d / d_fit
-    out = {"lr_exp": a_lr, "batch_exp": a_b,
-           "lr": math.exp(k_lr + a_lr * math.log(target_n)) * d_ratio ** STEP_LR[2],
-           "batch": math.exp(k_b + a_b * math.log(target_n)) * d_ratio ** STEP_BATCH[1]}
+    k_lr, a_lr, c_lr = _power_fit(optima, "lr", True, fit_d)
+    k_b, a_b, c_b = _power_fit(optima, "batch_tokens", True, fit_d)
+    if fit_d:  # the fit's own D exponents, at the target's tokens
+        lr = math.exp(k_lr + a_lr * math.log(target_n) + c_lr * math.log(target_d))
+        batch = math.exp(k_b + a_b * math.log(target_n) + c_b * math.log(target_d))
+    else:  # fitted at the ladder's tokens; carried to the target's by Step Law's D exponents (a prior)
+        c_lr, c_b = STEP_LR[2], STEP_BATCH[1]
+        lr = math.exp(k_lr + a_lr * math.log(target_n)) * (target_d / d_fit) ** c_lr
+        batch = math.exp(k_b + a_b * math.log(target_n)) * (target_d / d_fit) ** c_b
+    out = {"lr_exp": a_lr, "batch_exp": a_b, "lr_d_exp": c_lr, "batch_d_exp": c_b, "lr": lr, "batch": batch}
     if nd_loss:  # sizes at several token budgets: L = E + A N^-alpha + B D^-beta, exponents the prior's
         e, a_coef, b_coef = _solve([[1.0, o.n_params ** -ALPHA, o.tokens ** -BETA] for o in optima],
                                    [o.loss for o in optima])
@@ -213,22 +269,32 @@ def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fi
     return {**out, "alpha": alpha, "e": e, "loss": e + a_coef * target_n ** -alpha}
 
 
-def _anchored(o: SizeOptimum, target_n: float, target_d: float) -> dict[str, float]:
+def _anchored(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_d: bool = False) -> dict[str, float]:
+    # One size (one N), maybe at several budgets: the budget nearest the target's tokens anchors.
+    o = min(optima, key=lambda q: abs(math.log(q.tokens / target_d)))
     n_ratio, d_ratio = target_n / o.n_params, target_d / o.tokens
     # The prior's constants are in its own units (MassiveText nats): only the shape of its N term
     # is borrowed, as a ratio at the measured size's tokens.
     from trainplan.planner._scaling import A as CHIN_A, E as CHIN_E
 
     shape = (CHIN_E + CHIN_A * target_n ** -ALPHA) / (CHIN_E + CHIN_A * o.n_params ** -ALPHA)
-    return {"lr_exp": STEP_LR[1], "batch_exp": 0.0, "alpha": ALPHA, "e": o.loss * CHIN_E / (CHIN_E + CHIN_A * o.n_params ** -ALPHA),
-            "lr": o.lr * n_ratio ** STEP_LR[1] * d_ratio ** STEP_LR[2],
-            "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": o.loss * shape}
+    out = {"lr_exp": STEP_LR[1], "batch_exp": 0.0, "alpha": ALPHA, "e": o.loss * CHIN_E / (CHIN_E + CHIN_A * o.n_params ** -ALPHA),
+           "lr_d_exp": STEP_LR[2], "batch_d_exp": STEP_BATCH[1],
+           "lr": o.lr * n_ratio ** STEP_LR[1] * d_ratio ** STEP_LR[2],
+           "batch": o.batch_tokens * d_ratio ** STEP_BATCH[1], "loss": o.loss * shape}
+    if fit_d:  # the size's budgets fit the D exponents; N still moves by the prior
+        k_lr, _, c_lr = _power_fit(optima, "lr", False, True)
+        k_b, _, c_b = _power_fit(optima, "batch_tokens", False, True)
+        out.update(lr_d_exp=c_lr, batch_d_exp=c_b, lr=math.exp(k_lr + c_lr * math.log(target_d)) * n_ratio ** STEP_LR[1],
+                   batch=math.exp(k_b + c_b * math.log(target_d)))
+    return out
 
 
-def _group_by_size(points: Sequence[Point]) -> dict[str, list[Point]]:
-    out: dict[str, list[Point]] = {}
+def _group_by_size(points: Sequence[Point]) -> dict[tuple[str, float], list[Point]]:
+    """Trials per size and token budget (the bootstrap resamples within each)."""
+    out: dict[tuple[str, float], list[Point]] = {}
     for p in points:
-        out.setdefault(p.size, []).append(p)
+        out.setdefault((p.size, p.tokens), []).append(p)
     return out
 
 
@@ -266,23 +332,32 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     loss_tokens = target_tokens if nd_loss or inside_d else math.exp(
         sum(math.log(o.tokens) for o in optima) / len(optima))
     if loss_tokens != target_tokens:
+        why = ("every size trained the same tokens" if len({o.tokens for o in optima}) == 1
+               else "one size cannot separate the data term from the size term")
         notes.append(f"final loss is predicted at the ladder's {loss_tokens:.3g} tokens, not the target's "
-                     f"{target_tokens:.3g}: every size trained the same tokens, so the data term is not fitted "
-                     "(give the ladder sizes several token budgets to fit it)")
+                     f"{target_tokens:.3g}: {why}, so the data term is not fitted "
+                     "(give 2+ ladder sizes several token budgets to fit it)")
     elif nd_loss:
         notes.append(f"loss fitted as E + A N^-{ALPHA} + B D^-{BETA} (exponents: the Besiroglu et al. 2024 prior)")
-    if len(optima) == 1:
-        mode, fit = "anchored", (lambda opt: _anchored(opt[0], target_n, target_tokens))
-        notes.append(f"one size swept ({optima[0].size}): the priors' exponents (Step Law LR {STEP_LR[1]} in N, "
-                     f"{STEP_LR[2]} in D; batch {STEP_BATCH[1]} in D; Besiroglu alpha {ALPHA}) are anchored on its "
-                     "measured optimum; nothing here is fitted across sizes")
+    fit_d, d_reason = d_identified(optima)
+    n_budgets = len({o.tokens for o in optima})
+    if fit_d:
+        notes.append(f"LR and batch fitted in D too (lr ~ D^c, B ~ D^d): {d_reason}")
+    elif n_budgets > 1:
+        notes.append(f"the ladder has {n_budgets} token budgets but D is not identified ({d_reason}): LR and batch "
+                     f"move with D by Step Law's prior exponents (LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
+    if len(set(ns)) == 1:
+        mode, fit = "anchored", (lambda opt: _anchored(opt, target_n, target_tokens, fit_d))
+        in_d = "" if fit_d else f", {STEP_LR[2]} in D; batch {STEP_BATCH[1]} in D"
+        notes.append(f"one size swept ({optima[0].size}): the priors' exponents (Step Law LR {STEP_LR[1]} in N{in_d}; "
+                     f"Besiroglu alpha {ALPHA}) are anchored on its measured optimum; nothing here is fitted across sizes")
     else:
         mode = "fitted"
-        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss))
+        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss, fit_d))
         if not fit_alpha and not nd_loss:
             notes.append(f"{len(optima)} sizes: loss exponent alpha held at the Besiroglu et al. 2024 prior {ALPHA} "
                          "(4+ sizes fit it)")
-    if not (d_lo <= target_tokens <= d_hi):
+    if not (d_lo <= target_tokens <= d_hi) and not fit_d:
         notes.append(f"target tokens {target_tokens:.3g} outside the swept {d_lo:.3g}-{d_hi:.3g}: the D dependence is "
                      f"a prior (Step Law LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
     batches = {p.batch_tokens for p in usable}
@@ -323,6 +398,7 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
         mode=mode, tolerance=tolerance, optima=tuple(optima),
         lr_exponent=interval("lr_exp"), batch_exponent=interval("batch_exp"),
         loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss,
+        d_identified=fit_d, d_reason=d_reason, lr_d_exponent=interval("lr_d_exp"), batch_d_exponent=interval("batch_d_exp"),
         target_n=target_n, target_tokens=target_tokens,
         lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,
         fitted_n_range=(lo_n, hi_n), fitted_tokens=(d_lo, d_hi), extrapolation=extrap, notes=tuple(notes),

@@ -4,6 +4,11 @@
 draws eval loss (top) and train loss (bottom) with the category styles, a top-K dropdown (plotly
 ``updatemenus``: no page script needed) and per-point ``customdata`` holding tokens and seconds, so
 the page's x-axis selector (``CURVES_JS``) can swap the axis without a second copy of the data.
+
+A trial whose curve overfits (eval loss rising while train loss falls over the sweep's
+``overfit.window`` evaluations: the rule of ``search/_overfit.py``, the same one the search applied
+while the trial ran) carries the detection record, and the figure marks the evaluation where it was
+detected with a red cross.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = ["CURVES_JS", "CurveSeries", "CurvesInfo", "X_AXES", "get_curves_info"
 
 X_AXES = {"step": "optimizer steps", "tokens": "training tokens", "elapsed_s": "wall-clock (s)"}
 TOP_K_CHOICES = (5, 10, 20, 50)
+_OVERFIT_COLOR = "#D62728"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +51,11 @@ class CurveSeries:
     """Indices into the columns above where the trial evaluated."""
     eval_loss: list[float]
     """Eval loss at ``eval_index``."""
+    overfit: dict[str, Any] | None = None
+    """Where the curve was detected overfitting (``search._overfit.overfit_at``'s record: step,
+    tokens, window, eval and train loss over the window, best eval loss), None when it was not."""
+    overfit_index: int | None = None
+    """Index into the columns above of the evaluation where overfitting was detected."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,7 +75,8 @@ class CurvesInfo:
             for i, step in enumerate(s.step):
                 out.append({"trial": s.number, "category": s.category, "rank": s.rank, "step": step,
                             "tokens": s.tokens[i], "elapsed_s": s.elapsed_s[i],
-                            "train_loss": s.train_loss[i], "eval_loss": evals.get(i)})
+                            "train_loss": s.train_loss[i], "eval_loss": evals.get(i),
+                            "overfit_detected": i == s.overfit_index})
         return out
 
     def visible(self, k: int | None) -> list[int]:
@@ -80,20 +92,31 @@ def _ranks(study: StudyRecord) -> dict[int, int]:
     return {t.number: i for i, t in enumerate(ordered)}
 
 
-def _series(t: TrialRecord, rank: int | None) -> CurveSeries:
+def _overfit_window(study: StudyRecord) -> int:
+    section = study.sweep.get("overfit") if isinstance(study.sweep, dict) else None
+    window = section.get("window") if isinstance(section, dict) else None
+    return window if isinstance(window, int) and window >= 1 else 3  # OverfitConfig's default
+
+
+def _series(t: TrialRecord, rank: int | None, window: int = 3) -> CurveSeries:
+    from trainplan.search._overfit import overfit_at
+
     c = t.curve
     evals = [(i, p.eval_loss) for i, p in enumerate(c) if p.eval_loss is not None]
+    overfit = overfit_at([[p.step, p.tokens, p.elapsed_s, p.train_loss, p.eval_loss] for p in c], window)
+    at = next((i for i, _ in evals if c[i].step == overfit["step"]), None) if overfit else None
     return CurveSeries(
         number=t.number, category=t.category, rank=rank, step=[p.step for p in c],
         tokens=[p.tokens for p in c], elapsed_s=[p.elapsed_s for p in c],
         train_loss=[p.train_loss for p in c], eval_index=[i for i, _ in evals], eval_loss=[v for _, v in evals],
+        overfit=overfit, overfit_index=at,
     )
 
 
 def get_curves_info(study: StudyRecord, top_k: int | None = None) -> CurvesInfo:
     """Curves of every trial that logged something, ranked by score (see ``TrialRecord.score``)."""
-    ranks = _ranks(study)
-    series = tuple(_series(t, ranks.get(t.number)) for t in study.trials if t.curve)
+    ranks, window = _ranks(study), _overfit_window(study)
+    series = tuple(_series(t, ranks.get(t.number), window) for t in study.trials if t.curve)
     return CurvesInfo(series=series, top_k=top_k if top_k and top_k < len(series) else None)
 
 
@@ -127,6 +150,16 @@ def get_curves_plot(info: CurvesInfo) -> go.Figure:
         traces.append(_trace(s, s.eval_index, list(s.eval_loss), 1, s.number in shown))
         traces.append(_trace(s, list(range(len(s.step))), s.train_loss, 2, s.number in shown))
         owners += [s.number, s.number]
+        if s.overfit_index is not None and s.overfit is not None:
+            o = s.overfit
+            mark = _trace(s, [s.overfit_index], [o["eval_loss_to"]], 1, s.number in shown)
+            mark.update(mode="markers", marker={"symbol": "x", "size": 11, "color": _OVERFIT_COLOR},
+                        hovertemplate=(f"trial {s.number}: overfitting since step {o['step']}<br>eval loss "
+                                       f"{o['eval_loss_from']:.4f} -> {o['eval_loss_to']:.4f} over {o['window']} evaluations"
+                                       f"<br>train loss {o['train_loss_from']:.4f} -> {o['train_loss_to']:.4f}"
+                                       "<extra></extra>"))
+            traces.append(mark)
+            owners.append(s.number)
     # Legend: one entry per category present, drawn by an empty trace.
     present = [c for c in CATEGORY_STYLE if any(s.category == c for s in info.series)]
     for cat in present:
@@ -134,6 +167,11 @@ def get_curves_plot(info: CurvesInfo) -> go.Figure:
         traces.append({"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": style["label"],
                        "legendgroup": cat, "showlegend": True, "hoverinfo": "skip",
                        "line": {"color": style["color"], "width": 2, "dash": style["dash"]}})
+    if any(s.overfit_index is not None for s in info.series):
+        traces.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "showlegend": True,
+                       "name": "overfitting detected (eval rising while train falls)", "hoverinfo": "skip",
+                       "marker": {"symbol": "x", "size": 11, "color": _OVERFIT_COLOR}})
+    n_legend = len(traces) - len(owners)
     fig.add_traces([go.Scatter(**{k: v for k, v in t.items() if k != "type"}) for t in traces])
     # What every trial trace shares lives once in the template, not 2 x trials times in the page.
     fig.update_layout(template={"data": {"scatter": [{
@@ -147,7 +185,6 @@ def get_curves_plot(info: CurvesInfo) -> go.Figure:
         yaxis2={"domain": [0.0, 0.47], "title": {"text": "train loss"}, "gridcolor": "#e5e5e5"},
         legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0.0},
     )
-    n_legend = len(present)
     buttons = []
     # The page's own --top-k is one of the choices, so the dropdown always names what is shown.
     choices = sorted({*TOP_K_CHOICES, *([info.top_k] if info.top_k else [])})

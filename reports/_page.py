@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainplan.errors import UsageError
 from trainplan.reports import _curves, _diagnostics, _scaling, _summary, _table
 from trainplan.reports._html import Page, pre_json
 from trainplan.reports._records import StudyRecord, read_study
@@ -82,6 +83,9 @@ def _summary_section(page: Page, info: _summary.SummaryInfo) -> None:
     page.write_data("summary", info)
     counts = ", ".join(f"{n} {c}" for c, n in info.counts.items()) or "no trials"
     parts.append(f"<p>Study <b>{html.escape(info.study_name)}</b>: {html.escape(counts)}.</p>")
+    if info.target is not None:  # a scale-up target: the summary is about it; the best trial gets its own section
+        parts.append(_summary.target_decision_html(info.target))
+        parts = page.section("best", "Best trial of the study (the swept model)")
     if info.best_number is None:
         parts.append(_empty(info.message))
         return
@@ -170,7 +174,7 @@ def _tables_sections(page: Page, record: StudyRecord, out: Path) -> None:
 
 
 def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = None, tokens: float | None = None,
-                 top_k: int | None = None, generated: str | None = None) -> Path:
+                 top_k: int | None = None, generated: str | None = None, scale: Path | None = None) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/report_data/*`` for ``study``; return the page path.
 
     Args:
@@ -178,8 +182,11 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
         tokens: token budget of the full run (default: the sweep's ``target.tokens``, else compute-optimal).
         top_k: learning curves shown when the page opens (all when None; a dropdown changes it).
         generated: text for "generated at" (default: the end time of the study's last trial).
+        scale: ``trainplan scale``'s ``scale.json`` of a scale-up target (default: ``out_dir/target/scale.json``
+            when present); the decision summary is then about that target.
     """
     from trainplan.reports._scaleup import add_scaleup_section, ladder_info
+    from trainplan.reports._target import SCALE_DECISION_FILE, read_scale_decision
 
     out = Path(out_dir)
     record = read_study(study)
@@ -188,12 +195,17 @@ def build_report(study: optuna.Study, out_dir: str | Path, *, gpu: str | None = 
     stamp = generated or (f"data up to {max(ends).isoformat(timespec='seconds')}" if ends else "no finished trials")
     page = Page(title=f"trainplan report: {record.name}",
                 subtitle=f"{len(record.trials)} trials; {stamp}", out_dir=out)
-    _summary_section(page, _summary.get_summary_info(record, resolved))
+    scale_path = Path(scale) if scale is not None else out / SCALE_DECISION_FILE
+    decision = read_scale_decision(scale_path)
+    if scale is not None and decision is None:
+        raise UsageError(str(scale_path), "no such file (write it with `trainplan scale --out`)")
+    _summary_section(page, _summary.get_summary_info(
+        record, resolved, _summary.target_decision(decision, scale_path.parent) if decision else None))
     _estimates_section(page, record, out)
     _curves_section(page, record, top_k)
     _diagnostics_section(page, study, record)
     _scaling_section(page, page.section(*SECTIONS[4]), resolved if isinstance(resolved, Target) else None, record)
-    if (ladder := ladder_info(study)) is not None:  # a ladder study: the fit across its sizes
+    if (ladder := ladder_info(study, decision)) is not None:  # a ladder study: the fit across its sizes
         add_scaleup_section(page, page.section("scaleup", "Scale-up across the ladder"), ladder)
     _tables_sections(page, record, out)
     return page.write()

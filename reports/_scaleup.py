@@ -216,10 +216,13 @@ def build_scale_report(points: list[Any], decision: dict[str, Any], out_path: st
     return page.write(out_path.name)
 
 
-def ladder_info(study: optuna.Study) -> ScaleupInfo | None:
-    """The scale-up view of a ladder study (no target), or None for a study that is not a ladder."""
+def ladder_info(study: optuna.Study, decision: dict[str, Any] | None = None) -> ScaleupInfo | None:
+    """The scale-up view of a ladder study (with the target's point when ``decision``, a
+    ``trainplan scale`` decision, is given), or None for a study that is not a ladder."""
     if not (study.user_attrs.get("sweep") or {}).get("ladder"):
         return None
     from trainplan.search._ladder import ladder_points
 
-    return get_scaleup_info(ladder_points(study))
+    if decision is None:
+        return get_scaleup_info(ladder_points(study))
+    return get_scaleup_info(ladder_points(study), decision, tolerance=decision["fit"]["tolerance"])

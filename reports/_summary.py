@@ -4,6 +4,10 @@
 ``ds_config.json``), and the planner's fastest and cheapest data-parallel layouts for the target
 GPU with the exact launch command, ``spec.json`` and ``ds_config.json`` of the full run.
 ``get_estimate_info`` puts the planner's estimate of every trial beside what the trial measured.
+
+When a scale-up target is given (``trainplan scale``'s decision), the summary is about that run:
+:class:`TargetDecision` holds its hyperparameters, layout, GPUs, time, cost and predicted loss, and
+the best trial of the small study is shown in a section of its own.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from trainplan.reports._target import Target
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["EstimateInfo", "LayoutChoice", "SummaryInfo", "get_estimate_info", "get_estimate_plot",
-           "get_summary_info", "layout_choice"]
+__all__ = ["EstimateInfo", "LayoutChoice", "SummaryInfo", "TargetDecision", "get_estimate_info", "get_estimate_plot",
+           "get_summary_info", "layout_choice", "target_decision", "target_decision_html"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +73,119 @@ class SummaryInfo:
     """Recommended layouts on the target GPU (fastest first)."""
     message: str = ""
     """Why there is no recommendation (empty otherwise)."""
+    target: TargetDecision | None = None
+    """The scale-up target's decision, when one is given: then the summary is about it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TargetDecision:
+    """The run the user will pay for, as ``trainplan scale`` decided it (predictions and estimates)."""
+
+    model: str
+    """Target model (preset, config path or hub id)."""
+    non_embedding_params: float
+    """N of the fits."""
+    tokens: float
+    """Training tokens of the target run."""
+    mode: str
+    """``fitted`` (power laws across the ladder's sizes) or ``anchored`` (one size, priors' exponents)."""
+    hyperparams_from: str
+    """Where the spec's LR and batch come from: ``fit``, ``step_law`` or ``deepseek``."""
+    lr: float
+    """Peak learning rate written to the spec."""
+    lr_fit: dict[str, float]
+    """The fit's LR at the target: value, low, high (95% bootstrap)."""
+    global_batch: int
+    """Sequences per optimizer step."""
+    seq_len: int
+    batch_tokens: int
+    """Global batch in tokens."""
+    steps: int
+    warmup_steps: int
+    predicted_loss: dict[str, float]
+    """Final eval loss: value, low, high (a prediction from the ladder's data and tokenizer)."""
+    predicted_loss_tokens: float
+    """Tokens the loss is predicted at (the target's, unless the notes say otherwise)."""
+    gpu: str
+    """Catalog key of the target GPU."""
+    gpus: int
+    nodes: int
+    zero: int
+    micro_batch: int
+    grad_accum: int
+    checkpointing: str
+    hours: float
+    """Wall-clock hours to the token budget (planner estimate)."""
+    gpu_hours: float
+    cost_usd: float
+    memory_per_gpu_bytes: int
+    """Planner estimate (the nvidia-smi figure)."""
+    tokens_per_s: float
+    mfu: float
+    epochs: float | None = None
+    """Passes over the unique data (``--dataset-tokens``), None when not given."""
+    launch_command: str = ""
+    """``cmd.txt`` beside the decision, when readable."""
+    folder: str = ""
+    """Where ``spec.json``, ``ds_config.json`` and ``cmd.txt`` of the target are."""
+    notes: list[str] = field(default_factory=list)
+    """The fit's notes and warnings (extrapolation, anchoring, priors used)."""
+
+
+def target_decision(d: dict[str, Any], folder: Path | None = None) -> TargetDecision:
+    """A :class:`TargetDecision` from ``ScaleDecision.to_dict()`` (``scale.json``); ``folder`` holds its files."""
+    t, lay = d["target"], d["layout"]
+    ll = lay["layout"]
+    return TargetDecision(
+        model=str(t["model"]), non_embedding_params=float(t["non_embedding_params"]), tokens=float(t["tokens"]),
+        mode=str(d["mode"]), hyperparams_from=str(t["hyperparams_from"]), lr=float(t["lr"]),
+        lr_fit=dict(d["fit"]["target"]["lr"]), global_batch=int(t["global_batch"]), seq_len=int(t["seq_len"]),
+        batch_tokens=int(t["global_batch"]) * int(t["seq_len"]), steps=int(t["steps"]),
+        warmup_steps=int(t["warmup_steps"]), predicted_loss=dict(t["predicted_loss"]),
+        predicted_loss_tokens=float(t["predicted_loss_tokens"]), gpu=str(lay["gpu"]["key"]), gpus=int(ll["gpus"]),
+        nodes=int(ll["nodes"]), zero=int(ll["zero"]), micro_batch=int(ll["micro_batch"]),
+        grad_accum=int(ll["grad_accum"]), checkpointing=str(ll["checkpointing"]), hours=float(lay["time"]["hours"]),
+        gpu_hours=float(lay["time"]["gpu_hours"]), cost_usd=float(lay["cost"]["usd"]),
+        memory_per_gpu_bytes=int(lay["memory"]["per_gpu"]["total_bytes"]),
+        tokens_per_s=float(lay["throughput"]["tokens_per_s"]), mfu=float(lay["throughput"]["mfu"]),
+        epochs=float(d["data"]["epochs"]) if d.get("data") else None,
+        launch_command=_read(folder / "cmd.txt") if folder else "", folder=str(folder or ""),
+        notes=[str(n) for n in d.get("notes") or []],
+    )
+
+
+def target_decision_html(t: TargetDecision) -> str:
+    """The decision summary's table for the target run (renders ``t``; computes nothing)."""
+    import html
+
+    from trainplan.reports._style import fmt_bytes, fmt_num, fmt_seconds
+
+    e = html.escape
+    loss = t.predicted_loss
+    at = "" if t.predicted_loss_tokens == t.tokens else f" at {fmt_num(t.predicted_loss_tokens)} tokens (see the notes)"
+    rows = (
+        ("model", f"{t.model}: {fmt_num(t.non_embedding_params)} non-embedding parameters"),
+        ("tokens", f"{fmt_num(t.tokens)} in {t.steps:,} steps, {t.warmup_steps:,} warm-up"),
+        ("peak LR", f"{t.lr:.3g} (from {t.hyperparams_from}; the fit gives {t.lr_fit['value']:.3g} "
+                    f"[{t.lr_fit['low']:.3g}, {t.lr_fit['high']:.3g}], 95% bootstrap)"),
+        ("global batch", f"{t.global_batch:,} sequences of {t.seq_len} = {fmt_num(t.batch_tokens)} tokens"),
+        *([("data", f"{t.epochs:.3g} epochs of the unique tokens (--dataset-tokens; the data-constrained law of Muennighoff et al. 2023)")]
+          if t.epochs is not None else []),
+        ("predicted final loss", f"{loss['value']:.4f} [{loss['low']:.4f}, {loss['high']:.4f}]{at} (prediction, {t.mode})"),
+        ("GPUs", f"{t.gpus} x {t.gpu} on {t.nodes} node(s)"),
+        ("layout", f"ZeRO-{t.zero}, micro-batch {t.micro_batch} x grad accum {t.grad_accum}, "
+                   f"checkpointing {t.checkpointing}; {fmt_bytes(t.memory_per_gpu_bytes)} per GPU (estimate)"),
+        ("time", f"{fmt_seconds(t.hours * 3600)}, {fmt_num(t.gpu_hours)} GPU-hours at {fmt_num(t.tokens_per_s)} "
+                 f"tokens/s, MFU {t.mfu:.1%} (estimate)"),
+        ("cost", f"${t.cost_usd:,.0f} (estimate, catalog price)"),
+    )
+    body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    parts = [f"<h3>The target run: {e(t.model)}</h3>", f"<table>{body}</table>"]
+    parts += [f'<p class="empty">{e(n)}</p>' for n in t.notes]
+    if t.launch_command:
+        parts += [f"<p>Its <code>spec.json</code> and <code>ds_config.json</code> are in <code>{e(t.folder)}</code>; "
+                  "from there run:</p>", f"<pre>{e(t.launch_command)}</pre>"]
+    return "".join(parts)
 
 
 def _launch_command(layout: Any) -> str:
@@ -113,14 +230,15 @@ def _read(path: Path) -> str:
         return ""
 
 
-def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
-    """``target`` is the resolved target or the sentence saying why there is none."""
+def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetDecision | None = None) -> SummaryInfo:
+    """``target`` is the resolved target of the swept model or the sentence saying why there is none;
+    ``decision`` the scale-up target's (the summary is then about it)."""
     best = study.best
     counts = {c: n for c in CATEGORIES if (n := len(study.by_category(c)))}
     objectives = dict(zip(study.objective_names, study.directions))
     if best is None:
         return SummaryInfo(study_name=study.name, counts=counts, objectives=objectives, best_number=None,
-                           message=target if isinstance(target, str) else "no completed trial")
+                           message=target if isinstance(target, str) else "no completed trial", target=decision)
     metrics: dict[str, float | None] = dict(zip(study.objective_names, best.values or ()))
     metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
                    elapsed_s=best.elapsed_s)
@@ -153,6 +271,7 @@ def get_summary_info(study: StudyRecord, target: Target | str) -> SummaryInfo:
         best_params=dict(best.params), best_metrics=metrics, best_trial_dir=best.trial_dir,
         best_command=_read(folder / "cmd.txt") if folder else "",
         best_ds_config=json.loads(ds_text) if ds_text.startswith("{") else {}, choices=choices, message=message,
+        target=decision,
     )
 
 

@@ -4,11 +4,16 @@ The sweep trains a small budget on whatever hardware it had; the decision is abo
 on the target GPU. The target takes the model, layout and hyperparameters of the best trial, the
 GPU named by ``--gpu`` (default: the sweep's ``hardware.gpu``) and the token budget named by
 ``--tokens`` (default: the planner's compute-optimal tokens for the model).
+
+A scale-up target (another, larger model) is what ``trainplan scale`` decided: its ``scale.json``
+(beside the study, in ``<run-dir>/target/`` by default) is read back by :func:`read_scale_decision`;
+the report's decision summary is then about that run, and the best trial moves to its own section.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
@@ -17,7 +22,10 @@ from trainplan.reports._records import StudyRecord, TrialRecord
 if TYPE_CHECKING:
     from trainplan.planner import GPUSpec, Hyperparams, Layout, ModelSpec
 
-__all__ = ["Target", "resolve_target", "target_gpu_name"]
+__all__ = ["SCALE_DECISION_FILE", "Target", "read_scale_decision", "resolve_target", "target_gpu_name"]
+
+SCALE_DECISION_FILE = "target/scale.json"
+"""Where ``trainplan scale --run-dir R`` writes its decision by default, relative to R (the report's folder)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,3 +85,19 @@ def resolve_target(study: StudyRecord, *, gpu: str | None = None, tokens: float 
     if tokens is not None and tokens <= 0:
         raise UsageError("--tokens", f"must be positive, got {tokens:g}")
     return Target(model=model, layout=layout, hyperparams=hp, gpu=gpu_spec, tokens=tokens, spec=dict(trial.config))
+
+
+def read_scale_decision(path: Path) -> dict[str, Any] | None:
+    """``trainplan scale``'s ``scale.json`` at ``path`` (None when absent); a file that is not one is
+    an error naming it, not a silently different summary."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(path), f"cannot read the scale decision: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "scale-up" or not {"target", "layout", "fit"} <= doc.keys():
+        raise UsageError(str(path), "not a scale decision written by `trainplan scale` (kind scale-up)")
+    return doc

@@ -3,7 +3,8 @@
 # 1. plan: will llama-2-7b fit, how long and what cost; which layout for llama-3.1-70b.
 # 2. search: the default Optuna sweep of real DeepSpeed trials of the tiny Llama on stdlib text.
 # 3. report: one offline HTML page for the decision.
-# 4. ladder + scale: sweep 4 sizes, fit LR/batch/loss laws, and plan a 7B target run from them.
+# 4. ladder + scale: sweep 4 sizes, fit LR/batch/loss laws, and plan a 7B target run from them;
+#    the ladder's report then decides about that target run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TP=.venv/bin/trainplan
@@ -24,9 +25,12 @@ echo
 echo "== 4. trainplan report: one offline HTML page for the decision"
 $TP report --storage "sqlite:///$TRAINPLAN_RUNS/search-default/study.db"
 echo
-echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR x batch grid (real trials)"
+echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR grid (12 real trials)"
 $TP search search/data/default_ladder.yaml --run-dir "$TRAINPLAN_RUNS/ladder-default"
 echo
 echo "== 6. trainplan scale: fit the ladder, predict llama-2-7b's LR, batch, steps and loss; plan and write its launch"
 $TP scale --run-dir "$TRAINPLAN_RUNS/ladder-default" --target-model llama-2-7b --tokens 2T --gpu h100-sxm \
   --max-gpus 256 --dataset-tokens 1T --report "$TRAINPLAN_RUNS/ladder-default/target/scale.html"
+echo
+echo "== 7. trainplan report of the ladder: the decision summary is about the 7B target (from target/scale.json)"
+$TP report --storage "sqlite:///$TRAINPLAN_RUNS/ladder-default/study.db"

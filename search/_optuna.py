@@ -41,7 +41,9 @@ def make_sampler(sweep: SweepSpec, seed_offset: int = 0) -> optuna.samplers.Base
     import optuna
 
     cfg = sweep.sampler
-    if seed_offset and cfg.seed is not None:
+    # Not the grid's: its seed shuffles the grid ids, and every worker and resume must map an id to
+    # the same point (an offset seed made a second ladder worker rerun points and lose others).
+    if seed_offset and cfg.seed is not None and cfg.type != "grid":
         cfg = dataclasses.replace(cfg, seed=cfg.seed + seed_offset)
     if cfg.type == "tpe":
         # constant_liar keeps parallel workers from proposing the same point (Optuna TPE docs).

@@ -149,3 +149,12 @@ def test_hyperparams_from_fit_writes_the_fits_extrapolation(capsys, ladder_dir: 
     doc = json.loads(out)
     assert code == 0 and doc["target"]["hyperparams_from"] == "fit"
     assert TrialSpec.from_json(out_dir / "spec.json").hyperparams.lr == pytest.approx(doc["fit"]["target"]["lr"]["value"])
+
+
+def test_the_table_says_whether_d_was_identified(capsys, ladder_dir: Path) -> None:
+    code, out, err = run(capsys, "scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--tokens", "2T",
+                         "--max-gpus", "512", "--out", str(ladder_dir / "t"))
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "D (tokens)" in line)
+    # the study's sizes all trained 131,072 tokens: D is the prior's, and the row says why
+    assert "not identified (every size trained the same" in row and "Step Law prior" in row

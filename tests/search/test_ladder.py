@@ -61,7 +61,7 @@ def test_a_size_may_carry_its_own_token_budget() -> None:
     raw["ladder"][1]["tokens"] = 65536
     sweep = sweep_from_dict(raw)
     assert resolve_trial(sweep, {"size": "w96", "global_batch": 16}).total_tokens == 65536
-    assert resolve_trial(sweep, {"size": "w64", "global_batch": 16}).total_tokens == 131072
+    assert resolve_trial(sweep, {"size": "w64", "global_batch": 16}).total_tokens == raw["base"]["tokens"]
 
 
 def make_study(path: Path, optima: dict[str, float], *, loss_of: callable, lrs=(0.002, 0.005, 0.0125),
@@ -95,3 +95,11 @@ def test_points_come_back_plain_and_pruned_trials_are_left_out(tmp_path: Path) -
     assert len(points) == 12
     p = next(p for p in points if p.size == "w128" and p.lr == 0.005 and p.batch_tokens == 16 * 128)
     assert p.n_params == 836736 and p.tokens == 131072 and p.loss == pytest.approx(3.0 - 0.0836736 + 0.005)
+
+
+def test_a_resumed_or_second_worker_grid_maps_every_id_to_the_same_point() -> None:
+    from trainplan.search._optuna import make_sampler
+
+    sweep = load_sweep(default_ladder_path())
+    # a worker joining a study that already holds 5 trials gets seed_offset 5: the grid must not move
+    assert make_sampler(sweep)._all_grids == make_sampler(sweep, seed_offset=5)._all_grids

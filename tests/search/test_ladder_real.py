@@ -1,9 +1,6 @@
 """Real DeepSpeed trials: a tiny ladder through `trainplan search` and `trainplan scale`.
 
-Not here yet: a real trial that overfits. Tried on 2026-11-27 (w64, 3 KB of training text, 25
-epochs, LR 3e-2): a patterned text generalised to its held-out half throughout (eval 5.59 -> 0.58),
-and random letters stayed at the unigram loss (~3.21) without memorising; detection itself is
-tested on curves in test_overfit.py."""
+A real trial that overfits (and is stopped on it) is in test_overfit_real.py."""
 
 from __future__ import annotations
 

@@ -61,6 +61,10 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
         ["fit (95% bootstrap)", f"LR ~ N^{_interval(fit['lr_exponent'])}, batch ~ N^{_interval(fit['batch_exponent'])}, "
                                 f"loss alpha {_interval(fit['loss_alpha'])}" + ("" if fit["alpha_fitted"] else " (prior)")
                                 + f", E {_interval(fit['loss_e'])}"],
+        ["D (tokens)", (f"identified: LR ~ D^{_interval(fit['lr_d_exponent'])}, batch ~ D^{_interval(fit['batch_d_exponent'])} "
+                        f"(fitted; {fit['d_reason']})") if fit.get("d_identified") else
+                       (f"not identified ({fit.get('d_reason', 'one budget')}): LR ~ D^{fit['lr_d_exponent']['value']:.3g}, "
+                        f"batch ~ D^{fit['batch_d_exponent']['value']:.3g} (Step Law prior)")],
         ["target", f"{t['model']}: N {human_count(t['non_embedding_params'])} non-embedding, {human_count(t['tokens'])} tokens"],
         ["peak LR", f"{t['lr']:.3g} in the spec (from {t['hyperparams_from']}); fit {_interval(fit['target']['lr'])} (predicted)"],
         ["global batch", f"{t['global_batch']:,} sequences of {t['seq_len']} = {human_count(t['global_batch'] * t['seq_len'])} tokens "
