@@ -36,15 +36,24 @@ What the misses have in common, as far as they were traced (not fixed, so not hi
 - float8 (torchtitan tt24 70B/405B, Trainy H200): fp8 matmuls and all-gathers are not modelled, so
   throughput is under-predicted by ~25-30%.
 - torch.compile: the fused-kernel stacks are modelled as compiled; eager torchtitan runs
-  (tt24 8B without compile) are over-predicted by ~30%.
-- llm-foundry on H100 (2023 stack, FSDP1, triton/FA2 on Hopper): +18-32%, while its A100 rows
-  land within tolerance; the single H100 efficiency cannot serve both it and torchtitan.
+  (tt24 8B without compile, 8 and 128 GPUs) are over-predicted by ~25-28%.
+- llm-foundry 30B/70B near the card's capacity (30B on 8xH100 +30%, on 8xA100-80 +20%; 70B on
+  64xA100-40 +27%): their published efficiency is 20-30% below the same tables' other rows, likely
+  memory pressure (allocator retries, smaller kernels); no sourced model for it.
+- torchtune Llama 3.1 70B full fine-tune with CPU offload: the quoted 1568 tokens/s is read as the
+  total of 8 GPUs (per GPU would be 2.1x an A100's peak); the planner is still -58%: its CPU-Adam
+  rate (2e9 parameters/s) and PCIe traffic model are unverified.
 - DeepSpeed issue #5305, dp2 + tp4 without recompute: the user reports 45 GB; Korthikanti's count
   for TP 4 without sequence parallelism (8sbh whole + 24sbh/4 a layer with flash attention and no
   dropout masks) alone gives ~56 GiB of activations at 32k tokens, so no accounting of the stated
   layout reaches it (+74%); the ZeRO-3 + Ulysses recompute row stays -23% (tool and unit unstated).
 - torchtune optimizer-in-backward (gradients freed as each parameter steps) is not modelled: +13%.
 - Qwen v1 (remote code) computes its loss on bf16 logits without an fp32 upcast: 8k row +9%.
+
+Throughput mechanisms behind the rows that now land (planner/_perf.py, planner/data/gpus.json): matmul
+efficiency = measured achievable-matmul share x 0.80 / (1 + 3.5 x (peak / HBM bandwidth) / d); the
+attention core at its own per-generation efficiency (A100 0.60, H100 0.40); FSDP under a pipeline
+gathers and reduce-scatters once a step; H100 NVLink at NCCL's measured 360 GB/s bus bandwidth.
 
 Memory mechanisms behind the rows that now land (planner/_memory.py, _activations.py): the caching
 allocator gives back its cache before an allocation fails (fits = live tensors + context);
