@@ -124,6 +124,14 @@ class Layout:
                                              f"(which implies {accum}); give one of them")
         return replace(self, grad_accum=accum)
 
+    def with_global_batch_at_least(self, global_batch: int) -> Layout:
+        """This layout with the fewest accumulation steps (at least one) whose global batch is at
+        least ``global_batch``: the rounding-up variant of :meth:`with_global_batch`, for what-if
+        views that vary the GPU count at a fixed micro-batch (the report's scaling figures), where
+        an exact multiple rarely exists. Runs and searches use the exact rule."""
+        per_step = self.micro_batch * self.dp
+        return replace(self, grad_accum=max(1, -(-global_batch // per_step)))
+
     # Validation ---------------------------------------------------------------------------
     def problems(self, model: ModelSpec | None = None) -> list[UsageError]:
         """Every reason this layout cannot train ``model``, in the order ``validate`` checks them."""

@@ -2,7 +2,7 @@
 
 Everything here is the planner's estimate (``trainplan.planner.plan``) for layouts around the
 target's: the GPU count and ZeRO stage vary with the micro-batch fixed and the accumulation
-chosen to keep the global batch (rounded up to at least one micro-batch per rank); then the
+chosen to keep the global batch (rounded up: ``Layout.with_global_batch_at_least``); then the
 micro-batch varies on the target's GPU count at the target's global batch (the accumulation takes
 up the rest, as ``Layout.with_global_batch`` states).
 
@@ -77,10 +77,9 @@ def get_gpu_scaling_info(target: Target) -> GpuScalingInfo:
     base = target.layout
     rows = []
     for gpus in GPU_COUNTS:
-        if gpus % (base.tp * base.pp):
+        if gpus % (base.tp * base.pp * base.cp):
             continue
-        dp = gpus // (base.tp * base.pp)
-        accum = max(1, -(-base.global_batch // (base.micro_batch * dp)))
+        accum = base.with_(gpus=gpus).with_global_batch_at_least(base.global_batch).grad_accum
         for zero in ZERO_STAGES:
             row = _plan_row(target, gpus=gpus, zero=zero, grad_accum=accum,
                             offload=base.offload if zero else "none")

@@ -62,3 +62,12 @@ def test_model_rules():
 def test_zero_stages_are_the_ones_deepspeed_has():
     assert ZERO_STAGES == (0, 1, 2, 3)
     assert all(Layout(zero=z).problems() == [] for z in ZERO_STAGES)
+
+
+def test_global_batch_at_least_rounds_up_where_the_exact_rule_refuses():
+    lay = Layout(gpus=8, micro_batch=4)  # 8 data-parallel ranks: 32 sequences per accumulation step
+    assert lay.with_global_batch_at_least(100).grad_accum == 4  # 128 >= 100; the exact rule refuses 100
+    assert lay.with_global_batch_at_least(64).grad_accum == lay.with_global_batch(64).grad_accum == 2
+    assert lay.with_global_batch_at_least(1).grad_accum == 1
+    with pytest.raises(UsageError):
+        lay.with_global_batch(100)
