@@ -326,11 +326,9 @@ def write_target(decision: ScaleDecision, out_dir: Path) -> list[Path]:
     spec_path = spec.to_json(out_dir / "spec.json")
     (out_dir / "ds_config.json").write_text(json.dumps(spec.ds_config(), indent=2) + "\n")
     lay = spec.layout
-    if lay.nodes > 1:  # several hosts: the launcher reads them from a hostfile the user writes
-        cmd = build_command(spec_path, gpus=lay.gpus_per_node, master_port=29500, hostfile="hostfile")
-        cmd[cmd.index("--num_gpus"):cmd.index("--num_gpus")] = ["--num_nodes", str(lay.nodes)]
-    else:
-        cmd = build_command(spec_path, gpus=lay.gpus, master_port=29500)
+    several = lay.nodes > 1  # several hosts: the launcher reads them from a hostfile the user writes
+    cmd = build_command(spec_path, gpus=lay.gpus_per_node if several else lay.gpus, master_port=29500,
+                        hostfile="hostfile" if several else None, nodes=lay.nodes)
     (out_dir / "cmd.txt").write_text(shlex.join(cmd) + "\n")
     (out_dir / "scale.json").write_text(json.dumps(decision.to_dict(), indent=2, default=str) + "\n")
     return [out_dir / n for n in ("spec.json", "ds_config.json", "cmd.txt", "scale.json")]

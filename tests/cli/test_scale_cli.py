@@ -60,6 +60,9 @@ def test_scale_fits_the_ladder_and_writes_the_target_run(capsys, ladder_dir: Pat
     assert ds["train_batch_size"] == t["global_batch"]
     cmd = (out_dir / "cmd.txt").read_text()
     assert "trainplan.runners.train" in cmd and str((out_dir / "spec.json").resolve()) in cmd
+    nodes = spec.layout.nodes  # several hosts: the one launch-command builder names them once, with a hostfile
+    assert cmd.count("--num_nodes") == (nodes > 1) and (f"--num_nodes {nodes}" in cmd) == (nodes > 1)
+    assert ("--hostfile hostfile" in cmd) == (nodes > 1)
     assert json.loads((out_dir / "scale.json").read_text())["target"] == t
 
 
