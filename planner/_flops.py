@@ -150,6 +150,25 @@ def _linear_forward(model: ModelSpec) -> tuple[int, int, int]:
     return dense, routed, 2 * ends_matmul_per_token(model)
 
 
+def _meta_counted_per_token(model: ModelSpec, seq_len: int, checkpointing: str, attention: str, experts: str) -> int:
+    """Counted training FLOPs per token of a meta-device spec (see the module docstring): what
+    FlopCounterMode measured with eager attention, with the chosen kernel's multiples swapped in."""
+    from trainplan.planner._meta import meta_flops  # imports torch
+
+    if experts != "matmul":
+        raise UsageError("experts", f"the meta-device count runs batched_mm experts (matmul); got {experts!r}")
+    m = meta_flops(model, seq_len)
+    fwd_mult, bwd_mult = ATTENTION_KERNELS[attention]
+    core = model.num_layers * _attention_core_forward(model, seq_len) * seq_len  # per sequence
+    # Eager attention was counted as (1 + 2) x core; swap in the chosen kernel's multiples.
+    total = m.forward + m.backward + round((fwd_mult + bwd_mult - 3) * core)
+    if checkpointing == "full":
+        total += m.blocks_forward + round((fwd_mult - 1) * core)
+    elif checkpointing == "selective" and attention == "matmul":
+        total += core
+    return total // seq_len
+
+
 def counted_flops_per_step(
     model: ModelSpec,
     seq_len: int,
@@ -182,9 +201,7 @@ def counted_flops_per_step(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise UsageError("--micro-batch", f"must be a positive integer, got {batch!r}")
     if model.source != "analytic":
-        from trainplan.planner._meta import meta_counted_per_token  # imports torch
-
-        return meta_counted_per_token(model, seq_len, checkpointing, attention, experts) * seq_len * batch
+        return _meta_counted_per_token(model, seq_len, checkpointing, attention, experts) * seq_len * batch
     dense, routed, head = _linear_forward(model)
     if experts == "uncounted":
         routed = 0

@@ -42,9 +42,9 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainplan.errors import UsageError
-from trainplan.planner._model import SUPPORTED_FAMILIES, ModelSpec
+from trainplan.planner._modelspec import SUPPORTED_FAMILIES, ModelSpec
 
-__all__ = ["MetaFlops", "meta_counted_per_token", "meta_spec"]
+__all__ = ["MetaFlops", "meta_flops", "meta_spec"]
 
 _EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _INNER_KEYS = ("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size", "ffn_config")
@@ -231,19 +231,7 @@ def _measure(cfg_json: str, seq_len: int) -> MetaFlops:
     return MetaFlops(forward=fwd.get_total_flops(), backward=bwd.get_total_flops(), blocks_forward=blocks_forward)
 
 
-def meta_counted_per_token(model: ModelSpec, seq_len: int, checkpointing: str, attention: str, experts: str) -> int:
-    """Counted training FLOPs per token of a meta-device spec (see the module docstring)."""
-    from trainplan.planner._flops import ATTENTION_KERNELS, _attention_core_forward
-
-    if experts != "matmul":
-        raise UsageError("experts", f"the meta-device count runs batched_mm experts (matmul); got {experts!r}")
-    m = _measure(_key(model.hf_config), seq_len)
-    fwd_mult, bwd_mult = ATTENTION_KERNELS[attention]
-    core = model.num_layers * _attention_core_forward(model, seq_len) * seq_len  # per sequence
-    # Eager attention was counted as (1 + 2) x core; swap in the chosen kernel's multiples.
-    total = m.forward + m.backward + round((fwd_mult + bwd_mult - 3) * core)
-    if checkpointing == "full":
-        total += m.blocks_forward + round((fwd_mult - 1) * core)
-    elif checkpointing == "selective" and attention == "matmul":
-        total += core
-    return total // seq_len
+def meta_flops(model: ModelSpec, seq_len: int) -> MetaFlops:
+    """FlopCounterMode's forward and backward count of one sequence of ``model`` (a meta-device
+    spec) with eager attention; ``planner/_flops.py`` turns it into training FLOPs per token."""
+    return _measure(_key(model.hf_config), seq_len)
