@@ -31,6 +31,79 @@ from trainplan.planner._modelspec import SOURCES, SUPPORTED_FAMILIES, ModelSpec
 __all__ = ["ModelSpec", "SOURCES", "SUPPORTED_FAMILIES", "from_hf_config", "load_model"]
 
 
+# Hugging Face config-class defaults (transformers 5), used when a config.json omits a field so the
+# spec describes the model ``AutoConfig.for_model(**cfg)`` builds; tests/planner/test_catalog.py
+# checks this table against the installed transformers. ``None`` for num_key_value_heads and
+# head_dim means "derived": heads, and hidden_size // heads.
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(vocab_size=50257, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=1024, tie_word_embeddings=True),
+    "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                     intermediate_size=24576, max_position_embeddings=2048, tie_word_embeddings=False,
+                     attention_bias=True),
+    "llama": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=None, head_dim=None, intermediate_size=11008,
+                  max_position_embeddings=2048, tie_word_embeddings=False, attention_bias=False,
+                  mlp_bias=False),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, head_dim=None, intermediate_size=14336,
+                    max_position_embeddings=131072, tie_word_embeddings=False),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=8, head_dim=None, intermediate_size=14336,
+                    max_position_embeddings=131072, tie_word_embeddings=False, num_local_experts=8,
+                    num_experts_per_tok=2),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, intermediate_size=22016,
+                  max_position_embeddings=32768, tie_word_embeddings=False),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                  num_key_value_heads=16, head_dim=256, intermediate_size=24576,
+                  max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False),
+    "opt": dict(vocab_size=50272, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                ffn_dim=3072, max_position_embeddings=2048, tie_word_embeddings=True, enable_bias=True,
+                do_layer_norm_before=True, layer_norm_elementwise_affine=True),
+    "falcon": dict(vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                   max_position_embeddings=2048, tie_word_embeddings=True, new_decoder_architecture=False,
+                   multi_query=True, parallel_attn=True, bias=False, alibi=False),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=None, intermediate_size=8192, max_position_embeddings=4096,
+                 tie_word_embeddings=False),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32, head_dim=128, intermediate_size=22016,
+                  max_position_embeddings=32768, tie_word_embeddings=False, attention_bias=False),
+    "qwen2_moe": dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+                      num_key_value_heads=16, intermediate_size=5632, max_position_embeddings=32768,
+                      tie_word_embeddings=False, qkv_bias=True, num_experts=60, num_experts_per_tok=4,
+                      moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                      decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, num_hidden_layers=24, num_attention_heads=32,
+                      num_key_value_heads=4, intermediate_size=6144, max_position_embeddings=32768,
+                      tie_word_embeddings=False, attention_bias=False, num_experts=128, num_experts_per_tok=8,
+                      moe_intermediate_size=768, decoder_sparse_step=1, mlp_only_layers=[]),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                   num_key_value_heads=4, head_dim=256, intermediate_size=9216, max_position_embeddings=8192,
+                   tie_word_embeddings=True, attention_bias=False),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                        num_key_value_heads=4, head_dim=256, intermediate_size=9216,
+                        max_position_embeddings=131072, tie_word_embeddings=True, attention_bias=False),
+    "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                        intermediate_size=11008, max_position_embeddings=2048, tie_word_embeddings=False,
+                        attention_bias=False, mlp_bias=False, n_routed_experts=64,
+                        moe_intermediate_size=1407, n_shared_experts=2, first_k_dense_replace=0,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                        v_head_dim=128),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, num_hidden_layers=61, num_attention_heads=128,
+                        intermediate_size=18432, max_position_embeddings=4096, tie_word_embeddings=False,
+                        attention_bias=False, n_routed_experts=256, num_experts_per_tok=8,
+                        moe_intermediate_size=2048, n_shared_experts=1, first_k_dense_replace=3,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                        v_head_dim=128),
+}
+
+# GPT-2's config names the same fields differently (its ``attribute_map`` accepts both).
+_GPT2_ALIASES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+                 "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
+
+
 def _field(cfg: Mapping[str, Any], family: str, key: str) -> Any:
     """``cfg[key]`` (or its GPT-2 alias) when present, else the config class's default."""
     for k in (key, _GPT2_ALIASES.get(key, key)):
