@@ -20,7 +20,8 @@ SUPPORTED_FAMILIES = (
     "deepseek_v2", "deepseek_v3",
 )
 SOURCES = ("analytic", "meta-device")
-"""How a spec's parameters and FLOPs are counted (see the module docstring)."""
+"""How a spec's parameters and FLOPs are counted: ``analytic`` by the formulas of ``_params.py`` and
+``_flops.py`` (specs built by ``_model.py``), ``meta-device`` on a model built by ``_meta.py``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
