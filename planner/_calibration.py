@@ -425,7 +425,7 @@ def load_calibration(path: str | Path, *, key: str = "--calibration") -> Calibra
     """Read a calibration file; bad files are UsageErrors naming ``key``."""
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors and non-UTF-8 bytes alike
         raise UsageError(key, f"cannot read {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(key, f"{path} must hold one JSON object")

@@ -152,3 +152,11 @@ def test_calibrate_warns_when_wall_timing_measured_a_shared_machine(tmp_path, ca
     code, _, err = run(capsys, "calibrate", *dirs, "-o", str(tmp_path / "b.json"))
     assert code == 0 and "warning: a step took 4.0x rank 0's CPU time" in err and "--timing cpu" in err
     assert "warning" not in run(capsys, "calibrate", *dirs, "--timing", "cpu", "-o", str(tmp_path / "c.json"))[2]
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\xff", b"", b"[1, 2]"], ids=["binary", "empty", "not-an-object"])
+def test_plan_refuses_an_unreadable_calibration_naming_the_flag(tmp_path, capsys, content: bytes) -> None:
+    bad = tmp_path / "cal.json"
+    bad.write_bytes(content)
+    code, _, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(bad))
+    assert code == 2 and err.count("\n") == 1 and "--calibration" in err and "Traceback" not in err
