@@ -134,12 +134,16 @@ def default_efficiency(model: ModelSpec, gpu: GPUSpec, precision: str = "bf16") 
     return round(gpu.compute_efficiency / (1 + MEMORY_BOUND_WIDTH * balance / model.hidden_size), 3)
 
 
+def _passes(layout: Layout) -> int:
+    """Forward-equivalent passes per micro-batch: forward + backward (2x), one more forward when
+    checkpointing reruns it (``selective`` and ``full``; torchtitan's per-op policy keeps the
+    attention output, Korthikanti et al. 2022 Sec. 4.2)."""
+    return 4 if layout.checkpointing in ("selective", "full") else 3
+
+
 def _attention_core_flops(model: ModelSpec, layout: Layout) -> float:
-    """Attention-core FLOPs of one step, all GPUs: 3 passes of QK^T and AV over the full square,
-    4 when checkpointing reruns them (``selective`` and ``full``; torchtitan's per-op policy keeps
-    the attention output, Korthikanti et al. 2022 Sec. 4.2)."""
-    passes = 4 if layout.checkpointing in ("selective", "full") else 3
-    return passes * model.num_layers * _attention_core_forward(model, layout.seq_len) * layout.tokens_per_step
+    """Attention-core FLOPs of one step, all GPUs: QK^T and AV over the full square, ``_passes`` times."""
+    return _passes(layout) * model.num_layers * _attention_core_forward(model, layout.seq_len) * layout.tokens_per_step
 
 
 def _ring(n: int, factor: float, nbytes: float, gbps: float) -> float:
@@ -198,7 +202,7 @@ def estimate_perf(
     # the attention core at the GPU's attention efficiency (the matmuls' where the catalog has none)
     att_eff = eff if efficiency is not None else gpu.attention_efficiency or eff
     peak = gpu.peak_flops(layout.precision)
-    passes = 4 if layout.checkpointing in ("selective", "full") else 3
+    passes = _passes(layout)
     attn = min(_attention_core_flops(model, layout), hardware_flops_per_step)
     compute = (hardware_flops_per_step - attn) / (layout.gpus * peak * eff) + attn / (layout.gpus * peak * att_eff) \
         + _eager_attention_s(model, layout, gpu, passes)
