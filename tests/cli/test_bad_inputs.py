@@ -99,7 +99,9 @@ CASES: list[tuple[str, str]] = [
     (f"{RUN} --micro-batch 0", "--micro-batch"),
     (f"{RUN} --grad-accum 0", "--grad-accum"),
     (f"{RUN} --global-batch 3", "--global-batch"),
-    (f"{RUN} --global-batch 32 --grad-accum 2", "--global-batch"),
+    (f"{RUN} --global-batch 32 --grad-accum 3", "--grad-accum"),  # 32 / 16 implies 2 (an agreeing pair runs)
+    (f"{RUN} --global-batch 40 --grad-accum 2", "--global-batch"),
+    (f"{PLAN} --micro-batch 4 --global-batch 32 --grad-accum 3", "--grad-accum"),
     (f"{RUN} --lr 0", "--lr"),
     (f"{RUN} --lr -1", "--lr"),
     (f"{RUN} --lr nan", "--lr"),
