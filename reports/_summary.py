@@ -22,6 +22,7 @@ from trainplan.errors import UsageError
 from trainplan.reports._records import CATEGORIES, StudyRecord
 from trainplan.reports._style import CATEGORY_STYLE, GIB, new_figure
 from trainplan.reports._target import Target
+from trainplan.runners._result import ran_on_cpu
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -243,11 +244,8 @@ def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetD
     metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
                    elapsed_s=best.elapsed_s)
     folder = Path(best.trial_dir) if best.trial_dir else None
-    # A trial whose ranks ran on the CPU (result.json "device") spent rank-hours, not GPU-hours.
-    result_text = _read(folder / "result.json") if folder else ""
-    device = json.loads(result_text).get("device") if result_text.startswith("{") else None
-    on_cpu = isinstance(device, dict) and device.get("kind") == "cpu"
-    metrics["cpu_rank_hours" if on_cpu else "gpu_hours"] = best.gpu_hours
+    # A trial whose ranks ran on the CPU spent rank-hours, not GPU-hours (the runner's one rule).
+    metrics["cpu_rank_hours" if ran_on_cpu(folder) else "gpu_hours"] = best.gpu_hours
     ds_text = _read(folder / "ds_config.json") if folder else ""
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
