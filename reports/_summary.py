@@ -227,8 +227,17 @@ def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return ""
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when it is missing, not JSON or not an object (a hand-edited file)."""
+    try:
+        value = json.loads(_read(path) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetDecision | None = None) -> SummaryInfo:
@@ -246,7 +255,6 @@ def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetD
     folder = Path(best.trial_dir) if best.trial_dir else None
     # A trial whose ranks ran on the CPU spent rank-hours, not GPU-hours (the runner's one rule).
     metrics["cpu_rank_hours" if ran_on_cpu(folder) else "gpu_hours"] = best.gpu_hours
-    ds_text = _read(folder / "ds_config.json") if folder else ""
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
     if isinstance(target, Target):
@@ -268,7 +276,7 @@ def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetD
         study_name=study.name, counts=counts, objectives=objectives, best_number=best.number,
         best_params=dict(best.params), best_metrics=metrics, best_trial_dir=best.trial_dir,
         best_command=_read(folder / "cmd.txt") if folder else "",
-        best_ds_config=json.loads(ds_text) if ds_text.startswith("{") else {}, choices=choices, message=message,
+        best_ds_config=_read_object(folder / "ds_config.json") if folder else {}, choices=choices, message=message,
         target=decision,
     )
 
