@@ -159,8 +159,9 @@ def trial_folder(t: optuna.trial.FrozenTrial) -> str | None:
 
 def trial_config(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """The configuration ``t`` ran (:func:`write_setup`: sampled params and the resolved spec);
-    empty when not recorded."""
-    return dict(t.user_attrs.get("config") or {})
+    empty when not recorded (or not an object: a study another tool wrote)."""
+    config = t.user_attrs.get("config")
+    return dict(config) if isinstance(config, dict) else {}
 
 
 def last_beat(t: optuna.trial.FrozenTrial) -> float | None:
