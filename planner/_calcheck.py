@@ -34,64 +34,69 @@ def _ints(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
 
 
-def check_calibration(cal: Calibration, key: str = "--calibration") -> None:
-    """Raise a :class:`UsageError` naming ``key`` and the field when ``cal`` (just read from a file)
-    holds a value prediction cannot use."""
+def _bad(key: str, where: str, allowed: str) -> UsageError:
+    return UsageError(key, f"malformed calibration file: {where} must be {allowed}")
 
-    def bad(where: str, allowed: str) -> UsageError:
-        return UsageError(key, f"malformed calibration file: {where} must be {allowed}")
 
-    dev = cal.device
+def _check_device(dev: dict[str, Any], key: str) -> None:
     if dev.get("kind") not in ("cpu", "gpu"):
-        raise bad("device.kind", "cpu or gpu")
+        raise _bad(key, "device.kind", "cpu or gpu")
     if not _number(dev.get("memory_bytes"), positive=True):
-        raise bad("device.memory_bytes", "a positive number")
+        raise _bad(key, "device.memory_bytes", "a positive number")
     peaks = dev.get("peak_flops")
     if not isinstance(peaks, dict) or not peaks or not all(_number(v, positive=True) for v in peaks.values()):
-        raise bad("device.peak_flops", "an object of positive FLOP/s per precision")
+        raise _bad(key, "device.peak_flops", "an object of positive FLOP/s per precision")
     for name in ("count", "cores"):
         if name in dev and not (_ints([dev[name]]) and dev[name] >= 1):
-            raise bad(f"device.{name}", "a positive integer")
-    for group in ("speed", "memory"):
-        for name, c in getattr(cal, group).items():
-            if not _number(c.value, positive=name == "e_max"):
-                raise bad(f"{group}.{name}.value", "a finite number " + ("> 0" if name == "e_max" else ">= 0"))
-            for end in ("low", "high"):  # null (NaN once read): not identified by the trials
-                if not (_number(getattr(c, end)) or getattr(c, end) != getattr(c, end)):
-                    raise bad(f"{group}.{name}.{end}", "a finite number >= 0 or null")
-    try:
-        widths = {"speed": len(cal._speed_coefs()), "memory": len(cal._mem_coefs())}
-    except KeyError as exc:
-        raise bad(f"speed/memory {exc}", "present (recalibrate: trainplan calibrate)") from None
-    for name in ("tokens_per_s", "memory"):
-        if not _number(cal.residual.get(name)):
-            raise bad(f"residual.{name}", "a finite number >= 0")
-    r = cal.ranges
+            raise _bad(key, f"device.{name}", "a positive integer")
+
+
+def _check_ranges(r: dict[str, Any], key: str) -> None:
     for name in ("work_flops", "allocated_bytes"):
         pair = r.get(name)
         if not (isinstance(pair, list) and len(pair) == 2 and all(_number(v, positive=True) for v in pair)):
-            raise bad(f"ranges.{name}", "[low, high], two positive numbers")
+            raise _bad(key, f"ranges.{name}", "[low, high], two positive numbers")
     for name in ("ranks", "zero"):
         if not _ints(r.get(name)):
-            raise bad(f"ranges.{name}", "a non-empty list of integers")
+            raise _bad(key, f"ranges.{name}", "a non-empty list of integers")
     for name in ("zero_across_ranks", "layers"):
         if name in r and not (r[name] == [] or _ints(r[name])):
-            raise bad(f"ranges.{name}", "a list of integers")
+            raise _bad(key, f"ranges.{name}", "a list of integers")
     if not (isinstance(r.get("precision"), list) and r["precision"] and all(isinstance(p, str) for p in r["precision"])):
-        raise bad("ranges.precision", "a non-empty list of precisions (fp32, bf16, fp16)")
+        raise _bad(key, "ranges.precision", "a non-empty list of precisions (fp32, bf16, fp16)")
     for name in ("paths", "threads_per_rank"):
         if not isinstance(r.get(name, {}), dict):
-            raise bad(f"ranges.{name}", "an object")
+            raise _bad(key, f"ranges.{name}", "an object")
+
+
+def check_calibration(cal: Calibration, key: str = "--calibration") -> None:
+    """Raise a :class:`UsageError` naming ``key`` and the field when ``cal`` (just read from a file)
+    holds a value prediction cannot use."""
+    _check_device(cal.device, key)
+    for group in ("speed", "memory"):
+        for name, c in getattr(cal, group).items():
+            if not _number(c.value, positive=name == "e_max"):
+                raise _bad(key, f"{group}.{name}.value", "a finite number " + ("> 0" if name == "e_max" else ">= 0"))
+            for end in ("low", "high"):  # null (NaN once read): not identified by the trials
+                if not (_number(getattr(c, end)) or getattr(c, end) != getattr(c, end)):
+                    raise _bad(key, f"{group}.{name}.{end}", "a finite number >= 0 or null")
+    try:
+        widths = {"speed": len(cal._speed_coefs()), "memory": len(cal._mem_coefs())}
+    except KeyError as exc:
+        raise _bad(key, f"speed/memory {exc}", "present (recalibrate: trainplan calibrate)") from None
+    for name in ("tokens_per_s", "memory"):
+        if not _number(cal.residual.get(name)):
+            raise _bad(key, f"residual.{name}", "a finite number >= 0")
+    _check_ranges(cal.ranges, key)
     for group, samples in cal.boot.items():
         if group not in widths or not isinstance(samples, list) or not all(
-                isinstance(s, list) and len(s) == widths[group] and all(_finite(v) for v in s)
-                for s in samples):
-            raise bad(f"boot.{group}", f"lists of {widths.get(group, 'the fit')} finite coefficients (speed or memory)")
+                isinstance(s, list) and len(s) == widths[group] and all(_finite(v) for v in s) for s in samples):
+            raise _bad(key, f"boot.{group}", f"lists of {widths.get(group, 'the fit')} finite coefficients (speed or memory)")
     if not all(isinstance(t, dict) and "id" in t for t in cal.trials):
-        raise bad("trials", "a list of objects, each with an id")
+        raise _bad(key, "trials", "a list of objects, each with an id")
     if not all(isinstance(n, str) for n in cal.notes):
-        raise bad("notes", "a list of strings")
+        raise _bad(key, "notes", "a list of strings")
     if cal.timing not in _TIMINGS:
-        raise bad("timing", " or ".join(_TIMINGS))
+        raise _bad(key, "timing", " or ".join(_TIMINGS))
     if not all(isinstance(v, str) or v is None for v in cal.stack.values()):
-        raise bad("stack", "an object of version strings")
+        raise _bad(key, "stack", "an object of version strings")
