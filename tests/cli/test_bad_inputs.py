@@ -210,6 +210,7 @@ CASES: list[tuple[str, str]] = [
     (f"{RUN} --spec {{d}}/spec_steps.json", "--steps"),
     (f"{RUN} --spec {{d}}/spec_zero.json", "--zero"),
     (f"{RUN} --spec {{d}}/spec_lr.json", "--lr"),
+    (f"{RUN} --spec {{d}}/spec_micro_text.json --global-batch 16", "--micro-batch"),  # checked before the rule multiplies it
     # --- search: flags (checked before any trial) ---
     ("search --n-trials 0", "--n-trials"),
     ("search --n-trials -3", "--n-trials"),
@@ -340,6 +341,7 @@ def _write(d: Path) -> None:
     (d / "spec_steps.json").write_text(json.dumps({"steps": -1}))
     (d / "spec_zero.json").write_text(json.dumps({"layout": {"zero": 7}}))
     (d / "spec_lr.json").write_text(json.dumps({"hyperparams": {"lr": -1.0}}))
+    (d / "spec_micro_text.json").write_text(json.dumps({"layout": {"micro_batch": "4"}}))
     (d / "bad.yaml").write_text("space: [unclosed\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     sweeps = {
