@@ -64,9 +64,11 @@ def _check_ranges(r: dict[str, Any], key: str) -> None:
             raise _bad(key, f"ranges.{name}", "a list of integers")
     if not (isinstance(r.get("precision"), list) and r["precision"] and all(isinstance(p, str) for p in r["precision"])):
         raise _bad(key, "ranges.precision", "a non-empty list of precisions (fp32, bf16, fp16)")
-    for name in ("paths", "threads_per_rank"):
-        if not isinstance(r.get(name, {}), dict):
-            raise _bad(key, f"ranges.{name}", "an object")
+    if not (isinstance(r.get("paths", {}), dict) and all(isinstance(v, list) for v in r.get("paths", {}).values())):
+        raise _bad(key, "ranges.paths", "an object of lists (the values each code path took)")
+    threads = r.get("threads_per_rank", {})
+    if not (isinstance(threads, dict) and all(_ints([v]) and v >= 1 for v in threads.values())):
+        raise _bad(key, "ranges.threads_per_rank", "an object of positive integers (threads per rank, by ranks)")
 
 
 def check_calibration(cal: Calibration, key: str = "--calibration") -> None:
@@ -88,6 +90,8 @@ def check_calibration(cal: Calibration, key: str = "--calibration") -> None:
         if not _number(cal.residual.get(name)):
             raise _bad(key, f"residual.{name}", "a finite number >= 0")
     _check_ranges(cal.ranges, key)
+    if missing := [p for p in cal.ranges["precision"] if p not in cal.device["peak_flops"]]:
+        raise _bad(key, "device.peak_flops", f"a peak for each precision the trials ran (none for {', '.join(missing)})")
     for group, samples in cal.boot.items():
         if group not in widths or not isinstance(samples, list) or not all(
                 isinstance(s, list) and len(s) == widths[group] and all(_finite(v) for v in s) for s in samples):

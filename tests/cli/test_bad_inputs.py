@@ -49,7 +49,9 @@ CAL_BREAKS: dict[str, tuple[tuple[str, ...], object]] = {
     "trials_object": (("trials",), {"a": 1}), "trials_text": (("trials",), "abc"), "trials_no_id": (("trials", 0, "id"), None),
     "stack_text": (("stack",), "torch"), "stack_numbers": (("stack", "torch"), 2), "boot_text": (("boot",), "x"),
     "boot_short": (("boot", "speed"), [[1.0]]), "boot_nan": (("boot", "memory"), [[float("nan")] * 4]),
-    "timing": (("timing",), "sundial"),
+    "timing": (("timing",), "sundial"), "paths_value": (("ranges", "paths", "tp"), 5),
+    "threads_text": (("ranges", "threads_per_rank"), {"1": "x"}), "threads_negative": (("ranges", "threads_per_rank"), {"1": -3}),
+    "peak_other_precision": (("device", "peak_flops"), {"fp8": 1e12}),
 }
 # A trial folder with one file broken: alone, it leaves calibrate no usable trial (names RUN_DIR).
 TRIAL_BREAKS = ("result_binary", "result_list", "result_nan_memory", "result_inf_memory", "result_negative_memory",
