@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError
+from trainplan.planner._calcheck import check_calibration
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._device import device_key, device_label, device_profile
 from trainplan.planner._interval import Interval
@@ -389,7 +390,7 @@ class Calibration:
         if d.get("format") != "trainplan-calibration":
             raise UsageError(key, "not a trainplan calibration file (no \"format\": \"trainplan-calibration\")")
         if d.get("version") != FORMAT_VERSION:
-            raise UsageError(key, f"calibration file version {d.get('version')}, this trainplan reads version "
+            raise UsageError(key, f"calibration file version {d.get('version')!r}, this trainplan reads version "
                                   f"{FORMAT_VERSION}; recalibrate (trainplan calibrate)")
         try:
             def consts(group: Mapping[str, Any]) -> dict[str, Constant]:
@@ -397,12 +398,14 @@ class Calibration:
                                        else v[f] for f in ("value", "low", "high", "unit", "doc")})
                         for k, v in group.items()}
 
-            return cls(device=dict(d["device"]), stack=dict(d["stack"]), trials=list(d["trials"]),
-                       speed=consts(d["speed"]), memory=consts(d["memory"]), residual=dict(d["residual"]),
-                       ranges=dict(d["ranges"]), notes=list(d.get("notes", [])), boot=dict(d.get("boot", {})),
-                       timing=str(d.get("timing", "wall")))
-        except (KeyError, TypeError) as exc:
+            cal = cls(device=dict(d["device"]), stack=dict(d["stack"]), trials=list(d["trials"]),
+                      speed=consts(d["speed"]), memory=consts(d["memory"]), residual=dict(d["residual"]),
+                      ranges=dict(d["ranges"]), notes=list(d.get("notes", [])), boot=dict(d.get("boot", {})),
+                      timing=str(d.get("timing", "wall")))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # dict("cpu"), [].items()...
             raise UsageError(key, f"malformed calibration file: missing or wrong {exc}") from None
+        check_calibration(cal, key)  # what the keys hold (planner/_calcheck.py)
+        return cal
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from trainplan.search._records import FAILED_STATUSES, CurvePoint, read_trial
+from trainplan.search._records import FAILED_STATUSES, CurvePoint, read_study_attrs, read_trial
 from trainplan.search._records import TrialRecord as _SearchRecord
 
 if TYPE_CHECKING:  # optuna is imported where a study is read, never at package import
@@ -42,7 +42,7 @@ class StudyRecord:
     directions: tuple[str, ...]
     """``minimize``/``maximize`` per objective."""
     objective_names: tuple[str, ...]
-    """Objective names, from the study's ``objectives`` attribute (default ``value``, ``value_1``...)."""
+    """Objective names, from the study's ``objectives`` attribute (defaults: ``read_study_attrs``)."""
     sweep: dict[str, Any]
     """The resolved sweep file."""
     command: tuple[str, ...]
@@ -100,11 +100,7 @@ def read_study(study: optuna.Study) -> StudyRecord:
     from optuna.trial import TrialState
 
     directions = tuple(d.name.lower() for d in study.directions)
-    attrs = study.user_attrs
-    objectives = attrs.get("objectives") or {}
-    names = objectives.get("names") if isinstance(objectives, dict) else objectives
-    if not names or len(names) != len(directions):
-        names = ["value"] + [f"value_{i}" for i in range(1, len(directions))]
+    attrs = read_study_attrs(study)
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.values]
     best_numbers: tuple[int, ...] = ()
@@ -112,13 +108,10 @@ def read_study(study: optuna.Study) -> StudyRecord:
         # Optuna's own definition of best (single) or non-dominated (multi-objective).
         best_numbers = tuple(sorted(t.number for t in study.best_trials)) if len(directions) > 1 \
             else (study.best_trial.number,)
-    command = attrs.get("command") or ()
     dists = {name: d for t in frozen for name, d in t.distributions.items()}
     return StudyRecord(
-        name=study.study_name, directions=directions, objective_names=tuple(str(n) for n in names),
-        sweep=dict(attrs.get("sweep") or {}),
-        command=tuple(str(c) for c in command) if isinstance(command, (list, tuple)) else (str(command),),
-        environment=dict(attrs.get("environment") or {}),
+        name=study.study_name, directions=directions, objective_names=attrs.objective_names,
+        sweep=attrs.sweep, command=attrs.command, environment=attrs.environment,
         trials=tuple(_trial(t, t.number in best_numbers) for t in frozen), best_numbers=best_numbers,
         log_params=tuple(sorted(n for n, d in dists.items() if getattr(d, "log", False))),
         categorical_params=tuple(sorted(n for n, d in dists.items() if hasattr(d, "choices"))),

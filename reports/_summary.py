@@ -22,6 +22,7 @@ from trainplan.errors import UsageError
 from trainplan.reports._records import CATEGORIES, StudyRecord
 from trainplan.reports._style import CATEGORY_STYLE, GIB, new_figure
 from trainplan.reports._target import Target
+from trainplan.runners._result import ran_on_cpu
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -226,8 +227,17 @@ def layout_choice(label: str, plan: Any, target: Target) -> LayoutChoice:
 def _read(path: Path) -> str:
     try:
         return path.read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return ""
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} when it is missing, not JSON or not an object (a hand-edited file)."""
+    try:
+        value = json.loads(_read(path) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetDecision | None = None) -> SummaryInfo:
@@ -243,12 +253,8 @@ def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetD
     metrics.update(tokens=best.tokens, tokens_per_s=best.tokens_per_s, peak_mem_bytes=best.peak_mem_bytes,
                    elapsed_s=best.elapsed_s)
     folder = Path(best.trial_dir) if best.trial_dir else None
-    # A trial whose ranks ran on the CPU (result.json "device") spent rank-hours, not GPU-hours.
-    result_text = _read(folder / "result.json") if folder else ""
-    device = json.loads(result_text).get("device") if result_text.startswith("{") else None
-    on_cpu = isinstance(device, dict) and device.get("kind") == "cpu"
-    metrics["cpu_rank_hours" if on_cpu else "gpu_hours"] = best.gpu_hours
-    ds_text = _read(folder / "ds_config.json") if folder else ""
+    # A trial whose ranks ran on the CPU spent rank-hours, not GPU-hours (the runner's one rule).
+    metrics["cpu_rank_hours" if ran_on_cpu(folder) else "gpu_hours"] = best.gpu_hours
     choices: list[LayoutChoice] = []
     message = target if isinstance(target, str) else ""
     if isinstance(target, Target):
@@ -270,7 +276,7 @@ def get_summary_info(study: StudyRecord, target: Target | str, decision: TargetD
         study_name=study.name, counts=counts, objectives=objectives, best_number=best.number,
         best_params=dict(best.params), best_metrics=metrics, best_trial_dir=best.trial_dir,
         best_command=_read(folder / "cmd.txt") if folder else "",
-        best_ds_config=json.loads(ds_text) if ds_text.startswith("{") else {}, choices=choices, message=message,
+        best_ds_config=_read_object(folder / "ds_config.json") if folder else {}, choices=choices, message=message,
         target=decision,
     )
 

@@ -9,12 +9,14 @@ mean, not a median), ``peak_mem_bytes``, ``device`` and ``stack`` from ``result.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from trainplan.errors import UsageError
+from trainplan.planner import Layout
 from trainplan.runners._result import read_metrics
 
 __all__ = ["TIMINGS", "USABLE", "median_tokens_per_s", "trial_point", "trial_points"]
@@ -31,13 +33,19 @@ work, what the step would take with the cores to itself (it undercounts time spe
 
 def median_tokens_per_s(records: Iterable[dict[str, Any]], timing: str = "wall", threads: int = 1) -> float | None:
     """Median per-step tokens/s of the records after step 1 (step 1 pays for warm-up)."""
-    rows = [r for r in records if r.get("tokens_per_s") and r.get("step", 0) >= 2]
+    rows = [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] >= 2
+            and _positive(r.get("tokens_per_s")) and _positive(r.get("tokens"))]
     if timing == "cpu":
         steps = [(b["tokens"] - a["tokens"], b.get("cpu_s")) for a, b in zip(rows, rows[1:])]
-        speeds = [t / (c / threads) for t, c in steps if t and c]
+        speeds = [t / (c / threads) for t, c in steps if t > 0 and _positive(c)]
     else:
         speeds = [r["tokens_per_s"] for r in rows]
     return statistics.median(speeds) if speeds else None
+
+
+def _positive(value: Any) -> bool:
+    """A measured figure that can be used: a finite number above 0 (not NaN, inf, a string...)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def _model_config(model: str) -> dict[str, Any]:
@@ -55,15 +63,22 @@ def trial_point(trial_dir: str | Path, timing: str = "wall") -> tuple[dict[str, 
     try:
         result = json.loads((d / "result.json").read_text())
         spec = json.loads((d / "spec.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return None, f"{d}: no readable result.json/spec.json ({exc})"
+        records, _ = read_metrics(d / "metrics.jsonl")
+    except (OSError, ValueError) as exc:  # ValueError: JSON errors and non-UTF-8 bytes alike
+        return None, f"{d}: no readable result.json/spec.json/metrics.jsonl ({exc})"
+    if not (isinstance(result, dict) and isinstance(spec, dict) and isinstance(spec.get("layout"), dict)):
+        return None, f"{d}: result.json and spec.json (with its layout) must each hold one JSON object"
     if result.get("status") not in USABLE:
         return None, f"{d}: status {result.get('status')}, measured nothing usable"
-    if not result.get("device"):
+    if not isinstance(result.get("device"), dict):
         return None, f"{d}: result.json records no device (a trial from before trainplan recorded it; rerun it)"
-    records, _ = read_metrics(d / "metrics.jsonl")
-    tps = median_tokens_per_s(records, timing, int(result["device"].get("threads_per_rank") or 1))
-    if not tps or not result.get("peak_mem_bytes"):
+    try:
+        Layout(**spec["layout"]).validate()
+    except (UsageError, TypeError) as exc:
+        return None, f"{d}: spec.json's layout cannot be planned ({exc})"
+    threads = result["device"].get("threads_per_rank")
+    tps = median_tokens_per_s(records, timing, threads if isinstance(threads, int) and threads >= 1 else 1)
+    if not tps or not _positive(result.get("peak_mem_bytes")):
         what = "CPU-seconds per step (cpu_s)" if timing == "cpu" else "tokens/s"
         return None, f"{d}: no {what} after step 1 or no peak memory measured"
     try:

@@ -296,8 +296,8 @@ def resolve_spec(flags: Mapping[str, Any], spec_file: str | Path | None = None, 
 
     The precision a spec does not state is bf16 where a GPU is present (``gpu``; detected when
     None), fp32 on the CPU. ``global_batch`` sets the accumulation by the planner's one rule
-    (:meth:`~trainplan.planner.Layout.with_global_batch`), so it cannot be given with ``grad_accum``.
-    """
+    (:meth:`~trainplan.planner.Layout.with_global_batch`), as in ``trainplan plan``: a ``grad_accum``
+    flag given with it must be the one it implies (a spec file's ``grad_accum`` is overridden)."""
     gpu = gpu_present() if gpu is None else gpu
     base: dict[str, Any] = {}
     file_sets_precision = False
@@ -319,9 +319,8 @@ def resolve_spec(flags: Mapping[str, Any], spec_file: str | Path | None = None, 
         base["layout"]["precision"] = "bf16" if gpu else "fp32"
     spec = TrialSpec.from_dict(base)
     if flags.get("global_batch") is not None:
-        if flags.get("grad_accum") is not None:
-            raise UsageError("--global-batch", "give --global-batch or --grad-accum, not both")
-        spec = spec.with_(layout=spec.layout.with_global_batch(flags["global_batch"]))
+        spec.layout.validate()  # the rule multiplies the micro-batch: a spec file's must be a count first
+        spec = spec.with_(layout=spec.layout.with_global_batch(flags["global_batch"], grad_accum=flags.get("grad_accum")))
     spec = spec.validate()
     if spec.layout.precision == "fp16" and not gpu:
         raise UsageError("--precision", "fp16 needs a GPU; use fp32 (or bf16) on the CPU")

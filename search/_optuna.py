@@ -16,13 +16,13 @@ import contextlib
 import fcntl
 import functools
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainplan.errors import UsageError
+from trainplan.search._records import store_beat
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -213,7 +213,7 @@ def heartbeat_writer(storage: optuna.storages.BaseStorage, sweep: SweepSpec) -> 
         return None
     if is_heartbeat_enabled(storage):
         return storage.record_heartbeat  # type: ignore[attr-defined]
-    return lambda trial_id: storage.set_trial_user_attr(trial_id, "beat", round(time.time(), 1))
+    return functools.partial(store_beat, storage)
 
 
 _thread_lock = threading.Lock()

@@ -1,5 +1,7 @@
 """The search's trial record: its statuses, the user-attribute keys it is stored under, the one
 typed reading of them (:class:`TrialRecord`), and its export (``trainplan trials``) via pandas.
+The study's own attributes (sweep, command, environment, objectives) are named and read here too
+(:class:`StudyAttrs`): this module is the one place that spells a stored key.
 
 Everything comes from the Optuna storage alone (the user attributes the search stored with each
 trial, docs/protocol.md "Search records"), so a table or a report can be made on any machine that
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +30,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from trainplan.runners import TrialSpec
 
 __all__ = [
-    "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "ESTIMATE_KEYS", "EXPORT_FORMATS", "FAILED_STATUSES", "TRIAL_STATUSES",
-    "TrialOutcome", "TrialRecord", "best_row", "budget_count", "curve_row", "export_trials", "last_beat", "read_trial",
-    "spent_gpu_hours", "status_counts", "store_status", "superseded_numbers", "trial_folder", "trial_records",
-    "trial_status", "trial_worker", "trials_frame", "write_attrs", "write_estimate", "write_overfit", "write_setup",
-    "write_status", "write_worker",
+    "ATTR_KEYS", "CURVE_COLUMNS", "CurvePoint", "ESTIMATE_KEYS", "EXPORT_FORMATS", "FAILED_STATUSES", "STUDY_ATTR_KEYS",
+    "StudyAttrs", "TRIAL_STATUSES", "TrialOutcome", "TrialRecord", "best_row", "budget_count", "curve_row",
+    "export_trials", "last_beat", "read_study_attrs", "read_trial", "spent_gpu_hours", "status_counts", "store_beat",
+    "store_status", "superseded_numbers", "trial_config", "trial_folder", "trial_records", "trial_status",
+    "trial_worker", "trials_frame", "write_attrs", "write_estimate", "write_overfit", "write_setup", "write_status",
+    "write_study_attrs", "write_worker",
 ]
 
 EXPORT_FORMATS = ("csv", "parquet", "json")
@@ -44,6 +48,9 @@ TRIAL_STATUSES = ("completed", "pruned", *FAILED_STATUSES, "infeasible")
 ATTR_KEYS = ("status", "reason", "trial_dir", "curve", "tokens", "tokens_per_s", "peak_mem_bytes", "elapsed_s",
              "gpu_hours", "cpu_seconds", "overfit", "estimate", "config", "worker", "beat")
 """The user attributes a search trial carries (docs/protocol.md, "Search records")."""
+STUDY_ATTR_KEYS = ("sweep", "command", "environment", "objectives")
+"""The user attributes a search study carries: the resolved sweep (storage password masked), the
+argv that ran it, versions and host, and the objectives' names and directions."""
 ESTIMATE_KEYS = ("memory_bytes", "allocated_bytes", "tokens_per_s", "fits")
 """The planner figures kept in a trial's ``estimate`` attribute."""
 CURVE_COLUMNS = ("step", "tokens", "elapsed_s", "train_loss", "eval_loss")
@@ -74,6 +81,12 @@ def store_status(storage: BaseStorage, trial_id: int, status: str, reason: str) 
     """:func:`write_status` for a trial known by its storage id (one a dead worker left)."""
     storage.set_trial_user_attr(trial_id, "status", status)
     storage.set_trial_user_attr(trial_id, "reason", reason)
+
+
+def store_beat(storage: BaseStorage, trial_id: int) -> None:
+    """Record that the trial known by its storage id is alive now (the ``beat`` attribute, for
+    storages without Optuna's heartbeat; :func:`last_beat` reads it)."""
+    storage.set_trial_user_attr(trial_id, "beat", round(time.time(), 1))
 
 
 def write_worker(trial: optuna.Trial, worker: dict[str, Any]) -> None:
@@ -142,6 +155,13 @@ def trial_worker(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 def trial_folder(t: optuna.trial.FrozenTrial) -> str | None:
     """The folder ``t`` ran in, as recorded (None before it was prepared)."""
     return t.user_attrs.get("trial_dir")
+
+
+def trial_config(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The configuration ``t`` ran (:func:`write_setup`: sampled params and the resolved spec);
+    empty when not recorded (or not an object: a study another tool wrote)."""
+    config = t.user_attrs.get("config")
+    return dict(config) if isinstance(config, dict) else {}
 
 
 def last_beat(t: optuna.trial.FrozenTrial) -> float | None:
@@ -289,8 +309,48 @@ def read_trial(t: optuna.trial.FrozenTrial, superseded: bool = False) -> TrialRe
         tokens_per_s=_num(attrs.get("tokens_per_s")), peak_mem_bytes=_num(attrs.get("peak_mem_bytes")),
         elapsed_s=_num(attrs.get("elapsed_s")), gpu_hours=_num(attrs.get("gpu_hours")),
         cpu_seconds=_num(attrs.get("cpu_seconds")), estimate=dict(attrs.get("estimate") or {}),
-        config=dict(attrs.get("config") or {}), trial_dir=str(attrs.get("trial_dir") or ""),
+        config=trial_config(t), trial_dir=str(trial_folder(t) or ""),
         start=t.datetime_start, end=t.datetime_complete, retry_of=t.system_attrs.get("failed_trial"),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyAttrs:
+    """A search study's own attributes (:data:`STUDY_ATTR_KEYS`), read by :func:`read_study_attrs`."""
+
+    sweep: dict[str, Any]
+    """The resolved sweep file (empty for a study trainplan did not create)."""
+    command: tuple[str, ...]
+    """The argv that ran the sweep, masked."""
+    environment: dict[str, Any]
+    """Versions and host of the sweep."""
+    objective_names: tuple[str, ...]
+    """One name per objective: the recorded names, else ``value`` (one objective) or ``value_0``,
+    ``value_1``... (several)."""
+
+
+def write_study_attrs(study: optuna.Study, *, sweep: dict[str, Any], command: list[str],
+                      environment: dict[str, Any], objectives: dict[str, Any]) -> None:
+    """Store the search's description on ``study`` (:data:`STUDY_ATTR_KEYS`)."""
+    for key, value in zip(STUDY_ATTR_KEYS, (sweep, command, environment, objectives)):
+        study.set_user_attr(key, value)
+
+
+def read_study_attrs(study: optuna.Study) -> StudyAttrs:
+    """The typed reading of ``study``'s attributes, with the one set of defaults."""
+    attrs = study.user_attrs
+    count = len(study.directions)
+    objectives = attrs.get("objectives") or {}
+    names = objectives.get("names") if isinstance(objectives, dict) else objectives
+    if not isinstance(names, (list, tuple)) or len(names) != count:
+        names = ["value"] if count == 1 else [f"value_{i}" for i in range(count)]
+    command = attrs.get("command") or ()
+    sweep, environment = attrs.get("sweep"), attrs.get("environment")
+    return StudyAttrs(
+        sweep=dict(sweep) if isinstance(sweep, dict) else {},
+        command=tuple(str(c) for c in command) if isinstance(command, (list, tuple)) else (str(command),),
+        environment=dict(environment) if isinstance(environment, dict) else {},
+        objective_names=tuple(str(n) for n in names),
     )
 
 
@@ -313,8 +373,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     params, measured and estimated figures, trial folder and the learning curve (a list;
     JSON-encoded by the CSV/Parquet export)."""
     rows = []
-    names = study.user_attrs.get("objectives", {}).get("names") or (
-        ["value"] if len(study.directions) == 1 else [f"value_{i}" for i in range(len(study.directions))])
+    names = read_study_attrs(study).objective_names
     trials = study.get_trials(deepcopy=False)
     gone = superseded_numbers(trials)
     for t in trials:

@@ -26,6 +26,41 @@ CORES = os.cpu_count() or 1
 # (argv, the flag or key the one error line must name). "{d}" is the folder of fixture files.
 PLAN = "plan --model llama-2-7b"
 RUN = "run --dry-run"
+CAL_PLAN = "plan --model trainplan-tiny --seq-len 128 --micro-batch 12"
+SCALE = "scale --run-dir {d}/ladder --target-model trainplan-tiny --tokens 1M --out {d}/target"
+
+# A calibration file that is JSON of the right keys, with one value broken (written by _write from a real fit).
+CAL_BREAKS: dict[str, tuple[tuple[str, ...], object]] = {
+    "version_text": (("version",), "2"), "version_nan": (("version",), float("nan")), "version_1": (("version",), 1),
+    "version_true": (("version",), True), "format": (("format",), "other-tool"), "no_device": (("device",), None),
+    "device_text": (("device",), "cpu"), "kind": (("device", "kind"), "tpu"), "memory": (("device", "memory_bytes"), "lots"),
+    "memory_zero": (("device", "memory_bytes"), 0), "peak_text": (("device", "peak_flops"), "fast"),
+    "peak_zero": (("device", "peak_flops", "fp32"), 0), "peak_inf": (("device", "peak_flops", "fp32"), float("inf")),
+    "cores": (("device", "cores"), -2), "speed_list": (("speed",), []), "speed_text": (("speed",), "fast"),
+    "e_max_text": (("speed", "e_max", "value"), "x"), "e_max_null": (("speed", "e_max", "value"), None),
+    "e_max_negative": (("speed", "e_max", "value"), -1.0), "e_max_zero": (("speed", "e_max", "value"), 0.0),
+    "e_max_missing": (("speed", "e_max"), None), "e_max_list": (("speed", "e_max"), [1, 2]),
+    "e_max_low": (("speed", "e_max", "low"), "x"), "overhead_text": (("memory", "overhead_bytes", "value"), "big"),
+    "overhead_nan": (("memory", "overhead_bytes", "value"), float("nan")), "share_missing": (("memory", "share"), None),
+    "residual_text": (("residual",), "x"), "residual_empty": (("residual",), {}), "ranges_empty": (("ranges",), {}),
+    "precision_missing": (("ranges", "precision"), None), "precision_empty": (("ranges", "precision"), []),
+    "work_text": (("ranges", "work_flops"), "x"), "ranks_text": (("ranges", "ranks"), "1"),
+    "layers_text": (("ranges", "layers"), "4"), "paths_list": (("ranges", "paths"), []),
+    "trials_object": (("trials",), {"a": 1}), "trials_text": (("trials",), "abc"), "trials_no_id": (("trials", 0, "id"), None),
+    "stack_text": (("stack",), "torch"), "stack_numbers": (("stack", "torch"), 2), "boot_text": (("boot",), "x"),
+    "boot_short": (("boot", "speed"), [[1.0]]), "boot_nan": (("boot", "memory"), [[float("nan")] * 4]),
+    "timing": (("timing",), "sundial"), "paths_value": (("ranges", "paths", "tp"), 5),
+    "threads_text": (("ranges", "threads_per_rank"), {"1": "x"}), "threads_negative": (("ranges", "threads_per_rank"), {"1": -3}),
+    "peak_other_precision": (("device", "peak_flops"), {"fp8": 1e12}),
+}
+# A trial folder with one file broken: alone, it leaves calibrate no usable trial (names RUN_DIR).
+TRIAL_BREAKS = ("result_binary", "result_list", "result_nan_memory", "result_inf_memory", "result_negative_memory",
+                "result_no_memory", "result_no_device", "result_device_text", "result_failed", "spec_list",
+                "spec_layout_text", "spec_micro_batch_text", "spec_model_missing", "metrics_binary", "metrics_nan",
+                "metrics_list", "metrics_missing")
+# A study.db that is not a ladder study: (folder, the key named for --storage, for --run-dir).
+STUDY_BREAKS = (("text", "--storage", "--run-dir"), ("binary", "--storage", "--run-dir"), ("zero", "--study", "--study"),
+                ("foreign", "--study", "--study"), ("folder", "--storage", "--run-dir"), ("empty", "--storage", "--run-dir"))
 CASES: list[tuple[str, str]] = [
     # --- plan: flags ---
     ("plan", "--model"),
@@ -99,7 +134,9 @@ CASES: list[tuple[str, str]] = [
     (f"{RUN} --micro-batch 0", "--micro-batch"),
     (f"{RUN} --grad-accum 0", "--grad-accum"),
     (f"{RUN} --global-batch 3", "--global-batch"),
-    (f"{RUN} --global-batch 32 --grad-accum 2", "--global-batch"),
+    (f"{RUN} --global-batch 32 --grad-accum 3", "--grad-accum"),  # 32 / 16 implies 2 (an agreeing pair runs)
+    (f"{RUN} --global-batch 40 --grad-accum 2", "--global-batch"),
+    (f"{PLAN} --micro-batch 4 --global-batch 32 --grad-accum 3", "--grad-accum"),
     (f"{RUN} --lr 0", "--lr"),
     (f"{RUN} --lr -1", "--lr"),
     (f"{RUN} --lr nan", "--lr"),
@@ -175,6 +212,7 @@ CASES: list[tuple[str, str]] = [
     (f"{RUN} --spec {{d}}/spec_steps.json", "--steps"),
     (f"{RUN} --spec {{d}}/spec_zero.json", "--zero"),
     (f"{RUN} --spec {{d}}/spec_lr.json", "--lr"),
+    (f"{RUN} --spec {{d}}/spec_micro_text.json --global-batch 16", "--micro-batch"),  # checked before the rule multiplies it
     # --- search: flags (checked before any trial) ---
     ("search --n-trials 0", "--n-trials"),
     ("search --n-trials -3", "--n-trials"),
@@ -230,6 +268,49 @@ CASES: list[tuple[str, str]] = [
     ("report --storage sqlite:///{d}/study.db --tokens -5", "--tokens"),
     ("report --storage sqlite:///{d}/study.db --tokens many", "--tokens"),
     ("report", "--storage"),  # no runs/search-*/study.db
+    # --- plan: the newest flags (--dataset-tokens, --calibration) ---
+    (f"{PLAN} --tokens ''", "--tokens"),
+    *[(f"{PLAN} --dataset-tokens {v}", "--dataset-tokens") for v in ("nan", "inf", "-1", "0", "abc", "1e30", "5Q", "''")],
+    (f"{PLAN} --dataset-tokens", "--dataset-tokens"),
+    *[(f"{CAL_PLAN} --calibration {{d}}/{name}", "--calibration") for name in (
+        "no-cal.json", "empty.txt", "binary.bin", "list.json", "one.txt", "spec_unknown.json", "userdir",
+        *(f"cal_{bad}.json" for bad in CAL_BREAKS))],
+    # --- calibrate ---
+    ("calibrate", "RUN_DIR"),
+    ("calibrate {d}/no-such-folder", "RUN_DIR"),
+    ("calibrate {d}/one.txt", "RUN_DIRS"),
+    ("calibrate {d}/emptydir", "RUN_DIR"),
+    ("calibrate {d}/userdir", "RUN_DIR"),
+    *[(f"calibrate {{d}}/trials/{name}", "RUN_DIR") for name in TRIAL_BREAKS],
+    ("calibrate {d}/trials/good -o {d}", "--out"),
+    ("calibrate {d}/trials/good -o {d}/no-such-folder/c.json", "--out"),
+    ("calibrate {d}/trials/good --timing sundial", "--timing"),
+    ("calibrate {d}/trials/good --format xml", "--format"),
+    ("calibrate {d}/trials/good --storage sqlite:///{d}/study.db", "RUN_DIR"),
+    ("calibrate --storage sqlite:///{d}/ladder/study.db", "--storage"),  # trial folders not on this machine
+    ("calibrate --storage sqlite:///{d}/ladder/study.db --study nope", "--study"),
+    ("calibrate --storage sqlite:///{d}/missing.db", "--storage"),  # refused, not created (real-process test)
+    ("scale --storage sqlite:///{d}/missing.db --target-model trainplan-tiny", "--storage"),
+    ("calibrate --storage foo://nowhere", "--storage"),
+    *[(f"calibrate --storage sqlite:///{{d}}/{name}/study.db", key) for name, key, _ in STUDY_BREAKS],
+    # --- scale ---
+    ("scale --target-model trainplan-tiny", "--run-dir"),
+    *[(f"{SCALE} {flag}", flag.split()[0]) for flag in (
+        "--budget nan", "--budget inf", "--budget -1", "--budget 0", "--budget abc", "--tolerance nan",
+        "--tolerance inf", "--tolerance -0.1", "--tolerance 0", "--tolerance 5", "--tolerance abc", "--seq-len 0",
+        "--seq-len 100000000000", "--seq-len x", "--max-gpus 0", "--max-gpus 10000000000000", "--max-gpus 2.5",
+        "--tokens nan", "--tokens -5", "--tokens inf", "--tokens 1e30", "--tokens ''", "--dataset-tokens nan",
+        "--dataset-tokens -1", "--dataset-tokens abc", "--dataset-tokens ''", "--gpu nope-gpu", "--optimize speed",
+        "--hyperparams-from magic", "--format xml", "--report {d}", "--out {d}/one.txt", "--out {d}/userdir",
+        "--study nope", "--storage sqlite:///{d}/ladder/study.db")],
+    *[(f"scale --run-dir {{d}}/ladder --target-model {model}", "--target-model")
+      for model in ("nope-model", "{d}/binary.bin", "{d}/list.json", "{d}/no-config.json")],
+    ("scale --run-dir {d}/no-such-folder --target-model trainplan-tiny", "--run-dir"),
+    ("scale --run-dir {d}/one.txt --target-model trainplan-tiny", "--run-dir"),
+    ("scale --storage {d}/one.txt --target-model trainplan-tiny", "--storage"),
+    ("scale --storage foo://nowhere --target-model trainplan-tiny", "--storage"),
+    *[(f"scale --storage sqlite:///{{d}}/{name}/study.db --target-model trainplan-tiny", key) for name, key, _ in STUDY_BREAKS],
+    *[(f"scale --run-dir {{d}}/{name} --target-model trainplan-tiny", key) for name, _, key in STUDY_BREAKS],
     # --- catalogs and the command itself ---
     ("gpus --format yaml", "--format"),
     ("models --format yaml", "--format"),
@@ -262,6 +343,7 @@ def _write(d: Path) -> None:
     (d / "spec_steps.json").write_text(json.dumps({"steps": -1}))
     (d / "spec_zero.json").write_text(json.dumps({"layout": {"zero": 7}}))
     (d / "spec_lr.json").write_text(json.dumps({"hyperparams": {"lr": -1.0}}))
+    (d / "spec_micro_text.json").write_text(json.dumps({"layout": {"micro_batch": "4"}}))
     (d / "bad.yaml").write_text("space: [unclosed\n")
     (d / "list.yaml").write_text("- 1\n- 2\n")
     sweeps = {
@@ -282,6 +364,88 @@ def _write(d: Path) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{d / 'study.db'}")
     study.tell(study.ask(), 1.0)
+    (d / "binary.bin").write_bytes(bytes(range(256)) * 4)
+    _write_calibration_inputs(d)
+    _write_studies(d)
+
+
+def _write_calibration_inputs(d: Path) -> None:
+    """Real trial folders (the calibrate CLI test's synthetic measurements), one broken copy per
+    TRIAL_BREAKS entry, and a real calibration fitted from them with one broken copy per CAL_BREAKS."""
+    import copy
+    import shutil
+
+    from tests.cli.test_calibrate_cli import _trial_folders
+
+    good = [Path(p) for p in _trial_folders(d / "trials" / "good", 12)]
+    assert main(["calibrate", str(d / "trials" / "good"), "-o", str(d / "cal.json"), "--format", "json"]) == 0
+    one = good[0]
+
+    def broken(name: str, file: str, change) -> None:  # type: ignore[no-untyped-def]
+        folder = d / "trials" / name
+        shutil.copytree(one, folder)
+        path = folder / file
+        if isinstance(change, bytes) or change is None:
+            path.unlink() if change is None else path.write_bytes(change)
+            return
+        path.write_text(change(path.read_text()) if callable(change) else change)
+
+    def edit(key: str, value) -> object:  # type: ignore[no-untyped-def]
+        return lambda text: json.dumps({**json.loads(text), key: value})
+
+    for name, file, change in (
+        ("result_binary", "result.json", bytes(range(256))), ("result_list", "result.json", "[1]"),
+        ("result_nan_memory", "result.json", edit("peak_mem_bytes", float("nan"))),
+        ("result_inf_memory", "result.json", edit("peak_mem_bytes", float("inf"))),
+        ("result_negative_memory", "result.json", edit("peak_mem_bytes", -5)),
+        ("result_no_memory", "result.json", edit("peak_mem_bytes", None)),
+        ("result_no_device", "result.json", edit("device", None)), ("result_device_text", "result.json", edit("device", "cpu")),
+        ("result_failed", "result.json", edit("status", "oom")), ("spec_list", "spec.json", "[]"),
+        ("spec_layout_text", "spec.json", edit("layout", "x")),
+        ("spec_micro_batch_text", "spec.json", lambda t: json.dumps({**json.loads(t), "layout": {
+            **json.loads(t)["layout"], "micro_batch": "x"}})),
+        ("spec_model_missing", "spec.json", edit("model", "/nonexistent/config.json")),
+        ("metrics_binary", "metrics.jsonl", bytes(range(256))),
+        ("metrics_nan", "metrics.jsonl", "".join(json.dumps({"step": i, "tokens": 100 * i, "tokens_per_s": float("nan")})
+                                                 + "\n" for i in range(1, 7))),
+        ("metrics_list", "metrics.jsonl", "[1, 2]\n" * 6), ("metrics_missing", "metrics.jsonl", None),
+    ):
+        broken(name, file, change)
+    assert set(TRIAL_BREAKS) == {p.name for p in (d / "trials").iterdir()} - {"good"}
+    cal = json.loads((d / "cal.json").read_text())
+    for name, (path, value) in CAL_BREAKS.items():
+        doc = copy.deepcopy(cal)
+        *parents, last = path
+        node = doc
+        for key in parents:
+            node = node[key]
+        if value is None and last not in ("value",):
+            del node[last]
+        else:
+            node[last] = value
+        (d / f"cal_{name}.json").write_text(json.dumps(doc))
+
+
+def _write_studies(d: Path) -> None:
+    """A ladder study (the scale CLI test's), and study.db files that are not one (STUDY_BREAKS)."""
+    import sqlite3
+
+    import optuna
+
+    from tests.cli.test_scale_cli import LRS, _loss
+    from tests.search.test_ladder import make_study
+
+    (d / "ladder").mkdir()
+    make_study(d / "ladder" / "study.db", {"w64": 0, "w96": 0, "w128": 0}, loss_of=_loss, lrs=LRS[:3])
+    for name in ("text", "binary", "zero", "foreign", "empty"):
+        (d / name).mkdir()
+    (d / "text" / "study.db").write_text("not a database\n")
+    (d / "binary" / "study.db").write_bytes(bytes(range(256)) * 16)
+    (d / "zero" / "study.db").write_bytes(b"")
+    with sqlite3.connect(d / "foreign" / "study.db") as db:
+        db.execute("create table notes (body text)")
+    (d / "folder" / "study.db").mkdir(parents=True)
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{d / 'empty' / 'study.db'}")
 
 
 @pytest.fixture(scope="module")
@@ -329,12 +493,14 @@ def test_the_table_is_large_enough() -> None:
     assert len(CASES) >= 150
     assert len({c for c, _ in CASES}) == len(CASES)
     verbs = {c.split()[0] for c, _ in CASES}
-    assert {"plan", "run", "search", "trials", "report", "gpus", "models"} <= verbs
+    assert {"plan", "run", "search", "trials", "report", "gpus", "models", "calibrate", "scale"} <= verbs
 
 
 @pytest.mark.parametrize("case", ["plan --model llama-2-7b --price nan", "run --data {d}/latin1.txt",
                                   "search --n-trials 0", "report --storage sqlite:///{d}/missing.db",
-                                  "trials --storage {d}/missing.log"])
+                                  "trials --storage {d}/missing.log",
+                                  "plan --model trainplan-tiny --calibration {d}/cal_e_max_zero.json",
+                                  "calibrate {d}/trials/metrics_binary", "scale --run-dir {d}/text --target-model gpt2"])
 def test_bad_input_in_a_real_process(case: str, files: Path, tmp_path: Path) -> None:
     env = {**os.environ, "TRAINPLAN_RUNS": str(tmp_path / "runs")}
     proc = subprocess.run([sys.executable, "-m", "trainplan", *_argv(case, files)], capture_output=True, text=True,
@@ -342,3 +508,23 @@ def test_bad_input_in_a_real_process(case: str, files: Path, tmp_path: Path) -> 
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert not (files / "missing.db").exists() and not (files / "missing.log").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="needs the search/_ladder.py hunk (ladder_points through trial_config and a "
+                                       "layout check); then drop this marker")
+def test_scale_on_a_study_whose_trials_hold_no_ladder_config(files: Path, tmp_path: Path, no_processes: list,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # Completed trials whose "config" attribute is not the search's (another tool's study, or edited):
+    # skipped as no ladder point, so scale names the study as too small instead of crashing.
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="other", storage=url)
+    for config in ("oops", {"model": "trainplan-tiny", "layout": "x"}, None):
+        trial = study.ask()
+        if config is not None:
+            trial.set_user_attr("config", config)
+        study.tell(trial, 1.0)
+    code = main(["scale", "--storage", url, "--target-model", "trainplan-tiny", "--out", str(tmp_path / "t")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--storage" in lines[0] and "too few trials" in lines[0], lines

@@ -113,7 +113,7 @@ def test_a_target_at_other_tokens_says_its_loss_is_at_the_ladders(capsys, ladder
 @pytest.mark.parametrize(("extra", "flag"), [
     (["--budget", "1"], "--budget"),
     (["--tokens", "lots"], "--tokens"),
-    (["--target-model", "no-such-model"], "--model"),
+    (["--target-model", "no-such-model"], "--target-model"),  # the flag typed (the planner says --model)
 ])
 def test_bad_input_is_one_line_naming_the_flag(capsys, ladder_dir: Path, extra: list[str], flag: str) -> None:
     args = ["scale", "--run-dir", str(ladder_dir), "--target-model", "llama-2-7b", "--max-gpus", "512", *extra]

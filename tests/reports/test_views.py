@@ -137,3 +137,40 @@ def test_parallel_coordinates_title_clears_the_axis_labels(study: optuna.Study) 
     fig = get_parallel_plot(get_scatter_info(read_study(study)))
     assert fig.layout.title.text.startswith("Parallel coordinates")
     assert fig.layout.margin.t >= 100 and fig.data[0].type == "parcoords"
+
+
+def test_the_report_and_the_trial_table_read_study_attributes_alike(storage: str) -> None:
+    # One reading (search/_records.py:read_study_attrs): a two-objective study trainplan did not
+    # create names its objectives value_0, value_1 in the report and in `trainplan trials` alike
+    # (the report said value, value_1), and attributes of the wrong shape fall back to defaults.
+    from trainplan.search._records import trial_records
+
+    study = optuna.create_study(storage=storage, study_name="foreign", directions=["minimize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[1.0, 2.0]))
+    study.set_user_attr("objectives", {"names": ["eval_loss"]})  # one name for two objectives
+    study.set_user_attr("sweep", ["not", "a", "mapping"])
+    study.set_user_attr("command", "trainplan search")
+    record = read_study(study)
+    assert record.objective_names == ("value_0", "value_1")
+    assert {"value_0", "value_1"} <= set(trial_records(study)[0])
+    assert record.sweep == {} and record.command == ("trainplan search",) and record.environment == {}
+
+
+def test_best_trial_on_the_cpu_reports_rank_hours_and_broken_files_are_tolerated(storage: str, tmp_path) -> None:
+    # "Ran on the CPU" is runners._result.ran_on_cpu's rule; the summary's own copy (and its
+    # ds_config.json reading) raised on a file that starts like an object but is not JSON.
+    from trainplan.reports import get_summary_info
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    (folder / "result.json").write_text('{"device": {"kind": "cpu"}}')
+    study = optuna.create_study(storage=storage, study_name="cpu")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, values=[1.0],
+                                              user_attrs={**attrs("completed", final=1.0), "trial_dir": str(folder)}))
+    metrics = get_summary_info(read_study(study), "no target").best_metrics
+    assert "gpu_hours" not in metrics and "cpu_rank_hours" in metrics
+    (folder / "result.json").write_text('{"device": broken')
+    (folder / "ds_config.json").write_text('{"train_batch_size": ')  # hand-edited, half saved
+    info = get_summary_info(read_study(study), "no target")
+    assert "cpu_rank_hours" not in info.best_metrics and "gpu_hours" in info.best_metrics
+    assert info.best_ds_config == {}

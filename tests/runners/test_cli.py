@@ -49,6 +49,19 @@ def test_flags_override_the_spec_file_which_overrides_defaults(tmp_path, capsys)
 def test_global_batch_sets_accumulation(tmp_path, capsys):
     out = _dry_run(capsys, "--out", str(tmp_path / "t"), "--gpus", "2", "--micro-batch", "4", "--global-batch", "24")
     assert TrialSpec.from_json(Path(out["trial_dir"]) / "spec.json").layout.grad_accum == 3
+    # As in `trainplan plan`: --grad-accum given as well is accepted when it is the one implied (24 / (4 x 2) = 3).
+    out = _dry_run(capsys, "--out", str(tmp_path / "u"), "--gpus", "2", "--micro-batch", "4", "--global-batch", "24",
+                   "--grad-accum", "3")
+    assert TrialSpec.from_json(Path(out["trial_dir"]) / "spec.json").layout.grad_accum == 3
+
+
+def test_a_disagreeing_grad_accum_names_both_flags_and_the_implied_value(tmp_path, capsys):
+    args = ["--gpus", "2", "--micro-batch", "4", "--global-batch", "24", "--grad-accum", "2"]
+    assert main(["run", "--dry-run", "--out", str(tmp_path / "t"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("trainplan: error: --grad-accum: 2 disagrees with --global-batch 24")
+    assert "implies 3" in err[0]
+    assert not (tmp_path / "t").exists()
 
 
 @pytest.mark.parametrize(("args", "flag"), [
@@ -58,7 +71,7 @@ def test_global_batch_sets_accumulation(tmp_path, capsys):
     (["--model", "llama-2-7"], "--model"),
     (["--data", "/nonexistent/x.txt"], "--data"),
     (["--global-batch", "10", "--micro-batch", "4"], "--global-batch"),
-    (["--global-batch", "16", "--grad-accum", "2"], "--global-batch"),
+    (["--global-batch", "16", "--grad-accum", "2"], "--grad-accum"),  # 16 / 16 implies 1 (was: refused as a pair)
     pytest.param(["--precision", "fp16"], "--precision",
                  marks=pytest.mark.skipif(gpu_present(), reason="fp16 is allowed on a GPU")),
     (["--steps", "10", "--warmup-steps", "11"], "--warmup-steps"),

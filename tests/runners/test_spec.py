@@ -134,5 +134,23 @@ def test_unstated_precision_follows_the_device(tmp_path):
     assert resolve_spec({}, file, gpu=True).layout.precision == "fp32"  # the file states it
     with pytest.raises(UsageError, match="fp16 needs a GPU"):
         resolve_spec({"precision": "fp16"}, gpu=False)
-    with pytest.raises(UsageError, match="not both"):
-        resolve_spec({"global_batch": 16, "grad_accum": 1}, gpu=False)
+
+def test_global_batch_with_grad_accum_follows_the_plan_rule(tmp_path):
+    from trainplan.runners._spec import resolve_spec
+
+    # One rule for plan and run (Layout.with_global_batch): an agreeing pair is accepted...
+    assert resolve_spec({"global_batch": 16, "grad_accum": 1}, gpu=False).layout.grad_accum == 1
+    assert resolve_spec({"global_batch": 64, "grad_accum": 4}, gpu=False).layout.grad_accum == 4
+    # ...a disagreeing one refused, naming both flags and what the global batch implies.
+    with pytest.raises(UsageError, match=r"2 disagrees with --global-batch 16 \(which implies 1\)") as err:
+        resolve_spec({"global_batch": 16, "grad_accum": 2}, gpu=False)
+    assert err.value.key == "--grad-accum"
+    # A spec file's accumulation is overridden by --global-batch (command line > file).
+    file = tmp_path / "trial.json"
+    file.write_text(json.dumps({"layout": {"grad_accum": 7, "micro_batch": 8}}))
+    assert resolve_spec({"global_batch": 32}, file, gpu=False).layout.grad_accum == 4
+    # A spec file's micro-batch of the wrong type is named before the rule multiplies it.
+    file.write_text(json.dumps({"layout": {"micro_batch": "4"}}))
+    with pytest.raises(UsageError) as err:
+        resolve_spec({"global_batch": 16}, file, gpu=False)
+    assert err.value.key == "--micro-batch"

@@ -39,18 +39,22 @@ __all__ = ["calibrate", "calibrated_dict", "calibrated_rows", "use_calibration"]
 def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str | None, out: Path, timing: str,
               fmt: str) -> None:
     """Fit compute efficiency, exposed communication and memory overhead to measured trials."""
+    from trainplan.cli._types import check_output_file
     from trainplan.planner import fit
 
     if bool(run_dirs) == bool(storage):
         raise UsageError("RUN_DIR", "give trial or search folders, or --storage URL (one of them)")
+    check_output_file(out, "--out")  # before the fit, not after it
     skipped: list[str] = []
     if storage:
         import optuna
 
         from trainplan.cli.report import _study_name
+        from trainplan.search._optuna import existing_storage_file
         from trainplan.search._points import study_points
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        existing_storage_file(storage)  # never create a storage just to read it
         study = optuna.load_study(study_name=_study_name(storage, study_name), storage=storage)
         points = study_points(study, skipped, timing)
         key = "--storage"
@@ -59,9 +63,12 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
 
         points = trial_points(run_dirs, skipped, timing)
         key = "RUN_DIR"
+    try:
+        cal = fit(points, key=key)
+    except UsageError as exc:  # one line: the refusal, and why trials were left out
+        raise UsageError(exc.key, exc.message + (f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else "")) from None
     for why in skipped:
         click.echo(f"trainplan calibrate: skipped {why}", err=True)
-    cal = fit(points, key=key)
     if timing == "wall" and cal.device.get("kind") == "cpu" and (ratio := _wall_over_cpu(points)) > 1.3:
         click.echo(f"trainplan calibrate: warning: a step took {ratio:.1f}x rank 0's CPU time by the clock (median "
                    "over the trials): the machine was shared, and wall timing fits the neighbours' load as well; "

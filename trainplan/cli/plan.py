@@ -170,7 +170,8 @@ def plan(**o: Any) -> None:
     check_output_file(o["report"], "--report")
     model = load_model(o["model"])
     gpu = load_gpu(o["gpu"])
-    tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] else None
+    tokens = parse_count(o["tokens"], "--tokens") if o["tokens"] is not None else None  # '' is refused too
+    unique = parse_count(o["dataset_tokens"], "--dataset-tokens") if o["dataset_tokens"] is not None else None
     o["seq_len"] = o["seq_len"] or min(2048, model.max_position_embeddings)
     layout, global_batch = _layout(o)
     cal = None
@@ -179,7 +180,7 @@ def plan(**o: Any) -> None:
 
         cal, gpu, layout = use_calibration(o, layout, gpu)
     single = make_plan(model, layout, gpu, tokens=tokens, mfu=o["mfu"], price=o["price"])
-    data = _data_limit(single, parse_count(o["dataset_tokens"], "--dataset-tokens") if o["dataset_tokens"] else None)
+    data = _data_limit(single, unique)
     rec = None
     if o["recommend"]:
         rec = recommend(model, gpu, layout, global_batch=global_batch or layout.global_batch, tokens=tokens,

@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from trainplan.cli._format import human_count, human_hours, parse_count, print_table
+from trainplan.cli._types import Count, Finite
 from trainplan.errors import UsageError
 
 __all__ = ["scale"]
@@ -31,6 +32,7 @@ def _open_study(storage: str | None, run_dir: Path | None, study_name: str | Non
     import optuna
 
     from trainplan.cli.report import _study_name
+    from trainplan.search._optuna import existing_storage_file
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage and run_dir:
@@ -42,6 +44,7 @@ def _open_study(storage: str | None, run_dir: Path | None, study_name: str | Non
         if not db.is_file():
             raise UsageError("--run-dir", f"no study.db in {run_dir}; run `trainplan search <ladder.yaml> --run-dir {run_dir}` first")
         storage = f"sqlite:///{db.resolve()}"
+    existing_storage_file(storage)  # never create a storage just to read it
     return optuna.load_study(study_name=_study_name(storage, study_name), storage=storage)
 
 
@@ -103,10 +106,10 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
 @click.option("--study", "study_name", metavar="NAME", help="Study name (default: the storage's only study).")
 @click.option("--target-model", required=True, help="Target model: preset, config.json or hub id.")
 @click.option("--tokens", default=None, help="Target training tokens, e.g. 2T [compute-optimal].")
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="Target sequence length [2048 or the model's maximum].")
+@click.option("--seq-len", type=Count(1, 2**24), default=None, help="Target sequence length [2048 or the model's maximum].")
 @click.option("--gpu", default="h100-sxm", show_default=True, help="GPU from the catalog.")
-@click.option("--max-gpus", type=click.IntRange(min=1), default=64, show_default=True, help="Most GPUs the layout may use.")
-@click.option("--budget", type=float, default=None, help="Most USD the run may cost (the layout is chosen under it).")
+@click.option("--max-gpus", type=Count(), default=64, show_default=True, help="Most GPUs the layout may use.")
+@click.option("--budget", type=Finite(0, 1e15, low_open=True), default=None, help="Most USD the run may cost (the layout is chosen under it).")
 @click.option("--optimize", type=click.Choice(["time", "cost", "gpus"]), default="time", show_default=True)
 @click.option("--dataset-tokens", default=None, help="Unique tokens of the data: epochs and the data-constrained loss.")
 @click.option("--data", default=None, help="Training data of the target spec [the ladder's].")
@@ -126,21 +129,34 @@ def scale(run_dir: Path | None, storage: str | None, study_name: str | None, tar
           dataset_tokens: str | None, data: str | None, tolerance: float, out_dir: Path | None,
           report_path: Path | None, hyper_source: str, fmt: str) -> None:
     """Fit LR, batch and loss laws on a ladder study and plan the target run."""
+    from trainplan.planner import load_model
+    from trainplan.runners._folders import check_trial_folder
     from trainplan.search._ladder import ladder_points, scale_target, write_target
+    from trainplan.search._records import read_study_attrs
 
-    if budget is not None and budget <= 0:
-        raise UsageError("--budget", f"must be positive, got {budget}")
-    study = _open_study(storage, run_dir, study_name)
-    base = (study.user_attrs.get("sweep") or {}).get("base") or {}
-    points = ladder_points(study)
-    decision = scale_target(
-        points, target_model, tokens=parse_count(tokens, "--tokens") if tokens else None,
-        gpu=gpu, max_gpus=max_gpus, budget=budget, optimize=optimize,
-        dataset_tokens=parse_count(dataset_tokens, "--dataset-tokens") if dataset_tokens else None,
-        seq_len=seq_len, tolerance=tolerance, warmup_fraction=float(base.get("warmup_fraction", 0.01)),
-        data=data or base.get("data", "stdlib"), hyper_source=hyper_source,
-    )
+    try:
+        load_model(target_model)
+    except UsageError as exc:  # the planner names --model; this verb's flag is --target-model
+        raise UsageError("--target-model", exc.message) from None
+    target_tokens = parse_count(tokens, "--tokens") if tokens is not None else None
+    unique = parse_count(dataset_tokens, "--dataset-tokens") if dataset_tokens is not None else None
     out = out_dir or ((run_dir or Path(".")) / "target")
+    check_trial_folder(out, "--out")  # never over someone's other files
+    try:
+        study = _open_study(storage, run_dir, study_name)
+        base = read_study_attrs(study).sweep.get("base")
+        base = base if isinstance(base, dict) else {}
+        points = ladder_points(study)
+        decision = scale_target(
+            points, target_model, tokens=target_tokens, gpu=gpu, max_gpus=max_gpus, budget=budget,
+            optimize=optimize, dataset_tokens=unique, seq_len=seq_len, tolerance=tolerance,
+            warmup_fraction=float(base.get("warmup_fraction", 0.01)), data=data or base.get("data", "stdlib"),
+            hyper_source=hyper_source,
+        )
+    except UsageError as exc:  # the study's errors name --storage; the user may have typed --run-dir
+        if run_dir is None or exc.key != "--storage":
+            raise
+        raise UsageError("--run-dir", exc.message) from None
     paths = write_target(decision, out)
     d = decision.to_dict()
     if report_path is not None:
