@@ -115,7 +115,7 @@ class Layout:
         well must be the one this implies.
         """
         per_step = self.micro_batch * self.dp
-        if not isinstance(global_batch, int) or global_batch < 1 or per_step < 1 or global_batch % per_step:
+        if not isinstance(global_batch, int) or isinstance(global_batch, bool) or global_batch < 1 or per_step < 1 or global_batch % per_step:
             raise UsageError(flag, f"{global_batch!r} is not a positive multiple of --micro-batch x data-parallel "
                                    f"ranks = {self.micro_batch} x {self.dp} = {per_step}")
         accum = global_batch // per_step
@@ -141,7 +141,7 @@ class Layout:
             ("--pp", self.pp), ("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum),
             ("--seq-len", self.seq_len), ("--pp-interleave", self.pp_interleave), ("--cp", self.cp),
         ):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:  # JSON true is no count
                 out.append(UsageError(flag, f"must be a positive integer, got {value!r}"))
         if out:  # the divisibility rules below need positive integers
             return out

@@ -44,6 +44,7 @@ def test_problems_lists_every_rule_broken_and_validate_raises_the_first():
     ({"gpus": 0}, "--gpus"), ({"micro_batch": -1}, "--micro-batch"), ({"zero": 4}, "--zero"),
     ({"precision": "fp8"}, "--precision"), ({"offload": "cpu"}, "--offload"),
     ({"pp": 2, "gpus": 2, "zero": 2}, "--zero"), ({"checkpointing": "some"}, "--checkpointing"),
+    ({"micro_batch": True}, "--micro-batch"),  # a JSON true is an int to Python, not a count
 ])
 def test_each_rule_names_its_flag(changes, flag):
     assert [p.key for p in Layout(**changes).problems()] == [flag]
