@@ -1,8 +1,8 @@
 """Real trials through the real ``deepspeed`` launcher on the CPU (gloo): what a user would see.
 
 Kept cheap: tiny batches, a few steps, 300 kB of data, except the default task's 100 steps. The
-first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s); pytest-timeout's
-per-test limit (pyproject.toml) is far above that.
+first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s) unless ``make setup`` built
+them; pytest-timeout's per-test limit (pyproject.toml) is far above that.
 """
 
 from __future__ import annotations
