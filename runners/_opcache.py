@@ -89,7 +89,7 @@ def main() -> None:
     build to the first trial (which reports its error in the trial's ``stderr.log``)."""
     if ops_compiled():
         return
-    print(f"trainplan: building DeepSpeed's CPU ops once, into {extensions_dir()} (about 100 s on a 2-core CPU; "
+    print(f"trainplan: building DeepSpeed's C++ ops once, into {extensions_dir()} (about 100 s on a 2-core CPU; "
           "trials then start in seconds)", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:

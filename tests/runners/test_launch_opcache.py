@@ -75,7 +75,7 @@ def test_setup_step_is_silent_when_built_and_says_what_it_builds(tmp_path: Path,
     _opcache.main()
     err = capsys.readouterr().err
     assert built == [tmp_path]
-    assert f"building DeepSpeed's CPU ops once, into {tmp_path}" in err and "built in" in err
+    assert f"building DeepSpeed's C++ ops once, into {tmp_path}" in err and "built in" in err
 
     mine = tmp_path / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / "fused_adam"
     mine.mkdir(parents=True)
