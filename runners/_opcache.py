@@ -69,7 +69,7 @@ def build_ops() -> bool:
 
     The same build a first trial would run (``FusedAdamBuilder().load()``, what DeepSpeed's
     ``FusedAdam`` calls; deepspeed/ops/adam/fused_adam.py), in the same cache, with py-cpuinfo's
-    answer kept as trials keep it (runners/_dist.py), so the trials that follow load it in seconds.
+    answer kept as trials keep it (runners/_dist.py), so the trials that follow load it without building.
     """
     if ops_compiled():
         return False
@@ -90,7 +90,7 @@ def main() -> None:
     if ops_compiled():
         return
     print(f"trainplan: building DeepSpeed's C++ ops once, into {extensions_dir()} (about 100 s on a 2-core CPU; "
-          "trials then start in seconds)", file=sys.stderr, flush=True)
+          "no trial builds them again)", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
         build_ops()
