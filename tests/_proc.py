@@ -56,8 +56,9 @@ def cli_env(runs: Path) -> dict[str, str]:
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 """For trials that run side by side on this machine: the runner gives each rank all the cores it
-sees (runners/_loop.py), and two trials of two threads each on 2 cores train 15-20x slower than
-one (OpenMP threads spinning for a core; measured here at 100-120 tokens/s against 1,900)."""
+sees (runners/_loop.py), and trials of two threads each side by side on 2 cores crawl (OpenMP
+threads spinning for a core): three of them trained at 100-123 tokens/s each, one alone at about
+1,900 (tests/search/test_postgres.py before this, load 2.5-3.6)."""
 
 
 def trainplan(*args: str, runs: Path, cwd: Path, check: bool = True, timeout: float = 300,
