@@ -3,7 +3,6 @@ and `trainplan calibrate` reading those real trials."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
