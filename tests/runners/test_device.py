@@ -3,7 +3,6 @@ and `trainplan calibrate` reading those real trials."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from tests._proc import ONE_THREAD
