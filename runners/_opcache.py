@@ -1,5 +1,10 @@
 """DeepSpeed's JIT-built C++ ops: where this environment keeps them, whether they are built, and
-the build locks a killed build leaves behind."""
+the build locks a killed build leaves behind.
+
+``make setup`` builds the ops once, so neither a user's first trial nor the test suite pays for it::
+
+    python -c "from trainplan.runners._opcache import main; main()"
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["STALE_LOCK_S", "clear_stale_build_locks", "extensions_dir", "ops_compiled"]
+__all__ = ["STALE_LOCK_S", "build_ops", "clear_stale_build_locks", "extensions_dir", "ops_compiled"]
 
 
 def extensions_dir() -> Path:
@@ -56,3 +61,41 @@ def clear_stale_build_locks() -> list[Path]:
     for lock in removed:
         print(f"trainplan: removed a stale DeepSpeed build lock {lock} (left by a killed build)", file=sys.stderr)
     return removed
+
+
+def build_ops() -> bool:
+    """Build DeepSpeed's Adam op into :func:`extensions_dir` now, unless it is already built; return
+    whether a build ran.
+
+    The same build a first trial would run (``FusedAdamBuilder().load()``, what DeepSpeed's
+    ``FusedAdam`` calls; deepspeed/ops/adam/fused_adam.py), in the same cache, with py-cpuinfo's
+    answer kept as trials keep it (runners/_dist.py), so the trials that follow load it without building.
+    """
+    if ops_compiled():
+        return False
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    clear_stale_build_locks()
+    from deepspeed.ops.op_builder import FusedAdamBuilder
+
+    from trainplan.runners._dist import remember_cpu_info
+
+    remember_cpu_info(extensions_dir())
+    FusedAdamBuilder().load(verbose=False)
+    return True
+
+
+def main() -> None:
+    """``make setup``'s step: build the ops once, saying so; a failed build warns and leaves the
+    build to the first trial (which reports its error in the trial's ``stderr.log``)."""
+    if ops_compiled():
+        return
+    print(f"trainplan: building DeepSpeed's C++ ops once, into {extensions_dir()} (about 100 s on a 2-core CPU; "
+          "no trial builds them again)", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        build_ops()
+    except Exception as exc:  # noqa: BLE001 -- any build failure: setup goes on, the first trial retries
+        print(f"trainplan: warning: DeepSpeed's ops did not build ({type(exc).__name__}: {exc}); "
+              "the first trial will try again", file=sys.stderr)
+        return
+    print(f"trainplan: DeepSpeed's ops built in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests._proc import run_group
+from tests._proc import ONE_THREAD, run_groups
 
 from trainplan.planner import Layout, from_hf_config, load_model
-from trainplan.runners import free_port
+from trainplan.runners import free_port, ops_compiled
 from trainplan.planner._memory import activation_bytes, estimate_memory
 
 # Every weight matrix above stage3_param_persistence_threshold (1e5 elements), as in real models,
@@ -38,17 +38,18 @@ def probed(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int, str
     """(world, zero, precision) -> the per-rank probe records."""
     out: dict[tuple[int, int, str], list[dict[str, Any]]] = {}
     repo = Path(__file__).resolve().parents[2]
-    cache = Path(os.environ.get("TORCH_EXTENSIONS_DIR", Path.home() / ".cache" / "torch_extensions"))
-    if not cache.exists():
+    if not ops_compiled():  # `make setup` builds them; a bare checkout builds them here
         print("first DeepSpeed run on this machine: JIT-compiling its C++ ops (~100 s)", file=sys.stderr)
-    for world in (1, 2):
-        folder = tmp_path_factory.mktemp(f"probe{world}")
-        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
-               "--num_gpus", str(world), str(repo / "tests" / "planner" / "memory_probe.py"),
-               "--out", str(folder), "--model", json.dumps(PROBE_MODEL),
-               "--cases", ",".join(f"{z}:{p}" for z, p in CASES)]
-        proc = run_group(cmd, cwd=repo, timeout=900)
+    folders = {world: tmp_path_factory.mktemp(f"probe{world}") for world in (1, 2)}
+    # Both launches at once, one thread per rank: their start-ups overlap, and each engine's
+    # bytes are its own.
+    cmds = [[sys.executable, "-m", "deepspeed.launcher.runner", "--master_port", str(free_port()),
+             "--num_gpus", str(world), str(repo / "tests" / "planner" / "memory_probe.py"),
+             "--out", str(folder), "--model", json.dumps(PROBE_MODEL),
+             "--cases", ",".join(f"{z}:{p}" for z, p in CASES)] for world, folder in folders.items()]
+    for proc in run_groups(cmds, cwd=repo, timeout=900, env={**os.environ, **ONE_THREAD}):
         assert proc.returncode == 0, proc.stderr[-4000:]
+    for world, folder in folders.items():
         for zero, prec in CASES:
             out[world, zero, prec] = [json.loads((folder / f"z{zero}_{prec}_r{r}.json").read_text())
                                       for r in range(world)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests._proc import trainplan
+from tests._proc import ONE_THREAD, trainplan
 from tests.reports._browser import find_chromium, open_page
 
 from trainplan.search import default_sweep_path
@@ -38,7 +38,7 @@ def test_report_of_a_real_default_sweep(tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     runs = tmp_path / "runs"
-    trainplan("search", str(path), "--no-progress", runs=runs, cwd=tmp_path, timeout=400)
+    trainplan("search", str(path), "--no-progress", runs=runs, cwd=tmp_path, timeout=400, env=ONE_THREAD)
 
     page = Path(trainplan("report", runs=runs, cwd=tmp_path).stdout.strip())
     assert page == runs / "search-default" / "report.html"

@@ -3,14 +3,16 @@ and `trainplan calibrate` reading those real trials."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+
+from tests._proc import ONE_THREAD
 
 from trainplan.cli import main
 from trainplan.planner import device_profile, estimate_memory, load_model
 from trainplan.planner._device import software_stack
-from trainplan.runners import TrialSpec, run_trial
+from trainplan.runners import TrialSpec, launch_trial
+from trainplan.runners._dist import machine_key
+from trainplan.runners._opcache import extensions_dir
 
 SMALL = dict(eval_tokens=2048, max_data_bytes=300_000, eval_every=100, steps=3)
 
@@ -52,11 +54,26 @@ def _thread_timed_product(n):
 
 @pytest.mark.slow
 def test_real_trials_record_device_and_peak_growth_then_calibrate(tmp_path, capsys):
-    results = {}
-    for mb in (4, 32):
-        spec = TrialSpec(layout={"micro_batch": mb, "seq_len": 64}, **SMALL)
-        results[mb] = run_trial(spec, tmp_path / f"mb{mb}")
-        assert results[mb]["status"] == "completed", results[mb].get("stderr_tail")
+    # Both trials at once (most of a 3-step trial is process start-up), one thread each; the
+    # second starts once the machine's matmul peak is kept, so that it reads what the first (or an
+    # earlier trial) measured rather than measuring it again beside it.
+    kept = extensions_dir() / f"matmul-peak-{machine_key()}-cpu-thread-time.json"
+    handles = {4: launch_trial(TrialSpec(layout={"micro_batch": 4, "seq_len": 64}, **SMALL), tmp_path / "mb4",
+                               env=ONE_THREAD)}
+    try:
+        while not kept.is_file() and handles[4].wait(0.2) is None:
+            pass
+        handles[32] = launch_trial(TrialSpec(layout={"micro_batch": 32, "seq_len": 64}, **SMALL), tmp_path / "mb32",
+                                   env=ONE_THREAD)
+        for handle in handles.values():
+            assert handle.wait(300) is not None, "a 3-step trial ran past 300 s"
+    finally:
+        for handle in handles.values():
+            if handle.poll() is None:
+                handle.stop(grace_s=10)
+    results = {mb: handle.finalize() for mb, handle in handles.items()}
+    for mb, result in results.items():
+        assert result["status"] == "completed", (mb, result.get("stderr_tail"))
     dev = results[4]["device"]
     assert dev["kind"] == "cpu" and dev["count"] == 1 and dev["cores"] >= 1 and dev["memory_bytes"] > 2**30
     assert dev["peak_flops"]["fp32"] > 1e8 and "measured" in dev["peak_source"]

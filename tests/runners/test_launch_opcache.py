@@ -60,3 +60,39 @@ def test_ops_compiled_looks_for_this_pythons_build(tmp_path: Path, monkeypatch: 
     mine.mkdir(parents=True)
     (mine / "fused_adam.so").touch()
     assert _opcache.ops_compiled()
+
+
+def test_setup_step_is_silent_when_built_and_says_what_it_builds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    built: list[Path] = []
+
+    def build() -> bool:  # stands in for the ~100 s compile; what main says around it is under test
+        built.append(_opcache.extensions_dir())
+        return True
+
+    monkeypatch.setattr(_opcache, "build_ops", build)
+    _opcache.main()
+    err = capsys.readouterr().err
+    assert built == [tmp_path]
+    assert f"building DeepSpeed's C++ ops once, into {tmp_path}" in err and "built in" in err
+
+    mine = tmp_path / f"py{sys.version_info.major}{sys.version_info.minor}_cpu" / "fused_adam"
+    mine.mkdir(parents=True)
+    (mine / "fused_adam.so").touch()
+    _opcache.main()
+    assert built == [tmp_path] and capsys.readouterr().err == ""  # built already: nothing to do, nothing said
+
+
+def test_a_failed_build_warns_in_one_line_and_leaves_it_to_the_first_trial(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+
+    def fail() -> bool:
+        raise RuntimeError("Error building extension 'fused_adam'")
+
+    monkeypatch.setattr(_opcache, "build_ops", fail)
+    _opcache.main()  # returns: setup goes on
+    warning = capsys.readouterr().err.splitlines()[-1]
+    assert warning.startswith("trainplan: warning: DeepSpeed's ops did not build (RuntimeError: Error building")
+    assert warning.endswith("the first trial will try again")

@@ -1,8 +1,8 @@
 """Real trials through the real ``deepspeed`` launcher on the CPU (gloo): what a user would see.
 
 Kept cheap: tiny batches, a few steps, 300 kB of data, except the default task's 100 steps. The
-first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s); pytest-timeout's
-per-test limit (pyproject.toml) is far above that.
+first DeepSpeed run on a fresh machine compiles C++ ops (about 100 s) unless ``make setup`` built
+them; pytest-timeout's per-test limit (pyproject.toml) is far above that.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests._proc import ONE_THREAD
 
 from trainplan.cli import main
 from trainplan.runners import METRIC_KEYS, TrialSpec, launch_trial, run_trial
@@ -65,21 +67,44 @@ def test_default_task_learns(tmp_path, capsys):
     assert result["estimate"]["memory_bytes"] > 0  # the planner's number beside the measured one
 
 
+TWO_RANKS = "test_two_ranks_match_one_rank_at_the_same_global_batch"
+
+
 @pytest.fixture(scope="module")
-def one_rank_curve(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ref")
-    spec = TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=1, grad_accum=2))
-    result = run_trial(spec, folder)
-    assert result["status"] == "completed", result["reason"]
-    return _metrics(folder)
+def rank_runs(request, tmp_path_factory):
+    """The one-rank reference ("ref") and the two-rank trial of each ZeRO stage this session
+    selected: key -> (result, trial folder). Two trials at a time, one thread per rank: a 4-step
+    trial is mostly start-up, and two of them overlap it on 2 cores."""
+    zeros = sorted({item.callspec.params["zero"] for item in request.session.items
+                    if getattr(item, "originalname", None) == TWO_RANKS})
+    specs = {"ref": TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=1, grad_accum=2))}
+    specs |= {zero: TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=2, grad_accum=1, zero=zero))
+              for zero in zeros}
+    pending, running, done = list(specs), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < 2:
+                key = pending.pop(0)
+                folder = tmp_path_factory.mktemp(f"ranks-{key}")
+                running[key] = (launch_trial(specs[key], folder, env=ONE_THREAD), folder)
+            for key, (handle, folder) in list(running.items()):
+                if handle.wait(0.1) is not None:
+                    done[key] = (handle.finalize(), folder)
+                    del running[key]
+    finally:  # a failure or a timeout here leaves no trial running
+        for handle, _ in running.values():
+            handle.stop(grace_s=10)
+    return done
 
 
 @pytest.mark.parametrize("zero", [0, 1, 2, 3])
-def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, one_rank_curve, zero):
-    spec = TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=2, grad_accum=1, zero=zero))
-    result = run_trial(spec, tmp_path)
+def test_two_ranks_match_one_rank_at_the_same_global_batch(rank_runs, zero):
+    ref_result, ref_folder = rank_runs["ref"]
+    assert ref_result["status"] == "completed", ref_result["reason"]
+    one_rank_curve = _metrics(ref_folder)
+    result, folder = rank_runs[zero]
     assert result["status"] == "completed", result["reason"]
-    curve = _metrics(tmp_path)
+    curve = _metrics(folder)
     assert [r["step"] for r in curve] == [r["step"] for r in one_rank_curve]
     for mine, ref in zip(curve, one_rank_curve):
         for key in ("train_loss", "eval_loss"):
@@ -88,7 +113,7 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(tmp_path, one_rank_cu
             else:
                 assert mine[key] == pytest.approx(ref[key], abs=2e-3), (zero, mine["step"], key)
     assert curve[-1]["train_loss"] < curve[1]["train_loss"] - 0.3  # and it is learning
-    assert _shm_segments(tmp_path) == []  # nothing left in RAM-backed /dev/shm
+    assert _shm_segments(folder) == []  # nothing left in RAM-backed /dev/shm
 
 
 def test_huge_learning_rate_diverges_early(tmp_path, capsys):

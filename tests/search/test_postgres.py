@@ -13,13 +13,16 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tests._proc import ONE_THREAD
+
 pytestmark = pytest.mark.slow
 
 
 def test_two_workers_share_one_study(tmp_path: Path, postgres_url: str, make_sweep) -> None:
     path = make_sweep(tmp_path, "shared", sampler={"type": "random", "seed": 2}, pruner={"type": "none"},
                       budget={"n_trials": 3})
-    env = {**os.environ, "TRAINPLAN_RUNS": str(tmp_path / "runs")}
+    # Two "machines" on this one: one thread per trial, or the three trials fight for 2 cores.
+    env = {**os.environ, "TRAINPLAN_RUNS": str(tmp_path / "runs"), **ONE_THREAD}
     cmd = [sys.executable, "-m", "trainplan", "search", str(path), "--storage", postgres_url, "--no-progress"]
     workers = []
     # One process with two worker threads, one with a single worker: like two machines, one bigger.

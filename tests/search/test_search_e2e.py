@@ -27,9 +27,9 @@ PROTOCOL_ATTRS = {"status", "reason", "trial_dir", "curve", "tokens", "tokens_pe
 def sweep_run(tmp_path_factory: pytest.TempPathFactory, make_sweep, run_cli) -> dict:
     tmp = tmp_path_factory.mktemp("e2e")
     runs = tmp / "runs"
-    # 128 steps (a few seconds): long enough that the search sees the pruned trial's first
-    # evaluation and stops it well before its end (it polls metrics.jsonl twice a second).
-    path = make_sweep(tmp, "e2e", base_changes={"tokens": 65536}, space={"lr": {"low": 1e-5, "high": 20.0, "log": True}},
+    # 64 steps (a few seconds), evaluated every 16: the search sees the pruned trial's first
+    # evaluation and stops it with 48 steps to spare (it polls metrics.jsonl twice a second).
+    path = make_sweep(tmp, "e2e", base_changes={"tokens": 32768}, space={"lr": {"low": 1e-5, "high": 20.0, "log": True}},
                       budget={"n_trials": 3})
     sweep = load_sweep(path)
     run_dir = runs / "search-e2e"

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests._proc import cli_env, run_group
+from tests._proc import cli_env, run_group, run_groups
 from tests.search.conftest import PG_PASSWORD as PASSWORD  # the server's password
 from tests.search.conftest import PG_URL_PASSWORD as URL_PASSWORD
 
@@ -21,6 +21,13 @@ pytestmark = pytest.mark.slow
 def _cli(*args: str, runs: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return run_group([sys.executable, "-m", "trainplan", *args], timeout=600, cwd=cwd,
                      env={**cli_env(runs), **(env or {})})
+
+
+def _clis(calls: list[tuple[list[str], dict[str, str]]], *, runs: Path,
+          cwd: Path) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`_cli` for several (args, env) at once."""
+    return run_groups([[sys.executable, "-m", "trainplan", *args] for args, _ in calls], timeout=600, cwd=cwd,
+                      envs=[{**cli_env(runs), **env} for _, env in calls])
 
 
 def _leaks(text: str) -> bool:
@@ -41,21 +48,22 @@ def test_password_in_no_output_attribute_or_file(tmp_path: Path, pg_with_passwor
     assert "postgres:***@" in proc.stdout
     outputs.append(proc)
     # 2. The same study through $TRAINPLAN_STORAGE, and a reader that takes $PGPASSWORD with no
-    #    password in the URL at all (libpq reads it).
-    outputs.append(_cli("trials", str(sweep), runs=runs, cwd=tmp_path, env={"TRAINPLAN_STORAGE": url}))
-    outputs.append(_cli("trials", str(sweep), "--storage", bare, "-o", str(tmp_path / "t.json"),
-                        runs=runs, cwd=tmp_path, env={"PGPASSWORD": PASSWORD}))
-    outputs.append(_cli("report", "--storage", url, "--study", "secret", "--out", str(tmp_path / "report"),
-                        runs=runs, cwd=tmp_path))
-    assert all(p.returncode == 0 for p in outputs), [p.stderr[-1500:] for p in outputs]
+    #    password in the URL at all (libpq reads it). All at once: each is a separate process.
+    readers = [(["trials", str(sweep)], {"TRAINPLAN_STORAGE": url}),
+               (["trials", str(sweep), "--storage", bare, "-o", str(tmp_path / "t.json")], {"PGPASSWORD": PASSWORD}),
+               (["report", "--storage", url, "--study", "secret", "--out", str(tmp_path / "report")], {})]
+    read = _clis(readers, runs=runs, cwd=tmp_path)
+    assert all(p.returncode == 0 for p in read), [p.stderr[-1500:] for p in read]
+    outputs += read
     # 3. Errors that name the storage: a wrong study, a refused connection, a wrong password.
     wrong = url.replace(URL_PASSWORD, URL_PASSWORD + "9")
-    for args in (["report", "--storage", url, "--study", "nope"],
-                 ["trials", str(sweep), "--storage", url, "--study-name", "nope"],
-                 ["search", str(sweep), "--storage", url.replace("127.0.0.1:", "127.0.0.1:1"), "--no-progress"],
-                 ["report", "--storage", wrong, "--study", "secret"],
-                 ["trials", str(sweep), "--storage", wrong]):
-        proc = _cli(*args, runs=runs, cwd=tmp_path)
+    errors = [(args, {}) for args in (
+        ["report", "--storage", url, "--study", "nope"],
+        ["trials", str(sweep), "--storage", url, "--study-name", "nope"],
+        ["search", str(sweep), "--storage", url.replace("127.0.0.1:", "127.0.0.1:1"), "--no-progress"],
+        ["report", "--storage", wrong, "--study", "secret"],
+        ["trials", str(sweep), "--storage", wrong])]
+    for (args, _), proc in zip(errors, _clis(errors, runs=runs, cwd=tmp_path)):
         assert proc.returncode == 2, (args, proc.stderr[-1500:])
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         outputs.append(proc)
