@@ -37,7 +37,7 @@ __all__ = ["record_trial", "run_trial_for", "screen"]
 def run_trial_for(study: optuna.Study, trial: optuna.Trial, sweep: SweepSpec, run_dir: Path,
                   guard: OrphanGuard | None, stop: threading.Event, env: dict[str, str] | None = None) -> str:
     """Run ``trial`` to its end and tell the study; returns the trial's status. ``env`` is added
-    to the launch environment (a worker's own ``CUDA_VISIBLE_DEVICES``)."""
+    to the launch environment (a worker's own GPUs and share of the cores, ``worker_devices``)."""
     import trainplan.runners as runners  # looked up here: tests stand a fake launcher in
     from trainplan.search._guard import process_start_ticks  # where used: see search/_follow.py
 

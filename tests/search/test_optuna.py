@@ -214,6 +214,7 @@ def test_each_local_worker_gets_its_own_gpus(monkeypatch: pytest.MonkeyPatch) ->
 
     sweep = sweep_from_dict({"workers": 2, "hardware": {"gpu": "a100-80gb", "gpus_per_trial": 2}})
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own setting is kept
     assert [worker_devices(i, sweep) for i in (0, 1)] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     assert worker_devices(1, sweep) == {"CUDA_VISIBLE_DEVICES": "6,7"}
@@ -222,6 +223,19 @@ def test_each_local_worker_gets_its_own_gpus(monkeypatch: pytest.MonkeyPatch) ->
         worker_devices(1, sweep)
     assert info.value.key == "--workers"
     assert worker_devices(0, sweep_from_dict({})) is None
+
+
+def test_local_workers_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each rank of each worker gets cores / (workers x ranks per trial) threads, at least one.
+    from trainplan.search import worker_devices
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    sweep = sweep_from_dict({"workers": 2, "hardware": {"gpu": "a100-80gb", "gpus_per_trial": 2}})
+    assert worker_devices(1, sweep)["OMP_NUM_THREADS"] == "4"
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert worker_devices(0, sweep_from_dict({"workers": 2}))["OMP_NUM_THREADS"] == "1"
+    assert worker_devices(1, sweep)["OMP_NUM_THREADS"] == "1"  # never zero
 
 
 def test_first_rung_is_a_quarter_of_the_trial_in_tokens() -> None:
