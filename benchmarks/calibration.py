@@ -27,6 +27,7 @@ from trainplan.errors import UsageError
 from trainplan.planner import fit, load_model
 from trainplan.planner._calibration import _plan_point
 from trainplan.runners import TrialSpec, run_trial
+from trainplan.runners._cpubench import with_cpu_kernels
 from trainplan.runners._points import trial_points
 
 # (width, micro-batch, seq-len, ZeRO stage, ranks)
@@ -118,6 +119,9 @@ def main() -> int:
     ap.add_argument("--grid", default=":", help="run only this slice of the grid, e.g. 0:6 (no fit)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="more environment for the trials, e.g. MALLOC_MMAP_THRESHOLD_=65536")
+    ap.add_argument("--no-kernels", action="store_true",
+                    help="calibrate without the CPU kernel timings (FLOPs over the matmul peak, the old model)")
+    ap.add_argument("--timing", choices=["wall", "cpu", "both"], default="both", help="which timings to fit")
     args = ap.parse_args()
     ENV.update(kv.split("=", 1) for kv in args.env)
     out = Path(args.out)
@@ -128,11 +132,15 @@ def main() -> int:
     dirs = run_grid(out, args.reuse)
     print(f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
     status = 0
-    for timing in ("wall", "cpu"):
+    for timing in ("wall", "cpu") if args.timing == "both" else (args.timing,):
         print(f"\n## {timing} timing: " + ("tokens/s by the clock" if timing == "wall" else
               "contention-free tokens/s (each step's tokens over rank 0's CPU-seconds / its threads)") + "\n")
         try:
-            status = max(status, report(trial_points(dirs, timing=timing)))
+            points = trial_points(dirs, timing=timing)
+            if not args.no_kernels:
+                points, how = with_cpu_kernels(points)
+                print(how + "\n")
+            status = max(status, report(points))
         except UsageError as exc:
             print(f"calibration: error: {exc}", file=sys.stderr)
             status = 2

@@ -25,6 +25,13 @@ micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micr
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
 communication time really exposed (the overlap and the real bandwidth together).
 
+On the CPU, when the trials' points carry kernel timings of this machine (``device["kernels"]``,
+runners/_cpubench.py, attached by ``trainplan calibrate`` and benchmarks/calibration.py), F / P is
+replaced by the step's linear-layer and attention products timed by cost models fitted to those
+timings (planner/_cpu.py): the rate of each product's own shape, timed beside as many busy
+neighbours as the trial had ranks, instead of one efficiency curve in the work per micro-batch.
+``1 / e_max`` is then a scale on that time (1 when the products run in the step as fast as alone).
+
 ZeRO-3 pays per layer and micro-batch, whatever the width: DeepSpeed's stage-3 engine hooks every
 submodule to gather its parameters before forward and backward and release them after
 (deepspeed/runtime/zero/parameter_offload.py, partitioned_param_coordinator.py; Rajbhandari et al.
@@ -61,9 +68,11 @@ from typing import Any
 
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._cpu import KernelModel, fit_kernels, kernel_seconds
 from trainplan.planner._device import device_key, device_label, device_profile
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
+from trainplan.planner._lsq import nonneg_rel_lsq as _wls
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
@@ -144,17 +153,29 @@ def expected_peak_bytes(p: Plan) -> float:
     return allocated
 
 
-def _features(p: Plan) -> dict[str, float]:
-    """The regressors of one plan: see the module docstring."""
+def _kernel_model(device: Mapping[str, Any], ranks: int) -> KernelModel | None:
+    """The CPU kernel cost models of ``device`` for a trial of ``ranks`` ranks (its ``kernels``
+    samples timed beside ``ranks - 1`` busy neighbours), or None (a GPU, no samples for that
+    many ranks, or trials calibrated without them)."""
+    samples = (device.get("kernels") or {}).get(str(ranks)) if device.get("kind") == "cpu" else None
+    return fit_kernels(samples) if isinstance(samples, Mapping) else None
+
+
+def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
+    """The regressors of one plan: see the module docstring. With CPU kernel models ``km``, the
+    compute term is the step's products timed by them (planner/_cpu.py) instead of FLOPs / peak;
+    ``kernels`` says which (1.0: the kernel models; NaN: they do not describe this layout)."""
     lay = p.layout
     peak = p.gpu.peak_flops(lay.precision)
     flops_rank = p.flops.hardware_per_step / lay.gpus
+    kernel_s = kernel_seconds(p.model, lay, km) if km is not None else None
     layers = float(lay.grad_accum * p.model.num_layers) if lay.zero == 3 else 0.0
     fl = p.flops
     elems = (fl.tokens_per_step / lay.gpus * p.model.hidden_size * p.model.num_layers
              * fl.hardware_per_token / fl.model_per_token)
     return {
-        "flops_term": flops_rank / peak,  # seconds at efficiency 1
+        "flops_term": kernel_s if kernel_s is not None else flops_rank / peak,  # seconds at efficiency 1
+        "kernels": 1.0 if kernel_s is not None else (math.nan if km is not None else 0.0),
         "elem_term": elems,
         "elem_per_flop": elems / flops_rank,
         "micro_batches": float(lay.grad_accum),
@@ -171,45 +192,6 @@ def _plan_point(point: Mapping[str, Any], device: Mapping[str, Any]) -> Plan:
     layout = _layout(point)
     threads = point.get("device", {}).get("threads_per_rank")
     return plan(_model(point), layout, device_profile(device, layout.gpus, threads), tokens=float(layout.tokens_per_step))
-
-
-# Small weighted least squares (pure Python) -----------------------------------------------------
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    n = len(b)
-    m = [row[:] + [b[i]] for i, row in enumerate(a)]
-    for c in range(n):
-        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[piv][c]) < 1e-300:
-            return None
-        m[c], m[piv] = m[piv], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
-    return [m[i][n] / m[i][i] for i in range(n)]
-
-
-def _wls(rows: list[list[float]], y: list[float]) -> list[float] | None:
-    """Non-negative least squares of y ~ rows, relative weights; tries every subset of columns
-    (at most 3 here) and keeps the best fit whose coefficients are all >= 0."""
-    k = len(rows[0])
-    best: tuple[float, list[float]] | None = None
-    for mask in range(1, 2**k):
-        cols = [j for j in range(k) if mask >> j & 1]
-        x = [[r[j] / yi for j in cols] for r, yi in zip(rows, y)]
-        ones = [1.0] * len(y)
-        ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
-        atb = [sum(xr[i] * o for xr, o in zip(x, ones)) for i in range(len(cols))]
-        sol = _solve(ata, atb)
-        if sol is None or min(sol) < 0:
-            continue
-        full = [0.0] * k
-        for j, v in zip(cols, sol):
-            full[j] = v
-        sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
-        if best is None or sse < best[0] - 1e-15:
-            best = (sse, full)
-    return best[1] if best else None
 
 
 def _interval(samples: list[float], value: float) -> tuple[float, float]:
@@ -276,7 +258,7 @@ class Calibration:
 
         Lenient: a term the trials did not identify keeps its default (communication all exposed,
         no ZeRO-3 cost) and ``outside_data`` says so; :meth:`apply` refuses such a layout instead."""
-        f = _features(p)
+        f = _features(p, _kernel_model(self.device, p.layout.gpus))
         x = [f[k] for k in SPEED_TERMS]
 
         def step(c: Sequence[float]) -> float:
@@ -303,7 +285,7 @@ class Calibration:
 
     def outside(self, p: Plan) -> list[str]:
         """Reasons ``p`` lies outside what the trials spanned (empty when inside)."""
-        f, r, lay = _features(p), self.ranges, p.layout
+        f, r, lay = _features(p, _kernel_model(self.device, p.layout.gpus)), self.ranges, p.layout
         out = []
         lo, hi = r["work_flops"]
         if not lo / 1.05 <= f["work"] <= hi * 1.05:
@@ -339,6 +321,9 @@ class Calibration:
                             ("checkpointing", lay.checkpointing)):
             if name in seen and value not in seen[name]:  # a code path the step-time model has no term for
                 out.append(f"{name} {value} not among the trials' {seen[name]}: run a trial with it")
+        if self.ranges.get("kernels") and _features(p, _kernel_model(self.device, p.layout.gpus))["kernels"] != 1.0:
+            out.append(f"the CPU kernel timings do not describe this layout (MoE, tp/pp/cp, checkpointing, "
+                       f"offload, or {lay.gpus} ranks, which they were not timed beside): calibrate without them")
         if lay.dp > 1 and "comm_factor" in miss:
             out.append("communication not calibrated (fewer than 2 trials ran on more than one rank): "
                        "run 2 trials with --gpus 2")
@@ -462,7 +447,11 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         raise UsageError(key, f"the points mix timings {sorted(timings)}; calibrate one kind at a time")
     device = dict(pts[0]["device"])
     plans = [_plan_point(p, device) for p in pts]
-    feats = [_features(p) for p in plans]
+    feats = [_features(p, _kernel_model(device, p.layout.gpus)) for p in plans]
+    kernels = all(f["kernels"] == 1.0 for f in feats)
+    if not kernels:  # one kind of compute time for all trials: FLOPs / peak
+        device.pop("kernels", None)
+        feats = [_features(p) for p in plans]
     step = [pl.layout.tokens_per_step / float(p["tokens_per_s"]) for p, pl in zip(pts, plans)]
     mem = [float(p["peak_mem_bytes"]) for p in pts]
 
@@ -518,9 +507,10 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
 
     e_max = 1 / sc[0]
     speed = {
-        "e_max": const([1 / s[0] for s in sboot], e_max, "share of peak",
-                       "compute efficiency of the dense matmuls reached by large micro-batches (share of the measured "
-                       "matmul peak)"),
+        "e_max": const([1 / s[0] for s in sboot], e_max, "share of timed kernels" if kernels else "share of peak",
+                       "speed of the step's products relative to the same products timed alone (CPU kernel timings)"
+                       if kernels else "compute efficiency of the dense matmuls reached by large micro-batches (share "
+                       "of the measured matmul peak)"),
         "t_element_s": const([s[1] for s in sboot], sc[1], "s",
                              "time per activation element (token x width x layer) of the memory-bound kernels",
                              "elem_term" in fitted),
@@ -567,7 +557,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
                           for k in ("tp", "pp", "offload", "checkpointing")},
                 "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
                                      for p in pts if p["device"].get("threads_per_rank")},
-                "precision": sorted({pl.layout.precision for pl in plans})},
+                "precision": sorted({pl.layout.precision for pl in plans}), "kernels": kernels},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
 

@@ -11,7 +11,7 @@ import pytest
 
 from trainplan.errors import UsageError
 from trainplan.planner import Calibration, fit, load_calibration, load_model, plan
-from trainplan.planner._calibration import _features, _plan_point
+from trainplan.planner._calibration import _features, _kernel_model, _plan_point
 
 DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_bytes": 24 * 2**30,
           "peak_flops": {"fp32": 1.0e11}, "peak_source": "test"}
@@ -143,3 +143,45 @@ def test_file_round_trip_and_refusals(tmp_path) -> None:
     path.write_text(json.dumps({**data, "version": 99}))
     with pytest.raises(UsageError, match="version 99"):
         load_calibration(path)
+
+
+def _kernel_samples(km) -> dict:
+    lin = [[t, i, o, km.linear_s(t, i, o)] for t in (128, 512, 2048) for i, o in ((64, 64), (64, 176), (256, 704),
+                                                                                    (704, 256), (128, 256))]
+    att = [[b, h, s, 32, km.sdpa_s(b, h, s, 32)] for b, h, s in ((4, 2, 64), (16, 2, 128), (4, 4, 256), (64, 4, 32))]
+    return {"threads": 1, "linear": lin, "sdpa": att}
+
+
+def test_fit_with_cpu_kernel_timings_recovers_the_scale_and_refuses_what_they_do_not_time() -> None:
+    """With kernel timings (planner/_cpu.py), the compute term is the step's products at the timed
+    rates, per rank count; the fit recovers the scale on it, and a layout the products do not
+    describe (checkpointing) or a rank count not timed is refused rather than mixed with FLOPs/peak."""
+    from trainplan.planner._cpu import KernelModel
+
+    one = KernelModel(linear=(1 / 60e9, 1 / 8e9, 2e-5), sdpa=(3e-10, 2e-8, 1e-4), threads=1, misfit=0.0)
+    two = KernelModel(linear=(1 / 45e9, 1 / 5e9, 2e-5), sdpa=(4e-10, 3e-8, 1e-4), threads=1, misfit=0.0)
+    kernels = {"1": _kernel_samples(one), "2": _kernel_samples(two)}
+    rng = random.Random(3)
+    pts = [_measure({**p, "device": {**p["device"], "kernels": kernels}}, rng, 0.02) for p in _grid()]
+    # _measure used FLOPs/peak: redo the step with the kernel term, as a CPU with these kernels would
+    for p in pts:
+        pl = _plan_point(p, p["device"])
+        f = _features(pl, _kernel_model(p["device"], pl.layout.gpus))
+        assert f["kernels"] == 1.0
+        step = (f["flops_term"] / 0.9 + TRUE["t_mb"] * f["micro_batches"] + TRUE["share"] * f["comm_s"]
+                + TRUE["t_z3"] * f["zero3_layers"] + TRUE["t_z3g"] * f["zero3_gather_layers"])
+        p["tokens_per_s"] = pl.layout.tokens_per_step / step * math.exp(rng.gauss(0, 0.02))
+    cal = fit(pts)
+    assert cal.ranges["kernels"] and cal.speed["e_max"].value == pytest.approx(0.9, rel=0.08)
+    assert cal.speed["t_micro_batch_s"].value == pytest.approx(TRUE["t_mb"], rel=0.3)
+    held = _plan_point(pts[0], pts[0]["device"])
+    assert cal.apply(held).tokens_per_s.value == pytest.approx(pts[0]["tokens_per_s"], rel=0.1)
+    with pytest.raises(UsageError, match="kernel timings do not describe this layout"):
+        cal.apply(plan(load_model("trainplan-tiny"), held.layout.with_(checkpointing="full"), cal.profile(1),
+                       tokens=1e6))
+    with pytest.raises(UsageError, match="kernel timings do not describe this layout"):
+        cal.apply(plan(load_model("trainplan-tiny"), held.layout.with_(gpus=4), cal.profile(4), tokens=1e6))
+    # without timings for one of the trials' rank counts, the fit falls back to FLOPs / peak for all
+    mixed = [{**p, "device": {**p["device"], "kernels": {"1": kernels["1"]}}} for p in pts]
+    back = fit(mixed)
+    assert not back.ranges["kernels"] and "kernels" not in back.device

@@ -35,9 +35,12 @@ __all__ = ["calibrate", "calibrated_dict", "calibrated_rows", "use_calibration"]
               show_default=True, help="Calibration file to write.")
 @click.option("--timing", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="tokens/s by the clock, or contention-free from rank 0's CPU-seconds (a shared machine).")
+@click.option("--kernels/--no-kernels", default=True, show_default=True,
+              help="CPU trials run on this machine: time the step's matmul and attention shapes here (once per "
+                   "machine, ~15 s per rank count) and model the compute from them instead of one efficiency.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str | None, out: Path, timing: str,
-              fmt: str) -> None:
+              kernels: bool, fmt: str) -> None:
     """Fit compute efficiency, exposed communication and memory overhead to measured trials."""
     from trainplan.planner import fit
 
@@ -61,6 +64,11 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
         key = "RUN_DIR"
     for why in skipped:
         click.echo(f"trainplan calibrate: skipped {why}", err=True)
+    if kernels and points and all(p.get("device", {}).get("kind") == "cpu" for p in points):
+        from trainplan.runners._cpubench import with_cpu_kernels
+
+        points, how = with_cpu_kernels(points)
+        click.echo(f"trainplan calibrate: {how}", err=True)
     cal = fit(points, key=key)
     if timing == "wall" and cal.device.get("kind") == "cpu" and (ratio := _wall_over_cpu(points)) > 1.3:
         click.echo(f"trainplan calibrate: warning: a step took {ratio:.1f}x rank 0's CPU time by the clock (median "
