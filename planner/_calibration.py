@@ -78,7 +78,7 @@ from trainplan.planner._plan import Plan, plan
 
 __all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the calibration file; a file of another version is refused."""
 MIN_SPREAD = 1.5
 """A regressor must span at least this ratio (max/min) across the trials to be identified."""
@@ -88,7 +88,8 @@ Z90 = 1.645
 """Two-sided 90% normal quantile, for the prediction intervals."""
 
 
-SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "zero3_layers", "zero3_gather_layers")
+SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "comm_zero3_s", "zero3_layers",
+               "zero3_gather_layers")
 """The step-time regressors, in the order of the coefficients (module docstring)."""
 
 
@@ -179,7 +180,8 @@ def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
         "elem_term": elems,
         "elem_per_flop": elems / flops_rank,
         "micro_batches": float(lay.grad_accum),
-        "comm_s": p.perf.dp_comm_s,
+        "comm_s": p.perf.dp_comm_s if lay.zero < 3 else 0.0,
+        "comm_zero3_s": p.perf.dp_comm_s if lay.zero == 3 else 0.0,
         "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
         "zero3_gather_layers": layers * (lay.dp - 1),  # ... x extra ranks of each gather's ring
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
@@ -224,7 +226,8 @@ class Calibration:
     trials: list[dict[str, Any]]
     """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
-    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``t_zero3_layer_s``,
+    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``comm_factor_zero3``,
+    ``t_zero3_layer_s``,
     ``t_zero3_gather_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
@@ -238,7 +241,7 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, t_z3, t_z3g]; ``memory``:
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
@@ -251,6 +254,7 @@ class Calibration:
     def _speed_coefs(self) -> list[float]:
         sp = self.speed
         return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
+                sp["comm_factor_zero3"].value,
                 sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
@@ -324,7 +328,7 @@ class Calibration:
         if self.ranges.get("kernels") and _features(p, _kernel_model(self.device, p.layout.gpus))["kernels"] != 1.0:
             out.append(f"the CPU kernel timings do not describe this layout (MoE, tp/pp/cp, checkpointing, "
                        f"offload, or {lay.gpus} ranks, which they were not timed beside): calibrate without them")
-        if lay.dp > 1 and "comm_factor" in miss:
+        if lay.dp > 1 and lay.zero < 3 and "comm_factor" in miss:
             out.append("communication not calibrated (fewer than 2 trials ran on more than one rank): "
                        "run 2 trials with --gpus 2")
         if lay.zero == 3 and lay.dp == 1 and "t_zero3_layer_s" in miss:
@@ -465,7 +469,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         raise UsageError(key, f"every trial's estimated memory is about the same ({min(alloc) / 2**20:.0f}-"
                               f"{max(alloc) / 2**20:.0f} MiB), so the memory overhead cannot be told from its share: "
                               "run one more micro-batch size or model width")
-    fitted, notes = _identified(plans, feats)
+    fitted, notes = _identified(plans, feats, kernels)
 
     def speed_fit(idx: Sequence[int]) -> list[float] | None:
         c = _wls([[feats[i][k] for k in fitted] for i in idx], [step[i] for i in idx])
@@ -520,10 +524,13 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         "comm_factor": const([s[3] for s in sboot], sc[3], "x planner",
                              "exposed communication time / the planner's data-parallel communication time at the "
                              "assumed bandwidth (absorbs both the overlap and the real bandwidth)", "comm_s" in fitted),
-        "t_zero3_layer_s": const([s[4] for s in sboot], sc[4], "s",
+        "comm_factor_zero3": const([s[4] for s in sboot], sc[4], "x planner",
+                                   "the same for ZeRO-3's gathers and reduce-scatters; fitted from 3 or more ZeRO-3 trials on "
+                                   "several ranks whose bytes per layer differ, else 0 (its per-layer terms carry it)", "comm_zero3_s" in fitted),
+        "t_zero3_layer_s": const([s[5] for s in sboot], sc[5], "s",
                                  "ZeRO-3's fixed time per layer per micro-batch (its gather/release hooks), on any "
                                  "number of ranks", "zero3_layers" in fitted),
-        "t_zero3_gather_s": const([s[5] for s in sboot], sc[5], "s",
+        "t_zero3_gather_s": const([s[6] for s in sboot], sc[6], "s",
                                   "ZeRO-3's further time per layer per micro-batch per extra rank (the latency of "
                                   "its per-layer collectives)", "zero3_gather_layers" in fitted),
     }
@@ -568,20 +575,28 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
     return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
 
-_DEFAULT_COEF = {"comm_s": 1.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
+_DEFAULT_COEF = {"elem_term": 0.0, "comm_s": 1.0, "comm_zero3_s": 0.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
 """A term the trials cannot identify: all of the planner's communication time counted as exposed,
-no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it."""
+no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it.
+ZeRO-3's bandwidth term is 0 unless identified: its per-layer terms then carry its communication
+(see the module docstring)."""
 
 
-def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> tuple[list[str], list[str]]:
+def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]],
+                kernels: bool = False) -> tuple[list[str], list[str]]:
     """The step-time terms the trials identify, and notes on those they do not (with the run that
     would help). Each term needs 2 trials that exercise it (one could be fitted exactly, with
-    nothing left to check it); ZeRO-3's rank term needs its one-rank term told apart, or absorbs it."""
+    nothing left to check it); ZeRO-3's rank term needs its one-rank term told apart, or absorbs it.
+    With CPU kernel timings (``kernels``) the memory-bound term is left out: each timed product's
+    own memory term grows with tokens x width as it does, and the two cannot be told apart."""
     multi = sum(f["comm_s"] > 0 for f in feats)
+    z3_comm = [f["comm_zero3_s"] / f["zero3_gather_layers"] for f in feats if f["zero3_gather_layers"] > 0]
     z3_one = sum(pl.layout.zero == 3 and pl.layout.dp == 1 for pl in plans)
     z3_multi = sum(f["zero3_gather_layers"] > 0 for f in feats)
     fitted, notes = ["flops_term", "micro_batches"], []
-    if _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
+    if kernels:
+        pass
+    elif _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
         fitted.insert(1, "elem_term")
     else:
         notes.append("memory-bound kernels not calibrated apart from the matmuls: the trials' activation elements per "
@@ -589,8 +604,10 @@ def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> 
     if multi >= 2:
         fitted.append("comm_s")
     else:
-        notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank (run 2 trials "
-                     "with --gpus 2); layouts on several ranks are refused")
+        notes.append("communication not calibrated: fewer than 2 trials ran ZeRO-0-2 on more than one rank (run 2 "
+                     "trials with --gpus 2); such layouts are refused")
+    if len(z3_comm) >= 3 and _spread(z3_comm) >= MIN_SPREAD:  # bytes per layer must vary to be told from t_z3g
+        fitted.append("comm_zero3_s")
     if z3_one >= 1 and z3_one + z3_multi >= 2:
         fitted.append("zero3_layers")
     elif z3_one + z3_multi:
