@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench      # run the trials, then fit
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse   # fit only
+    .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse --timing cpu --no-kernels
 
 Runs 16 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
 spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks
 (one thread per rank; ZeRO-3 on one rank twice and on two ranks three times, so that leaving one
 out still leaves its terms identified), reads their points the way ``trainplan calibrate`` does,
+attaches this machine's CPU kernel timings (runners/_cpubench.py, measured once per machine and
+rank count, as ``trainplan calibrate`` does; ``--no-kernels``: FLOPs over the matmul peak instead),
 and for each trial fits a calibration on the other 15 and predicts it (or reports the refusal
 when the others cannot identify a term it needs). Prints the median and worst relative error of tokens/s and peak
 memory, calibrated and uncalibrated (the planner on the device profile the trials recorded, its

@@ -6,9 +6,9 @@ assumptions, for one device and one software stack, with constants fitted to mea
 (plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
 runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
 
-Step time (per optimizer step, one rank), linear in six constants::
+Step time (per optimizer step, one rank), linear in seven constants::
 
-    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
+    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + s3 * C3 + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
 
 F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
 one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
@@ -43,7 +43,14 @@ calibration.md): ZeRO-3 on 2 ranks of the width-64 model ran 2.7x slower (CPU-se
 planner's bandwidth model says, and the one ZeRO-3 2-rank trial was predicted 3.4x too fast from
 ZeRO-0-2 trials (the 242% worst leave-one-out error before these terms); fitted, t_z3 is ~27 ms
 per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not the gathers' wait,
-is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer
+is what CPU timing sees). C3 is the planner's communication time of a ZeRO-3 layout (C is 0 there),
+with its own factor s3, fitted only from 3 or more ZeRO-3 trials on several ranks whose bytes per
+layer differ by 1.5x or more, else 0: ZeRO-3's collectives are many and per layer, and on 2 CPU
+ranks their cost barely grew with their bytes (a ZeRO-3 2-rank step took 127, 120 and 154 ms more
+than its timed kernels and fixed cost at widths 64, 128 and 256, whose bytes differ 14x), while
+ZeRO-0-2's one bucketed all-reduce a step grew with them (44-63 ms at width 128, 161 ms at 256):
+one factor for both missed the ZeRO-3 2-rank trials by 33-38% (benchmarks/results/calibration.md).
+L is the model's layers; the trials at hand all have 4, so the per-layer
 scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
 
 Peak memory: ``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3
