@@ -46,9 +46,9 @@ per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not t
 is what CPU timing sees). C3 is the planner's communication time of a ZeRO-3 layout (C is 0 there),
 with its own factor s3, fitted only from 3 or more ZeRO-3 trials on several ranks whose bytes per
 layer differ by 1.5x or more, else 0: ZeRO-3's collectives are many and per layer, and on 2 CPU
-ranks their cost barely grew with their bytes (a ZeRO-3 2-rank step took 127, 120 and 154 ms more
+ranks their cost barely grew with their bytes (a ZeRO-3 2-rank step took 132, 126 and 167 ms more
 than its timed kernels and fixed cost at widths 64, 128 and 256, whose bytes differ 14x), while
-ZeRO-0-2's one bucketed all-reduce a step grew with them (44-63 ms at width 128, 161 ms at 256):
+ZeRO-0-2's one bucketed all-reduce a step grew with them (47-75 ms at width 128, 198 ms at 256):
 one factor for both missed the ZeRO-3 2-rank trials by 33-38% (benchmarks/results/calibration.md).
 L is the model's layers; the trials at hand all have 4, so the per-layer
 scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
