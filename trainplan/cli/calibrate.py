@@ -64,7 +64,8 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
         key = "RUN_DIR"
     for why in skipped:
         click.echo(f"trainplan calibrate: skipped {why}", err=True)
-    if kernels and points and all(p.get("device", {}).get("kind") == "cpu" for p in points):
+    # (fewer than 5 points: fit() refuses them anyway; no timing spent on them)
+    if kernels and len(points) >= 5 and all(p.get("device", {}).get("kind") == "cpu" for p in points):
         from trainplan.runners._cpubench import with_cpu_kernels
 
         points, how = with_cpu_kernels(points)
