@@ -189,3 +189,29 @@ def test_fit_with_cpu_kernel_timings_recovers_the_scale_and_refuses_what_they_do
     mixed = [{**p, "device": {**p["device"], "kernels": {"1": kernels["1"]}}} for p in pts]
     back = fit(mixed)
     assert not back.ranges["kernels"] and "kernels" not in back.device
+
+
+def test_zero3_bandwidth_factor_needs_three_zero3_multi_rank_trials_of_different_bytes() -> None:
+    """ZeRO-3's own communication factor is fitted only when 3+ ZeRO-3 trials on several ranks, whose
+    bytes per layer differ, tell it from the per-layer terms; with 2 it stays 0 (not identified)."""
+    true = {**TRUE, "share_z3": 10.0}
+    extra = []
+    for width, mb, seq in ((256, 4, 64), (256, 8, 128)):
+        model = {**TINY, "hidden_size": width, "intermediate_size": int(width * 2.75)}
+        layout = {"gpus": 2, "zero": 3, "micro_batch": mb, "seq_len": seq, "precision": "fp32"}
+        extra.append({"id": f"w{width}-mb{mb}-s{seq}-z3-r2", "model": model, "layout": layout,
+                      "device": {**DEVICE, "count": 2}, "stack": STACK})
+    import tests.planner.test_calibration as me
+
+    saved, me.TRUE = me.TRUE, true  # _measure reads the module's TRUE
+    try:
+        rng = random.Random(5)
+        pts = [_measure(p, rng, 0.0) for p in _grid() + extra]
+    finally:
+        me.TRUE = saved
+    cal = fit(pts)
+    assert cal.speed["comm_factor_zero3"].identified
+    assert cal.speed["comm_factor_zero3"].value == pytest.approx(10.0, rel=1e-3)
+    two = fit(pts[:-1])  # 3 ZeRO-3 multi-rank trials (widths 64, 128, 256): fitted
+    assert two.speed["comm_factor_zero3"].identified
+    assert not fit(pts[:-2]).speed["comm_factor_zero3"].identified  # the grid's 2 only
