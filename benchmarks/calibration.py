@@ -2,11 +2,14 @@
 
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench      # run the trials, then fit
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse   # fit only
+    .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse --timing cpu --no-kernels
 
 Runs 16 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
 spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks
 (one thread per rank; ZeRO-3 on one rank twice and on two ranks three times, so that leaving one
 out still leaves its terms identified), reads their points the way ``trainplan calibrate`` does,
+attaches this machine's CPU kernel timings (runners/_cpubench.py, measured once per machine and
+rank count, as ``trainplan calibrate`` does; ``--no-kernels``: FLOPs over the matmul peak instead),
 and for each trial fits a calibration on the other 15 and predicts it (or reports the refusal
 when the others cannot identify a term it needs). Prints the median and worst relative error of tokens/s and peak
 memory, calibrated and uncalibrated (the planner on the device profile the trials recorded, its
@@ -27,6 +30,7 @@ from trainplan.errors import UsageError
 from trainplan.planner import fit, load_model
 from trainplan.planner._calibration import _plan_point
 from trainplan.runners import TrialSpec, run_trial
+from trainplan.runners._cpubench import with_cpu_kernels
 from trainplan.runners._points import trial_points
 
 # (width, micro-batch, seq-len, ZeRO stage, ranks)
@@ -118,6 +122,9 @@ def main() -> int:
     ap.add_argument("--grid", default=":", help="run only this slice of the grid, e.g. 0:6 (no fit)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="more environment for the trials, e.g. MALLOC_MMAP_THRESHOLD_=65536")
+    ap.add_argument("--no-kernels", action="store_true",
+                    help="calibrate without the CPU kernel timings (FLOPs over the matmul peak, the old model)")
+    ap.add_argument("--timing", choices=["wall", "cpu", "both"], default="both", help="which timings to fit")
     args = ap.parse_args()
     ENV.update(kv.split("=", 1) for kv in args.env)
     out = Path(args.out)
@@ -128,11 +135,15 @@ def main() -> int:
     dirs = run_grid(out, args.reuse)
     print(f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
     status = 0
-    for timing in ("wall", "cpu"):
+    for timing in ("wall", "cpu") if args.timing == "both" else (args.timing,):
         print(f"\n## {timing} timing: " + ("tokens/s by the clock" if timing == "wall" else
               "contention-free tokens/s (each step's tokens over rank 0's CPU-seconds / its threads)") + "\n")
         try:
-            status = max(status, report(trial_points(dirs, timing=timing)))
+            points = trial_points(dirs, timing=timing)
+            if not args.no_kernels:
+                points, how = with_cpu_kernels(points)
+                print(how + "\n")
+            status = max(status, report(points))
         except UsageError as exc:
             print(f"calibration: error: {exc}", file=sys.stderr)
             status = 2

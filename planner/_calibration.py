@@ -6,9 +6,9 @@ assumptions, for one device and one software stack, with constants fitted to mea
 (plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
 runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
 
-Step time (per optimizer step, one rank), linear in six constants::
+Step time (per optimizer step, one rank), linear in seven constants::
 
-    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
+    t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + s3 * C3 + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
 
 F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
 one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
@@ -25,6 +25,13 @@ micro-batch on one rank and ``w_half = t_mb * P * e_max``: a fixed cost per micr
 launches, Python, the optimizer hooks) that small micro-batches cannot hide. ``s`` scales it to the
 communication time really exposed (the overlap and the real bandwidth together).
 
+On the CPU, when the trials' points carry kernel timings of this machine (``device["kernels"]``,
+runners/_cpubench.py, attached by ``trainplan calibrate`` and benchmarks/calibration.py), F / P is
+replaced by the step's linear-layer and attention products timed by cost models fitted to those
+timings (planner/_cpu.py): the rate of each product's own shape, timed beside as many busy
+neighbours as the trial had ranks, instead of one efficiency curve in the work per micro-batch.
+``1 / e_max`` is then a scale on that time (1 when the products run in the step as fast as alone).
+
 ZeRO-3 pays per layer and micro-batch, whatever the width: DeepSpeed's stage-3 engine hooks every
 submodule to gather its parameters before forward and backward and release them after
 (deepspeed/runtime/zero/parameter_offload.py, partitioned_param_coordinator.py; Rajbhandari et al.
@@ -36,7 +43,14 @@ calibration.md): ZeRO-3 on 2 ranks of the width-64 model ran 2.7x slower (CPU-se
 planner's bandwidth model says, and the one ZeRO-3 2-rank trial was predicted 3.4x too fast from
 ZeRO-0-2 trials (the 242% worst leave-one-out error before these terms); fitted, t_z3 is ~27 ms
 per layer and micro-batch on one thread and t_z3g ~0 (the hooks' CPU work, not the gathers' wait,
-is what CPU timing sees). L is the model's layers; the trials at hand all have 4, so the per-layer
+is what CPU timing sees). C3 is the planner's communication time of a ZeRO-3 layout (C is 0 there),
+with its own factor s3, fitted only from 3 or more ZeRO-3 trials on several ranks whose bytes per
+layer differ by 1.5x or more, else 0: ZeRO-3's collectives are many and per layer, and on 2 CPU
+ranks their cost barely grew with their bytes (a ZeRO-3 2-rank step took 132, 126 and 167 ms more
+than its timed kernels and fixed cost at widths 64, 128 and 256, whose bytes differ 14x), while
+ZeRO-0-2's one bucketed all-reduce a step grew with them (47-75 ms at width 128, 198 ms at 256):
+one factor for both missed the ZeRO-3 2-rank trials by 33-38% (benchmarks/results/calibration.md).
+L is the model's layers; the trials at hand all have 4, so the per-layer
 scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
 
 Peak memory: ``measured = c0 + c_z + k * A``, c_z an extra constant of the ZeRO-1/2 or ZeRO-3
@@ -62,15 +76,17 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._calcheck import check_calibration
 from trainplan.planner._catalog import GPUSpec
+from trainplan.planner._cpu import KernelModel, fit_kernels, kernel_seconds
 from trainplan.planner._device import device_key, device_label, device_profile
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
+from trainplan.planner._lsq import nonneg_rel_lsq as _wls
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
 __all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the calibration file; a file of another version is refused."""
 MIN_SPREAD = 1.5
 """A regressor must span at least this ratio (max/min) across the trials to be identified."""
@@ -80,7 +96,8 @@ Z90 = 1.645
 """Two-sided 90% normal quantile, for the prediction intervals."""
 
 
-SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "zero3_layers", "zero3_gather_layers")
+SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "comm_zero3_s", "zero3_layers",
+               "zero3_gather_layers")
 """The step-time regressors, in the order of the coefficients (module docstring)."""
 
 
@@ -145,21 +162,34 @@ def expected_peak_bytes(p: Plan) -> float:
     return allocated
 
 
-def _features(p: Plan) -> dict[str, float]:
-    """The regressors of one plan: see the module docstring."""
+def _kernel_model(device: Mapping[str, Any], ranks: int) -> KernelModel | None:
+    """The CPU kernel cost models of ``device`` for a trial of ``ranks`` ranks (its ``kernels``
+    samples timed beside ``ranks - 1`` busy neighbours), or None (a GPU, no samples for that
+    many ranks, or trials calibrated without them)."""
+    samples = (device.get("kernels") or {}).get(str(ranks)) if device.get("kind") == "cpu" else None
+    return fit_kernels(samples) if isinstance(samples, Mapping) else None
+
+
+def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
+    """The regressors of one plan: see the module docstring. With CPU kernel models ``km``, the
+    compute term is the step's products timed by them (planner/_cpu.py) instead of FLOPs / peak;
+    ``kernels`` says which (1.0: the kernel models; NaN: they do not describe this layout)."""
     lay = p.layout
     peak = p.gpu.peak_flops(lay.precision)
     flops_rank = p.flops.hardware_per_step / lay.gpus
+    kernel_s = kernel_seconds(p.model, lay, km) if km is not None else None
     layers = float(lay.grad_accum * p.model.num_layers) if lay.zero == 3 else 0.0
     fl = p.flops
     elems = (fl.tokens_per_step / lay.gpus * p.model.hidden_size * p.model.num_layers
              * fl.hardware_per_token / fl.model_per_token)
     return {
-        "flops_term": flops_rank / peak,  # seconds at efficiency 1
+        "flops_term": kernel_s if kernel_s is not None else flops_rank / peak,  # seconds at efficiency 1
+        "kernels": 1.0 if kernel_s is not None else (math.nan if km is not None else 0.0),
         "elem_term": elems,
         "elem_per_flop": elems / flops_rank,
         "micro_batches": float(lay.grad_accum),
-        "comm_s": p.perf.dp_comm_s,
+        "comm_s": p.perf.dp_comm_s if lay.zero < 3 else 0.0,
+        "comm_zero3_s": p.perf.dp_comm_s if lay.zero == 3 else 0.0,
         "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
         "zero3_gather_layers": layers * (lay.dp - 1),  # ... x extra ranks of each gather's ring
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
@@ -172,45 +202,6 @@ def _plan_point(point: Mapping[str, Any], device: Mapping[str, Any]) -> Plan:
     layout = _layout(point)
     threads = point.get("device", {}).get("threads_per_rank")
     return plan(_model(point), layout, device_profile(device, layout.gpus, threads), tokens=float(layout.tokens_per_step))
-
-
-# Small weighted least squares (pure Python) -----------------------------------------------------
-def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
-    n = len(b)
-    m = [row[:] + [b[i]] for i, row in enumerate(a)]
-    for c in range(n):
-        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[piv][c]) < 1e-300:
-            return None
-        m[c], m[piv] = m[piv], m[c]
-        for r in range(n):
-            if r != c:
-                f = m[r][c] / m[c][c]
-                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
-    return [m[i][n] / m[i][i] for i in range(n)]
-
-
-def _wls(rows: list[list[float]], y: list[float]) -> list[float] | None:
-    """Non-negative least squares of y ~ rows, relative weights; tries every subset of columns
-    (at most 3 here) and keeps the best fit whose coefficients are all >= 0."""
-    k = len(rows[0])
-    best: tuple[float, list[float]] | None = None
-    for mask in range(1, 2**k):
-        cols = [j for j in range(k) if mask >> j & 1]
-        x = [[r[j] / yi for j in cols] for r, yi in zip(rows, y)]
-        ones = [1.0] * len(y)
-        ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
-        atb = [sum(xr[i] * o for xr, o in zip(x, ones)) for i in range(len(cols))]
-        sol = _solve(ata, atb)
-        if sol is None or min(sol) < 0:
-            continue
-        full = [0.0] * k
-        for j, v in zip(cols, sol):
-            full[j] = v
-        sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
-        if best is None or sse < best[0] - 1e-15:
-            best = (sse, full)
-    return best[1] if best else None
 
 
 def _interval(samples: list[float], value: float) -> tuple[float, float]:
@@ -243,7 +234,8 @@ class Calibration:
     trials: list[dict[str, Any]]
     """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
-    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``t_zero3_layer_s``,
+    """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``comm_factor_zero3``,
+    ``t_zero3_layer_s``,
     ``t_zero3_gather_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
@@ -257,7 +249,7 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, t_z3, t_z3g]; ``memory``:
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
@@ -270,6 +262,7 @@ class Calibration:
     def _speed_coefs(self) -> list[float]:
         sp = self.speed
         return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
+                sp["comm_factor_zero3"].value,
                 sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
@@ -277,7 +270,7 @@ class Calibration:
 
         Lenient: a term the trials did not identify keeps its default (communication all exposed,
         no ZeRO-3 cost) and ``outside_data`` says so; :meth:`apply` refuses such a layout instead."""
-        f = _features(p)
+        f = _features(p, _kernel_model(self.device, p.layout.gpus))
         x = [f[k] for k in SPEED_TERMS]
 
         def step(c: Sequence[float]) -> float:
@@ -304,7 +297,7 @@ class Calibration:
 
     def outside(self, p: Plan) -> list[str]:
         """Reasons ``p`` lies outside what the trials spanned (empty when inside)."""
-        f, r, lay = _features(p), self.ranges, p.layout
+        f, r, lay = _features(p, _kernel_model(self.device, p.layout.gpus)), self.ranges, p.layout
         out = []
         lo, hi = r["work_flops"]
         if not lo / 1.05 <= f["work"] <= hi * 1.05:
@@ -340,7 +333,10 @@ class Calibration:
                             ("checkpointing", lay.checkpointing)):
             if name in seen and value not in seen[name]:  # a code path the step-time model has no term for
                 out.append(f"{name} {value} not among the trials' {seen[name]}: run a trial with it")
-        if lay.dp > 1 and "comm_factor" in miss:
+        if self.ranges.get("kernels") and _features(p, _kernel_model(self.device, p.layout.gpus))["kernels"] != 1.0:
+            out.append(f"the CPU kernel timings do not describe this layout (MoE, tp/pp/cp, checkpointing, "
+                       f"offload, or {lay.gpus} ranks, which they were not timed beside): calibrate without them")
+        if lay.dp > 1 and lay.zero < 3 and "comm_factor" in miss:
             out.append("communication not calibrated (fewer than 2 trials ran on more than one rank): "
                        "run 2 trials with --gpus 2")
         if lay.zero == 3 and lay.dp == 1 and "t_zero3_layer_s" in miss:
@@ -465,7 +461,11 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         raise UsageError(key, f"the points mix timings {sorted(timings)}; calibrate one kind at a time")
     device = dict(pts[0]["device"])
     plans = [_plan_point(p, device) for p in pts]
-    feats = [_features(p) for p in plans]
+    feats = [_features(p, _kernel_model(device, p.layout.gpus)) for p in plans]
+    kernels = all(f["kernels"] == 1.0 for f in feats)
+    if not kernels:  # one kind of compute time for all trials: FLOPs / peak
+        device.pop("kernels", None)
+        feats = [_features(p) for p in plans]
     step = [pl.layout.tokens_per_step / float(p["tokens_per_s"]) for p, pl in zip(pts, plans)]
     mem = [float(p["peak_mem_bytes"]) for p in pts]
 
@@ -479,7 +479,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         raise UsageError(key, f"every trial's estimated memory is about the same ({min(alloc) / 2**20:.0f}-"
                               f"{max(alloc) / 2**20:.0f} MiB), so the memory overhead cannot be told from its share: "
                               "run one more micro-batch size or model width")
-    fitted, notes = _identified(plans, feats)
+    fitted, notes = _identified(plans, feats, kernels)
 
     def speed_fit(idx: Sequence[int]) -> list[float] | None:
         c = _wls([[feats[i][k] for k in fitted] for i in idx], [step[i] for i in idx])
@@ -521,9 +521,10 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
 
     e_max = 1 / sc[0]
     speed = {
-        "e_max": const([1 / s[0] for s in sboot], e_max, "share of peak",
-                       "compute efficiency of the dense matmuls reached by large micro-batches (share of the measured "
-                       "matmul peak)"),
+        "e_max": const([1 / s[0] for s in sboot], e_max, "share of timed kernels" if kernels else "share of peak",
+                       "speed of the step's products relative to the same products timed alone (CPU kernel timings)"
+                       if kernels else "compute efficiency of the dense matmuls reached by large micro-batches (share "
+                       "of the measured matmul peak)"),
         "t_element_s": const([s[1] for s in sboot], sc[1], "s",
                              "time per activation element (token x width x layer) of the memory-bound kernels",
                              "elem_term" in fitted),
@@ -533,10 +534,13 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         "comm_factor": const([s[3] for s in sboot], sc[3], "x planner",
                              "exposed communication time / the planner's data-parallel communication time at the "
                              "assumed bandwidth (absorbs both the overlap and the real bandwidth)", "comm_s" in fitted),
-        "t_zero3_layer_s": const([s[4] for s in sboot], sc[4], "s",
+        "comm_factor_zero3": const([s[4] for s in sboot], sc[4], "x planner",
+                                   "the same for ZeRO-3's gathers and reduce-scatters; fitted from 3 or more ZeRO-3 trials on "
+                                   "several ranks whose bytes per layer differ, else 0 (its per-layer terms carry it)", "comm_zero3_s" in fitted),
+        "t_zero3_layer_s": const([s[5] for s in sboot], sc[5], "s",
                                  "ZeRO-3's fixed time per layer per micro-batch (its gather/release hooks), on any "
                                  "number of ranks", "zero3_layers" in fitted),
-        "t_zero3_gather_s": const([s[5] for s in sboot], sc[5], "s",
+        "t_zero3_gather_s": const([s[6] for s in sboot], sc[6], "s",
                                   "ZeRO-3's further time per layer per micro-batch per extra rank (the latency of "
                                   "its per-layer collectives)", "zero3_gather_layers" in fitted),
     }
@@ -570,7 +574,7 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
                           for k in ("tp", "pp", "offload", "checkpointing")},
                 "threads_per_rank": {str(p["layout"].get("gpus", 1)): p["device"].get("threads_per_rank")
                                      for p in pts if p["device"].get("threads_per_rank")},
-                "precision": sorted({pl.layout.precision for pl in plans})},
+                "precision": sorted({pl.layout.precision for pl in plans}), "kernels": kernels},
         notes=notes, boot={"speed": sboot, "memory": mboot}, timing=timings.pop(),
     )
 
@@ -581,20 +585,28 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
     return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
 
-_DEFAULT_COEF = {"comm_s": 1.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
+_DEFAULT_COEF = {"elem_term": 0.0, "comm_s": 1.0, "comm_zero3_s": 0.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
 """A term the trials cannot identify: all of the planner's communication time counted as exposed,
-no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it."""
+no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it.
+ZeRO-3's bandwidth term is 0 unless identified: its per-layer terms then carry its communication
+(see the module docstring)."""
 
 
-def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> tuple[list[str], list[str]]:
+def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]],
+                kernels: bool = False) -> tuple[list[str], list[str]]:
     """The step-time terms the trials identify, and notes on those they do not (with the run that
     would help). Each term needs 2 trials that exercise it (one could be fitted exactly, with
-    nothing left to check it); ZeRO-3's rank term needs its one-rank term told apart, or absorbs it."""
+    nothing left to check it); ZeRO-3's rank term needs its one-rank term told apart, or absorbs it.
+    With CPU kernel timings (``kernels``) the memory-bound term is left out: each timed product's
+    own memory term grows with tokens x width as it does, and the two cannot be told apart."""
     multi = sum(f["comm_s"] > 0 for f in feats)
+    z3_comm = [f["comm_zero3_s"] / f["zero3_gather_layers"] for f in feats if f["zero3_gather_layers"] > 0]
     z3_one = sum(pl.layout.zero == 3 and pl.layout.dp == 1 for pl in plans)
     z3_multi = sum(f["zero3_gather_layers"] > 0 for f in feats)
     fitted, notes = ["flops_term", "micro_batches"], []
-    if _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
+    if kernels:
+        pass
+    elif _spread([f["elem_per_flop"] for f in feats]) >= MIN_SPREAD:
         fitted.insert(1, "elem_term")
     else:
         notes.append("memory-bound kernels not calibrated apart from the matmuls: the trials' activation elements per "
@@ -602,8 +614,10 @@ def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]]) -> 
     if multi >= 2:
         fitted.append("comm_s")
     else:
-        notes.append("communication not calibrated: fewer than 2 trials ran on more than one rank (run 2 trials "
-                     "with --gpus 2); layouts on several ranks are refused")
+        notes.append("communication not calibrated: fewer than 2 trials ran ZeRO-0-2 on more than one rank (run 2 "
+                     "trials with --gpus 2); such layouts are refused")
+    if len(z3_comm) >= 3 and _spread(z3_comm) >= MIN_SPREAD:  # bytes per layer must vary to be told from t_z3g
+        fitted.append("comm_zero3_s")
     if z3_one >= 1 and z3_one + z3_multi >= 2:
         fitted.append("zero3_layers")
     elif z3_one + z3_multi:

@@ -11,13 +11,14 @@ import pytest
 
 from trainplan.errors import UsageError
 from trainplan.planner import Calibration, fit, load_calibration, load_model, plan
-from trainplan.planner._calibration import _features, _plan_point
+from trainplan.planner._calibration import _features, _kernel_model, _plan_point
 
 DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_bytes": 24 * 2**30,
           "peak_flops": {"fp32": 1.0e11}, "peak_source": "test"}
 STACK = {"torch": "2.13.0", "deepspeed": "0.19.0", "transformers": "4.99.0"}
 TINY = dict(load_model("trainplan-tiny").hf_config)
-TRUE = {"e_max": 0.6, "t_el": 2e-8, "t_mb": 0.004, "share": 40.0, "t_z3": 0.002, "t_z3g": 0.006, "c0": 150e6, "k": 1.3}
+TRUE = {"e_max": 0.6, "t_el": 2e-8, "t_mb": 0.004, "share": 40.0, "t_z3": 0.002, "t_z3g": 0.006, "c0": 150e6, "k": 1.3,
+        "share_z3": 0.0}
 
 
 def _grid() -> list[dict]:
@@ -26,7 +27,7 @@ def _grid() -> list[dict]:
                                         (64, 16, 256, 2, 1), (256, 8, 128, 0, 1), (256, 16, 64, 3, 1),
                                         (128, 8, 256, 0, 2), (128, 16, 128, 2, 2), (64, 2, 128, 0, 1),
                                         (256, 32, 256, 1, 2), (128, 64, 64, 0, 1), (64, 8, 64, 3, 2),
-                                        (128, 8, 128, 3, 1), (128, 4, 128, 3, 2)]:
+                                        (128, 8, 128, 3, 1), (128, 4, 128, 3, 2), (256, 2, 64, 0, 2)]:
         model = {**TINY, "hidden_size": width, "intermediate_size": int(width * 2.75)}
         layout = {"gpus": gpus, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"}
         grid.append({"id": f"w{width}-mb{mb}-s{seq}-z{zero}-r{gpus}", "model": model, "layout": layout,
@@ -38,7 +39,8 @@ def _measure(point: dict, rng: random.Random, noise: float) -> dict:
     """What a trial would measure if the true constants were TRUE (with multiplicative noise)."""
     p = _plan_point(point, point["device"])
     f = _features(p)
-    step = (f["flops_term"] / TRUE["e_max"] + f["elem_term"] * TRUE["t_el"] + f["micro_batches"] * TRUE["t_mb"] + TRUE["share"] * f["comm_s"]
+    step = (f["flops_term"] / TRUE["e_max"] + f["elem_term"] * TRUE["t_el"] + f["micro_batches"] * TRUE["t_mb"]
+            + TRUE["share"] * f["comm_s"] + TRUE["share_z3"] * f["comm_zero3_s"]
             + TRUE["t_z3"] * f["zero3_layers"] + TRUE["t_z3g"] * f["zero3_gather_layers"])
     mem = TRUE["c0"] + TRUE["k"] * f["allocated"]
     return {**point, "tokens_per_s": p.layout.tokens_per_step / step * math.exp(rng.gauss(0, noise)),
@@ -58,10 +60,10 @@ def test_fit_recovers_known_constants_from_noisy_synthetic_points() -> None:
     assert m["overhead_bytes"].value == pytest.approx(TRUE["c0"], rel=0.1)
     assert m["share"].value == pytest.approx(TRUE["k"], rel=0.1)
     for c in (*s.values(), *m.values()):
-        assert c.low <= c.value <= c.high
+        assert c.low <= c.value <= c.high or (not c.identified and c is s["comm_factor_zero3"])  # 2 ZeRO-3 x 2 ranks
     assert s["e_max"].low <= TRUE["e_max"] <= s["e_max"].high
     assert 0.005 < cal.residual["tokens_per_s"] < 0.05
-    assert len(cal.trials) == 14 and not cal.notes
+    assert len(cal.trials) == 15 and not cal.notes
 
 
 def test_noise_free_fit_is_exact_and_predictions_carry_intervals() -> None:
@@ -95,7 +97,8 @@ def test_too_few_or_too_alike_trials_are_refused_naming_the_measurement() -> Non
 def test_single_rank_trials_leave_communication_uncalibrated_and_refuse_several_ranks() -> None:
     pts = [_measure(p, random.Random(0), 0.01) for p in _grid() if p["layout"]["gpus"] == 1]
     cal = fit(pts)
-    assert cal.uncalibrated() == ["comm_factor", "t_zero3_gather_s"] and "--gpus 2" in cal.notes[0]
+    assert cal.uncalibrated() == ["comm_factor", "comm_factor_zero3", "t_zero3_gather_s"]
+    assert "--gpus 2" in cal.notes[0]
     two = _plan_point({**_grid()[6], "layout": {**_grid()[6]["layout"]}}, DEVICE)
     with pytest.raises(UsageError, match="communication not calibrated.*run 2 trials with --gpus 2"):
         cal.apply(two)
@@ -143,3 +146,72 @@ def test_file_round_trip_and_refusals(tmp_path) -> None:
     path.write_text(json.dumps({**data, "version": 99}))
     with pytest.raises(UsageError, match="version 99"):
         load_calibration(path)
+
+
+def _kernel_samples(km) -> dict:
+    lin = [[t, i, o, km.linear_s(t, i, o)] for t in (128, 512, 2048) for i, o in ((64, 64), (64, 176), (256, 704),
+                                                                                    (704, 256), (128, 256))]
+    att = [[b, h, s, 32, km.sdpa_s(b, h, s, 32)] for b, h, s in ((4, 2, 64), (16, 2, 128), (4, 4, 256), (64, 4, 32))]
+    return {"threads": 1, "linear": lin, "sdpa": att}
+
+
+def test_fit_with_cpu_kernel_timings_recovers_the_scale_and_refuses_what_they_do_not_time() -> None:
+    """With kernel timings (planner/_cpu.py), the compute term is the step's products at the timed
+    rates, per rank count; the fit recovers the scale on it, and a layout the products do not
+    describe (checkpointing) or a rank count not timed is refused rather than mixed with FLOPs/peak."""
+    from trainplan.planner._cpu import KernelModel
+
+    one = KernelModel(linear=(1 / 60e9, 1 / 8e9, 2e-5), sdpa=(3e-10, 2e-8, 1e-4), threads=1, misfit=0.0)
+    two = KernelModel(linear=(1 / 45e9, 1 / 5e9, 2e-5), sdpa=(4e-10, 3e-8, 1e-4), threads=1, misfit=0.0)
+    kernels = {"1": _kernel_samples(one), "2": _kernel_samples(two)}
+    rng = random.Random(3)
+    pts = [_measure({**p, "device": {**p["device"], "kernels": kernels}}, rng, 0.02) for p in _grid()]
+    # _measure used FLOPs/peak: redo the step with the kernel term, as a CPU with these kernels would
+    for p in pts:
+        pl = _plan_point(p, p["device"])
+        f = _features(pl, _kernel_model(p["device"], pl.layout.gpus))
+        assert f["kernels"] == 1.0
+        step = (f["flops_term"] / 0.9 + TRUE["t_mb"] * f["micro_batches"] + TRUE["share"] * f["comm_s"]
+                + TRUE["share_z3"] * f["comm_zero3_s"]
+                + TRUE["t_z3"] * f["zero3_layers"] + TRUE["t_z3g"] * f["zero3_gather_layers"])
+        p["tokens_per_s"] = pl.layout.tokens_per_step / step * math.exp(rng.gauss(0, 0.02))
+    cal = fit(pts)
+    assert cal.ranges["kernels"] and cal.speed["e_max"].value == pytest.approx(0.9, rel=0.08)
+    assert cal.speed["t_micro_batch_s"].value == pytest.approx(TRUE["t_mb"], rel=0.3)
+    held = _plan_point(pts[0], pts[0]["device"])
+    assert cal.apply(held).tokens_per_s.value == pytest.approx(pts[0]["tokens_per_s"], rel=0.1)
+    with pytest.raises(UsageError, match="kernel timings do not describe this layout"):
+        cal.apply(plan(load_model("trainplan-tiny"), held.layout.with_(checkpointing="full"), cal.profile(1),
+                       tokens=1e6))
+    with pytest.raises(UsageError, match="kernel timings do not describe this layout"):
+        cal.apply(plan(load_model("trainplan-tiny"), held.layout.with_(gpus=4), cal.profile(4), tokens=1e6))
+    # without timings for one of the trials' rank counts, the fit falls back to FLOPs / peak for all
+    mixed = [{**p, "device": {**p["device"], "kernels": {"1": kernels["1"]}}} for p in pts]
+    back = fit(mixed)
+    assert not back.ranges["kernels"] and "kernels" not in back.device
+
+
+def test_zero3_bandwidth_factor_needs_three_zero3_multi_rank_trials_of_different_bytes() -> None:
+    """ZeRO-3's own communication factor is fitted only when 3+ ZeRO-3 trials on several ranks, whose
+    bytes per layer differ, tell it from the per-layer terms; with 2 it stays 0 (not identified)."""
+    true = {**TRUE, "share_z3": 10.0}
+    extra = []
+    for width, mb, seq in ((256, 4, 64), (256, 8, 128)):
+        model = {**TINY, "hidden_size": width, "intermediate_size": int(width * 2.75)}
+        layout = {"gpus": 2, "zero": 3, "micro_batch": mb, "seq_len": seq, "precision": "fp32"}
+        extra.append({"id": f"w{width}-mb{mb}-s{seq}-z3-r2", "model": model, "layout": layout,
+                      "device": {**DEVICE, "count": 2}, "stack": STACK})
+    import tests.planner.test_calibration as me
+
+    saved, me.TRUE = me.TRUE, true  # _measure reads the module's TRUE
+    try:
+        rng = random.Random(5)
+        pts = [_measure(p, rng, 0.0) for p in _grid() + extra]
+    finally:
+        me.TRUE = saved
+    cal = fit(pts)
+    assert cal.speed["comm_factor_zero3"].identified
+    assert cal.speed["comm_factor_zero3"].value == pytest.approx(10.0, rel=1e-3)
+    two = fit(pts[:-1])  # 3 ZeRO-3 multi-rank trials (widths 64, 128, 256): fitted
+    assert two.speed["comm_factor_zero3"].identified
+    assert not fit(pts[:-2]).speed["comm_factor_zero3"].identified  # the grid's 2 only

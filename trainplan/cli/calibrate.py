@@ -35,9 +35,12 @@ __all__ = ["calibrate", "calibrated_dict", "calibrated_rows", "use_calibration"]
               show_default=True, help="Calibration file to write.")
 @click.option("--timing", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="tokens/s by the clock, or contention-free from rank 0's CPU-seconds (a shared machine).")
+@click.option("--kernels/--no-kernels", default=True, show_default=True,
+              help="CPU trials run on this machine: time the step's matmul and attention shapes here (once per "
+                   "machine, ~15 s per rank count) and model the compute from them instead of one efficiency.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str | None, out: Path, timing: str,
-              fmt: str) -> None:
+              kernels: bool, fmt: str) -> None:
     """Fit compute efficiency, exposed communication and memory overhead to measured trials."""
     from trainplan.cli._types import check_output_file
     from trainplan.planner import fit
@@ -63,6 +66,12 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
 
         points = trial_points(run_dirs, skipped, timing)
         key = "RUN_DIR"
+    # (fewer than 5 points: fit() refuses them anyway; no timing spent on them)
+    if kernels and len(points) >= 5 and all(p.get("device", {}).get("kind") == "cpu" for p in points):
+        from trainplan.runners._cpubench import with_cpu_kernels
+
+        points, how = with_cpu_kernels(points)
+        click.echo(f"trainplan calibrate: {how}", err=True)
     try:
         cal = fit(points, key=key)
     except UsageError as exc:  # one line: the refusal, and why trials were left out

@@ -1,0 +1,48 @@
+"""Small non-negative least squares in relative error, pure Python (the planner imports no numpy).
+
+Shared by the calibration (planner/_calibration.py) and the CPU kernel cost models (planner/_cpu.py).
+"""
+
+from __future__ import annotations
+
+__all__ = ["nonneg_rel_lsq", "solve"]
+
+
+def solve(a: list[list[float]], b: list[float]) -> list[float] | None:
+    """Solve ``a x = b`` by Gauss-Jordan elimination with partial pivoting; None when singular."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[piv][c]) < 1e-300:
+            return None
+        m[c], m[piv] = m[piv], m[c]
+        for r in range(n):
+            if r != c:
+                f = m[r][c] / m[c][c]
+                m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
+def nonneg_rel_lsq(rows: list[list[float]], y: list[float]) -> list[float] | None:
+    """Coefficients c >= 0 minimising sum((rows_i . c / y_i - 1)^2): least squares in relative error.
+
+    Tries every subset of columns (fine for the <= 7 columns used here) and keeps the best fit whose
+    coefficients are all >= 0 (a column left out has coefficient 0); None when no subset fits."""
+    k = len(rows[0])
+    best: tuple[float, list[float]] | None = None
+    for mask in range(1, 2**k):
+        cols = [j for j in range(k) if mask >> j & 1]
+        x = [[r[j] / yi for j in cols] for r, yi in zip(rows, y)]
+        ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
+        atb = [sum(xr[i] for xr in x) for i in range(len(cols))]
+        sol = solve(ata, atb)
+        if sol is None or min(sol) < 0:
+            continue
+        full = [0.0] * k
+        for j, v in zip(cols, sol):
+            full[j] = v
+        sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
+        if best is None or sse < best[0] - 1e-15:
+            best = (sse, full)
+    return best[1] if best else None
