@@ -49,6 +49,21 @@ def _check_device(dev: dict[str, Any], key: str) -> None:
     for name in ("count", "cores"):
         if name in dev and not (_ints([dev[name]]) and dev[name] >= 1):
             raise _bad(key, f"device.{name}", "a positive integer")
+    kernels = dev.get("kernels", {})
+    if not isinstance(kernels, dict) or not all(_kernel_samples(v) for v in kernels.values()):
+        raise _bad(key, "device.kernels", "an object of CPU kernel timings per rank count (runners/_cpubench.py: "
+                                          "threads, and linear/sdpa rows of positive numbers)")
+
+
+def _kernel_samples(samples: Any) -> bool:
+    """One rank count's kernel timings: rows of dimensions then seconds (4 per linear, 5 per sdpa)."""
+    def rows(name: str, width: int) -> bool:
+        table = samples.get(name, [])
+        return isinstance(table, list) and all(
+            isinstance(r, list) and len(r) >= width and all(_number(v, positive=True) for v in r[:width]) for r in table)
+
+    return (isinstance(samples, dict) and rows("linear", 4) and rows("sdpa", 5)
+            and ("threads" not in samples or (_ints([samples["threads"]]) and samples["threads"] >= 1)))
 
 
 def _check_ranges(r: dict[str, Any], key: str) -> None:

@@ -52,6 +52,11 @@ CAL_BREAKS: dict[str, tuple[tuple[str, ...], object]] = {
     "timing": (("timing",), "sundial"), "paths_value": (("ranges", "paths", "tp"), 5),
     "threads_text": (("ranges", "threads_per_rank"), {"1": "x"}), "threads_negative": (("ranges", "threads_per_rank"), {"1": -3}),
     "peak_other_precision": (("device", "peak_flops"), {"fp8": 1e12}),
+    "kernels_text": (("device", "kernels"), "fast"), "kernels_rows_text": (("device", "kernels"), {"1": {"linear": "x"}}),
+    "kernels_row_nan": (("device", "kernels"), {"1": {"linear": [[64, 64, 64, float("nan")]] * 4, "sdpa": []}}),
+    "kernels_short_row": (("device", "kernels"), {"1": {"linear": [[64, 64]] * 4, "sdpa": [[1, 2, 3, 4, 1e-3]] * 4}}),
+    "kernels_zero_seconds": (("device", "kernels"), {"1": {"sdpa": [[1, 2, 3, 4, 0]] * 4}}),
+    "kernels_threads_text": (("device", "kernels"), {"1": {"threads": "two"}}),
 }
 # A trial folder with one file broken: alone, it leaves calibrate no usable trial (names RUN_DIR).
 TRIAL_BREAKS = ("result_binary", "result_list", "result_nan_memory", "result_inf_memory", "result_negative_memory",
