@@ -25,18 +25,20 @@ def _raw() -> dict:
     return raw
 
 
-def test_default_ladder_resolves_every_size_to_its_model_and_same_tokens() -> None:
+def test_default_ladder_resolves_every_size_to_its_model_and_tokens_growing_with_width() -> None:
     sweep = load_sweep(default_ladder_path())
     assert [s.name for s in sweep.ladder] == ["w64", "w96", "w128", "w192"]
     assert sweep.sampler.type == "grid" and sweep.pruner.type == "none"
     grid = math.prod(len(p.choices) for p in sweep.space)
     assert sweep.budget.n_trials == grid  # the whole grid: every size gets every LR and batch
-    widths = []
+    widths, tokens = [], []
     for size in sweep.ladder:
-        spec = resolve_trial(sweep, {"size": size.name, "lr": 0.005, "global_batch": 8})
-        assert Path(spec.model).is_file() and spec.total_tokens == sweep.base["tokens"]
+        spec = resolve_trial(sweep, {"size": size.name, "lr": 0.006, "global_batch": 8})
+        assert Path(spec.model).is_file() and spec.total_tokens == size.tokens
         widths.append(load_model(spec.model).hidden_size)
+        tokens.append(spec.total_tokens)
     assert widths == [64, 96, 128, 192]
+    assert tokens == [1024 * w for w in widths]  # D proportional to the width (~ N^0.5): one path
     assert sweep_from_dict(sweep.to_dict()) == sweep  # the study stores to_dict()
 
 
