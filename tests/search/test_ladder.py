@@ -67,8 +67,9 @@ def test_a_size_may_carry_its_own_token_budget() -> None:
 
 
 def make_study(path: Path, optima: dict[str, float], *, loss_of: callable, lrs=(0.002, 0.005, 0.0125),
-               batches=(8, 16), steps_tokens: int = 131072) -> str:
-    """A real SQLite study holding the records the search stores, with losses from ``loss_of``."""
+               batches=(8, 16), steps_tokens: int | dict[str, int] = 131072) -> str:
+    """A real SQLite study holding the records the search stores, with losses from ``loss_of``
+    (``steps_tokens`` per size when a mapping)."""
     url = f"sqlite:///{path}"
     study = optuna.create_study(study_name="ladder", storage=url)
     study.set_user_attr("sweep", {"base": {"warmup_fraction": 0.1, "data": "stdlib"}})
@@ -80,7 +81,8 @@ def make_study(path: Path, optima: dict[str, float], *, loss_of: callable, lrs=(
         n = count_parameters(load_model(model)).non_embedding
         for lr in lrs:
             for gb in batches:
-                config = {"model": model, "steps": steps_tokens // (gb * 128),
+                tokens = steps_tokens[size] if isinstance(steps_tokens, dict) else steps_tokens
+                config = {"model": model, "steps": tokens // (gb * 128),
                           "layout": {"gpus": 1, "micro_batch": gb, "grad_accum": 1, "seq_len": 128},
                           "hyperparams": {"lr": lr}}
                 study.add_trial(optuna.trial.create_trial(
