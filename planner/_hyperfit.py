@@ -19,13 +19,18 @@ lr, batch, final loss of each completed trial). Method, written once:
 3. Loss along the ladder's *path*: the tokens each size trained, ``D = k N^g`` by least squares
    in log space (g = 0 for one budget; :func:`ladder_path`). When the budgets lie on that path
    (one budget, or log D moving with log N, |correlation| > 0.95) the data term cannot be told from
-   the size term, so the loss is fitted along the path as ``L = E + A N^-alpha`` (Hoffmann et al.
-   2022, arXiv:2203.15556, eq. 2, with the data term constant (g = 0) or folded into the N term);
-   alpha is profiled over a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024
-   value 0.3478 (the prior for few data). It is predicted at the path's tokens for the target's N
-   (``loss_tokens`` says so when the target's tokens differ from those by more than 10%). Fitting
-   E, A and B of ``E + A N^-alpha + B D^-beta`` on such a path is ill-conditioned (3 sizes at
-   D ~ N^0.5 gave E = -40 and a loss of 0.09 at the next size). When the budgets do separate D from
+   the size term, so the loss is fitted along the path. One budget: ``L = E + A N^-alpha``
+   (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, the data term constant); alpha is profiled over
+   a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024 value 0.3478 (the prior
+   for few data). Tokens growing with N (g > 0): the data term falls too, as N^-(g beta), slower
+   than the size term, so one exponent alpha misstates the path; the loss is
+   ``L = E + s (A N^-alpha + B D(N)^-beta)`` with D(N) = k N^g, i.e. the Besiroglu law's shape
+   along the ladder's path (its A, B, alpha, beta), and only E and the scale s fitted. It is
+   predicted at the path's tokens for the target's N (``loss_tokens`` says so when the target's
+   tokens differ from those by more than 10%). Fitting E, A and B freely on such a path is
+   ill-conditioned (3 sizes at D ~ N^0.5 gave E = -40 and a loss of 0.09 at the next size); on the
+   default ladder (seed 0) holding one exponent at 0.3478 predicted the held-out size 3.4% high,
+   the path shape 1.9% (benchmarks/results/transfer.md). When the budgets do separate D from
    N (3+ sizes, 2+ budgets, off one path), ``L = E + A N^-alpha + B D^-beta`` with both exponents
    at the Besiroglu prior and E, A, B fitted. Chinchilla's own B is in its data's nats and at a
    tiny D swamps everything (tried: -27 nats at 2T from 131k tokens), so it is never borrowed.
@@ -47,6 +52,7 @@ from trainplan.errors import UsageError
 from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
 from trainplan.planner._interval import Interval  # value with its 2.5-97.5 percentile bootstrap interval
 from trainplan.planner._scaling import ALPHA, BETA
+from trainplan.planner._scaling import A as CHIN_A, B as CHIN_B
 
 __all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "ladder_path", "size_optima"]
 
@@ -271,7 +277,7 @@ def _power_fit(optima: Sequence[SizeOptimum], key: str, fit_n: bool, fit_d: bool
 
 
 def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_alpha: bool,
-             loss_d: float, nd_loss: bool, fit_d: bool = False) -> dict[str, float]:
+             loss_d: float, nd_loss: bool, fit_d: bool = False, path_shape: bool = False) -> dict[str, float]:
     ns = [o.n_params for o in optima]
     ln_k, g, _ = ladder_path(optima)
     d_fit = math.exp(ln_k + g * math.log(target_n))  # the path's tokens at the target's N
@@ -289,7 +295,13 @@ def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fi
         e, a_coef, b_coef = _solve([[1.0, o.n_params ** -ALPHA, o.tokens ** -BETA] for o in optima],
                                    [o.loss for o in optima])
         return {**out, "alpha": ALPHA, "e": e, "loss": e + a_coef * target_n ** -ALPHA + b_coef * loss_d ** -BETA}
-    # along the path (one budget: D constant): L = E + A N^-alpha, at the path's tokens for target_n
+    if path_shape:  # tokens grow along the path: the prior law's shape along it, E and scale fitted
+        def shape(n: float) -> float:
+            return CHIN_A * n**-ALPHA + CHIN_B * math.exp(ln_k + g * math.log(n)) ** -BETA
+
+        e, scale = _line([shape(n) for n in ns], [o.loss for o in optima])
+        return {**out, "alpha": ALPHA, "e": e, "loss": e + scale * shape(target_n)}
+    # one budget (D constant): L = E + A N^-alpha, at the path's tokens for target_n
     e, a_coef, alpha = _loss_fit(ns, [o.loss for o in optima], None if fit_alpha else ALPHA)
     return {**out, "alpha": alpha, "e": e, "loss": e + a_coef * target_n ** -alpha}
 
@@ -362,9 +374,11 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     else:  # one size: its budgets' range
         path_tokens, near = math.exp(ln_k), d_lo / 1.1 <= target_tokens <= d_hi * 1.1
     loss_tokens = target_tokens if nd_loss or near else path_tokens
-    if on_path and n_budgets > 1 and n_sizes >= 2:
+    path_shape = on_path and n_budgets > 1 and n_sizes >= 2
+    if path_shape:
         notes.append(f"the ladder's tokens grow with its sizes (D ~ N^{g:.2f}, correlation {r_path:.2f}): the loss is "
-                     "fitted along that path as E + A N^-alpha, the data term folded into the size term")
+                     f"fitted along that path as E + s (A N^-{ALPHA} + B D(N)^-{BETA}), the Besiroglu et al. 2024 law's "
+                     "shape (its A, B and exponents) with E and the scale s fitted")
     if loss_tokens != target_tokens:
         why = ("every size trained the same tokens" if n_budgets == 1
                else "one size cannot separate the data term from the size term" if n_sizes == 1
@@ -389,8 +403,9 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
                      f"Besiroglu alpha {ALPHA}) are anchored on its measured optimum; nothing here is fitted across sizes")
     else:
         mode = "fitted"
-        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss, fit_d))
-        if not fit_alpha and not nd_loss:
+        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss and not path_shape,
+                                    loss_tokens, nd_loss, fit_d, path_shape))
+        if not fit_alpha and not nd_loss and not path_shape:
             notes.append(f"{len(optima)} sizes: loss exponent alpha held at the Besiroglu et al. 2024 prior {ALPHA} "
                          "(4+ sizes fit it)")
     if not (d_lo <= target_tokens <= d_hi) and not fit_d:
@@ -433,7 +448,8 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     return FitResult(
         mode=mode, tolerance=tolerance, optima=tuple(optima),
         lr_exponent=interval("lr_exp"), batch_exponent=interval("batch_exp"),
-        loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss,
+        loss_alpha=interval("alpha"), loss_e=interval("e"),
+        alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss and not path_shape,
         d_identified=fit_d, d_reason=d_reason, lr_d_exponent=interval("lr_d_exp"), batch_d_exponent=interval("batch_d_exp"),
         target_n=target_n, target_tokens=target_tokens,
         lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,

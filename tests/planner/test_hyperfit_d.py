@@ -88,10 +88,25 @@ def _true_path_loss(w: int) -> float:
     return 1.2 + 60 * (48.0 * w * w) ** -0.3478 + 30 * (1024.0 * w) ** -0.3658
 
 
+def test_the_prior_shape_along_a_path_recovers_its_offset_and_scale() -> None:
+    # Truth: E + s (A N^-alpha + B D^-beta) with the Besiroglu constants along D = 1024 w; E and s come back.
+    from trainplan.planner._scaling import A, B
+
+    widths = (64, 96, 128, 192)
+    pts = [Point(size=f"w{w}", n_params=48.0 * w * w, tokens=1024.0 * w, lr=lr, batch_tokens=512,
+                 loss=0.9 + 0.04 * (A * (48.0 * w * w) ** -0.3478 + B * (1024.0 * w) ** -0.3658) + 0.03 * k * k)
+           for w in widths for k, lr in ((-1, 0.002), (0, 0.004), (1, 0.008))]
+    fit = fit_ladder(pts, 48.0 * 384 * 384, 1024.0 * 384, n_boot=0)
+    assert fit.loss_e.value == pytest.approx(0.9, abs=1e-6)
+    assert fit.loss.value == pytest.approx(0.9 + 0.04 * (A * (48.0 * 384 * 384) ** -0.3478 + B * (1024.0 * 384) ** -0.3658),
+                                           rel=1e-6)
+
+
 def test_tokens_growing_with_size_are_fitted_along_the_path() -> None:
-    # Fitted on 3 widths (alpha held at the prior), the 4th (2.25x N beyond, on the path) comes back
-    # within 1.5%; the loss is predicted at the target's own tokens. Fitting E + A N^-a + B D^-b on
-    # such a path is ill-conditioned (E = -40 on the default ladder's widths): the path fit is what works.
+    # Fitted on 3 widths, the 4th (2.25x N beyond, on the path) comes back within 1.5% even though the
+    # truth's term sizes (60 : 30) are not the prior's; the loss is predicted at the target's own tokens.
+    # Fitting E + A N^-a + B D^-b freely on such a path is ill-conditioned (E = -40 on the default
+    # ladder's widths): the path fit is what works.
     pts = _path_sweep((64, 96, 128))
     fit = fit_ladder(pts, 48.0 * 192 * 192, 1024.0 * 192, n_boot=100)
     assert not fit.d_identified and "correlation 1.00" in fit.d_reason
@@ -112,7 +127,7 @@ def test_a_target_off_the_path_gets_the_path_loss_and_the_prior_carries_d() -> N
     pts = _path_sweep((64, 96, 128, 192))
     n_t = 48.0 * 256 * 256
     fit = fit_ladder(pts, n_t, 1e9, n_boot=50)
-    assert fit.alpha_fitted  # 4 sizes profile alpha
+    assert not fit.alpha_fitted  # on a path the shape is the prior's; E and the scale are fitted
     assert fit.loss_tokens == pytest.approx(1024.0 * 256, rel=0.02)  # the path's tokens at the target's N
     assert any("path's" in n and "not the target's" in n for n in fit.notes)
     on_path = fit_ladder(pts, n_t, 1024.0 * 256, n_boot=0)
