@@ -81,12 +81,13 @@ def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str
     for name, lr in arms.items():
         # An LR the ladder already trained at this size and batch is not trained again: same seed, same trial.
         swept = [p for p in big if abs(p.lr / lr - 1) < 1e-9 and p.batch_tokens == swept_best.batch_tokens]
-        if not swept:  # the new trials run at once (one rank each)
+        if not swept:  # one at a time: two trials of 2 threads each on 2 cores ran 8-30x slower
             spec = resolve_trial(sweep, {"size": largest.size, "lr": lr, "global_batch": batch})
             folder = run_dir / "transfer" / name.split()[0].strip("()")
             if _finished(folder, spec):  # a rerun of this benchmark keeps a finished arm
                 continue
             handles[name] = launch_trial(spec, folder, master_port=free_port())
+            handles[name].wait()
     for name, lr in arms.items():
         if name in handles:
             handles[name].wait()
@@ -185,7 +186,7 @@ def main() -> None:
     res = (f"Resolution: the largest size's final loss at one LR differs by up to {spread:.4f} (relative) between "
            f"seeds {', '.join(map(str, args.seeds))}; (a) counts as no worse than (b) or (c) when its ratio exceeds "
            "theirs by no more than that." if spread is not None else
-           "Resolution: one seed, so no seed-to-seed spread is measured; a difference below ~0.5% is not resolved.")
+           "Resolution: one seed, so no seed-to-seed spread is measured and differences between arms are not resolved.")
     lines += ["## Targets", "", "(a) <= 1.02x the swept best and no worse than (b), (c); predicted loss within 3%.", "",
               res, "", *[f"- {v}" for v in verdicts(ratios, spread)], "",
               f"Load average at the end {os.getloadavg()[0]:.1f} (a shared 2-core machine).", ""]
