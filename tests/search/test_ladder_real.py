@@ -25,9 +25,6 @@ def test_tiny_ladder_searches_every_size_and_scale_writes_the_target(tmp_path: P
         "ladder": [{"name": w, "model": str(LADDER_DIR / f"ladder-llama-{w}.json")} for w in ("w64", "w128")],
         "hardware": {"gpu": "a100-80gb"}, "space": {"lr": {"choices": [0.002, 0.006, 0.02]}},
         "budget": {"n_trials": 6}, "sampler": {"type": "grid", "seed": 0}, "pruner": {"type": "none"},
-        # Two trials at once: a tiny trial is almost all launcher start-up (imports), which two cores
-        # overlap; the grid is claimed under the study's lock, so no point runs twice.
-        "workers": 2,
     }
     path = tmp_path / "ladder.yaml"
     path.write_text(yaml.safe_dump(sweep))
