@@ -20,7 +20,9 @@ largest size's swept-best batch:
 
 Each is scored by its final eval loss relative to the largest size's swept best. Targets (issue
 15): (a) within 2% of the swept best and no worse than (b) and (c); the predicted final loss
-within 3% of the measured one. The table is also written to ``benchmarks/results/transfer.md``.
+within 3% of the measured one. "No worse" is judged within the resolution the seeds give: with 2+
+seeds, the largest relative spread of the largest size's final loss between seeds at one swept LR
+(one seed states no resolution). The table is also written to ``benchmarks/results/transfer.md``.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ def _finished(folder: Path, spec: Any) -> bool:
     return done.get("status") == "completed" and ran == json.loads(json.dumps(spec.to_dict()))
 
 
-def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str) -> tuple[list[str], dict[str, float]]:
-    """Run (or resume) the ladder of ``sweep`` in ``run_dir`` and the three arms; the table's lines
-    and the ratios the targets judge."""
+def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str
+             ) -> tuple[list[str], dict[str, float], dict[float, float]]:
+    """Run (or resume) the ladder of ``sweep`` in ``run_dir`` and the three arms; the table's lines,
+    the ratios the targets judge, and the largest size's swept losses by LR (for the seed spread)."""
     import optuna
 
     from trainplan.planner._hyperfit import Point, fit_ladder
@@ -78,12 +81,13 @@ def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str) -> tuple[l
     for name, lr in arms.items():
         # An LR the ladder already trained at this size and batch is not trained again: same seed, same trial.
         swept = [p for p in big if abs(p.lr / lr - 1) < 1e-9 and p.batch_tokens == swept_best.batch_tokens]
-        if not swept:  # the new trials run at once (one rank each)
+        if not swept:  # one at a time: two trials of 2 threads each on 2 cores ran 8-30x slower
             spec = resolve_trial(sweep, {"size": largest.size, "lr": lr, "global_batch": batch})
             folder = run_dir / "transfer" / name.split()[0].strip("()")
             if _finished(folder, spec):  # a rerun of this benchmark keeps a finished arm
                 continue
             handles[name] = launch_trial(spec, folder, master_port=free_port())
+            handles[name].wait()
     for name, lr in arms.items():
         if name in handles:
             handles[name].wait()
@@ -120,7 +124,37 @@ def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str) -> tuple[l
     ]
     ratios = {n.split()[0]: r for n, _, _, r, _ in rows}
     ratios["loss"] = fit.loss.value / swept_best.loss
-    return lines, ratios
+    return lines, ratios, {p.lr: p.loss for p in big}
+
+
+def seed_spread(swept: list[dict[float, float]]) -> float | None:
+    """The largest relative spread (max - min) / mean of the largest size's final loss across seeds at
+    one LR, over the LRs every seed swept: what one comparison of two trials can resolve. ``None``
+    with one seed."""
+    if len(swept) < 2:
+        return None
+    lrs = set.intersection(*(set(s) for s in swept))
+    spreads = [(max(s[lr] for s in swept) - min(s[lr] for s in swept)) / (sum(s[lr] for s in swept) / len(swept))
+               for lr in lrs]
+    return max(spreads) if spreads else None
+
+
+def verdicts(ratios: list[dict[str, float]], spread: float | None) -> list[str]:
+    """Each seed's verdict; (a) against (b) and (c) within the seed spread when there is one."""
+    tol = spread or 0.0
+    out = []
+    for seed, r in ratios:
+        vs = []
+        for other in ("(b)", "(c)"):
+            d = r["(a)"] - r[other]
+            vs.append(f"{'no worse than' if d <= tol + 1e-9 else 'WORSE than'} {other} ({d:+.4f}"
+                      + (f", resolution {tol:.4f})" if spread else ", one seed: no resolution stated)"))
+        ok = r["(a)"] <= 1.02 and all(v.startswith("no worse") for v in vs)
+        out.append(f"seed {seed}: (a) {r['(a)']:.4f}x, (b) {r['(b)']:.4f}x, (c) {r['(c)']:.4f}x; (a) "
+                   f"{'within' if r['(a)'] <= 1.02 else 'NOT within'} 2%, {', '.join(vs)} -> "
+                   f"{'met' if ok else 'NOT met'}; predicted loss {r['loss']:.4f}x -> "
+                   f"{'met' if abs(r['loss'] - 1) <= 0.03 else 'NOT met'}")
+    return out
 
 
 def main() -> None:
@@ -139,19 +173,22 @@ def main() -> None:
     lines = ["# Transfer: fitted on the smaller ladder sizes, checked on the largest (real CPU trials)", "",
              f"Ladder: {args.sweep or 'search/data/default_ladder.yaml'}; seeds {', '.join(map(str, args.seeds))}; "
              f"load average at start {load_start[0]:.1f}.", ""]
-    verdicts = []
+    ratios, swept = [], []
     for seed in args.seeds:
         sweep = base if seed == 0 else dataclasses.replace(
             base, study_name=f"{base.study_name}-seed{seed}", base={**base.base, "seed": seed})
-        block, r = one_seed(sweep, args.run_dir if seed == 0 else args.run_dir / f"seed-{seed}", args.tolerance,
-                            f"seed {seed}")
+        block, r, big = one_seed(sweep, args.run_dir if seed == 0 else args.run_dir / f"seed-{seed}",
+                                 args.tolerance, f"seed {seed}")
         lines += block
-        ok = r["(a)"] <= 1.02 and r["(a)"] <= r["(b)"] + 1e-9 and r["(a)"] <= r["(c)"] + 1e-9
-        verdicts.append(f"seed {seed}: (a) {r['(a)']:.4f}x, (b) {r['(b)']:.4f}x, (c) {r['(c)']:.4f}x -> "
-                        f"{'met' if ok else 'NOT met'}; predicted loss {r['loss']:.4f}x -> "
-                        f"{'met' if abs(r['loss'] - 1) <= 0.03 else 'NOT met'}")
+        ratios.append((seed, r))
+        swept.append(big)
+    spread = seed_spread(swept)
+    res = (f"Resolution: the largest size's final loss at one LR differs by up to {spread:.4f} (relative) between "
+           f"seeds {', '.join(map(str, args.seeds))}; (a) counts as no worse than (b) or (c) when its ratio exceeds "
+           "theirs by no more than that." if spread is not None else
+           "Resolution: one seed, so no seed-to-seed spread is measured and differences between arms are not resolved.")
     lines += ["## Targets", "", "(a) <= 1.02x the swept best and no worse than (b), (c); predicted loss within 3%.", "",
-              *[f"- {v}" for v in verdicts], "",
+              res, "", *[f"- {v}" for v in verdicts(ratios, spread)], "",
               f"Load average at the end {os.getloadavg()[0]:.1f} (a shared 2-core machine).", ""]
     text = "\n".join(lines)
     print(text)

@@ -13,15 +13,27 @@ lr, batch, final loss of each completed trial). Method, written once:
    budgets and they *identify* D (see :func:`d_identified`: 2+ budgets, a spare optimum beyond the
    parameters, and log D not moving with log N), ``lr* = k N^a D^c`` and ``B* = k N^b D^d`` are
    fitted (Step Law's form, arXiv:2503.04715, eq. 1-2) and ``d_identified`` is True. Otherwise the
-   D dependence at the target is Step Law's exponent (a prior), and ``d_reason`` and ``notes`` say
-   why D was not fitted.
-3. Loss: ``L = E + A N^-alpha`` (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, at fixed D);
-   alpha is profiled over a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024
-   value 0.3478 (the prior for few data). When the sizes trained several token budgets (3+
-   sizes, 2+ budgets), ``L = E + A N^-alpha + B D^-beta`` with both exponents at the Besiroglu
-   prior and E, A, B fitted. A ladder at one token budget cannot fit the data term, so its loss is
-   predicted at the ladder's tokens and ``loss_tokens`` says so: Chinchilla's own B is in its
-   data's nats and at a tiny D swamps everything (tried: -27 nats at 2T from 131k tokens).
+   D dependence at the target is Step Law's exponent (a prior), applied from the ladder's path
+   tokens at the target's N (step 3) to the target's tokens, since the fitted N slope already holds
+   the path's own D; ``d_reason`` and ``notes`` say why D was not fitted.
+3. Loss along the ladder's *path*: the tokens each size trained, ``D = k N^g`` by least squares
+   in log space (g = 0 for one budget; :func:`ladder_path`). When the budgets lie on that path
+   (one budget, or log D moving with log N, |correlation| > 0.95) the data term cannot be told from
+   the size term, so the loss is fitted along the path. One budget: ``L = E + A N^-alpha``
+   (Hoffmann et al. 2022, arXiv:2203.15556, eq. 2, the data term constant); alpha is profiled over
+   a grid when 4+ sizes exist, otherwise held at the Besiroglu et al. 2024 value 0.3478 (the prior
+   for few data). Tokens growing with N (g > 0): the data term falls too, as N^-(g beta), slower
+   than the size term, so one exponent alpha misstates the path; the loss is
+   ``L = E + s (A N^-alpha + B D(N)^-beta)`` with D(N) = k N^g, i.e. the Besiroglu law's shape
+   along the ladder's path (its A, B, alpha, beta), and only E and the scale s fitted. It is
+   predicted at the path's tokens for the target's N (``loss_tokens`` says so when the target's
+   tokens differ from those by more than 10%). Fitting E, A and B freely on such a path is
+   ill-conditioned (3 sizes at D ~ N^0.5 gave E = -40 and a loss of 0.09 at the next size); on the
+   default ladder (seed 0) holding one exponent at 0.3478 predicted the held-out size 3.4% high,
+   the path shape 1.9% (benchmarks/results/transfer.md). When the budgets do separate D from
+   N (3+ sizes, 2+ budgets, off one path), ``L = E + A N^-alpha + B D^-beta`` with both exponents
+   at the Besiroglu prior and E, A, B fitted. Chinchilla's own B is in its data's nats and at a
+   tiny D swamps everything (tried: -27 nats at 2T from 131k tokens), so it is never borrowed.
 4. Intervals: 400 bootstrap resamples of the trials within each size (seeded), the whole fit
    redone each time; 2.5/97.5 percentiles.
 
@@ -40,8 +52,9 @@ from trainplan.errors import UsageError
 from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
 from trainplan.planner._interval import Interval  # value with its 2.5-97.5 percentile bootstrap interval
 from trainplan.planner._scaling import ALPHA, BETA
+from trainplan.planner._scaling import A as CHIN_A, B as CHIN_B
 
-__all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "size_optima"]
+__all__ = ["FitResult", "Interval", "Point", "SizeOptimum", "fit_ladder", "ladder_path", "size_optima"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,19 +232,35 @@ def d_identified(optima: Sequence[SizeOptimum]) -> tuple[bool, str]:
     ds, ns = sorted({o.tokens for o in optima}), {o.n_params for o in optima}
     if len(ds) < 2:
         return False, f"every size trained the same {ds[0]:.3g} tokens (one budget)"
+    if len(ns) >= 2:
+        _, g, r = ladder_path(optima)
+        if r > PATH_CORRELATION:
+            return False, (f"log D moves with log N across the ladder (correlation {math.copysign(r, g):.2f}): the D "
+                           "effect cannot be told from the N effect; give one size two budgets")
     k = 3 if len(ns) >= 2 else 2
     if len(optima) < k + 1:
         return False, (f"{len(optima)} size x budget optima for {k} parameters: run one more size or budget "
                        "(ladder entries' tokens)")
-    if len(ns) >= 2:
-        x, z = [math.log(o.n_params) for o in optima], [math.log(o.tokens) for o in optima]
-        mx, mz = sum(x) / len(x), sum(z) / len(z)
-        sxz = sum((a - mx) * (b - mz) for a, b in zip(x, z))
-        r = sxz / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - mz) ** 2 for b in z))
-        if abs(r) > 0.95:
-            return False, (f"log D moves with log N across the ladder (correlation {r:.2f}): the D effect cannot be "
-                           "told from the N effect; give one size two budgets")
     return True, f"{len(ds)} token budgets ({ds[0]:.3g}-{ds[-1]:.3g}) across {len(optima)} size x budget optima"
+
+
+def ladder_path(optima: Sequence[SizeOptimum]) -> tuple[float, float, float]:
+    """``ln k``, ``g`` and |correlation| of the ladder's tokens against its sizes, ``D = k N^g`` by
+    least squares in log space: the path the sizes trained along (g = 0 and correlation 1 for one
+    budget; correlation 0 when the sizes share one N)."""
+    x, z = [math.log(o.n_params) for o in optima], [math.log(o.tokens) for o in optima]
+    mx, mz = sum(x) / len(x), sum(z) / len(z)
+    sxx, szz = sum((a - mx) ** 2 for a in x), sum((b - mz) ** 2 for b in z)
+    if szz < 1e-12:
+        return mz, 0.0, 1.0
+    if sxx < 1e-12:
+        return mz, 0.0, 0.0
+    sxz = sum((a - mx) * (b - mz) for a, b in zip(x, z))
+    return mz - sxz / sxx * mx, sxz / sxx, abs(sxz) / math.sqrt(sxx * szz)
+
+
+PATH_CORRELATION = 0.95
+"""|correlation| of log D with log N above which the budgets lie on one path (D not identified)."""
 
 
 def _power_fit(optima: Sequence[SizeOptimum], key: str, fit_n: bool, fit_d: bool) -> tuple[float, float, float]:
@@ -248,15 +277,16 @@ def _power_fit(optima: Sequence[SizeOptimum], key: str, fit_n: bool, fit_d: bool
 
 
 def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fit_alpha: bool,
-             loss_d: float, nd_loss: bool, fit_d: bool = False) -> dict[str, float]:
+             loss_d: float, nd_loss: bool, fit_d: bool = False, path_shape: bool = False) -> dict[str, float]:
     ns = [o.n_params for o in optima]
-    d_fit = math.exp(sum(math.log(o.tokens) for o in optima) / len(optima))
+    ln_k, g, _ = ladder_path(optima)
+    d_fit = math.exp(ln_k + g * math.log(target_n))  # the path's tokens at the target's N
     k_lr, a_lr, c_lr = _power_fit(optima, "lr", True, fit_d)
     k_b, a_b, c_b = _power_fit(optima, "batch_tokens", True, fit_d)
     if fit_d:  # the fit's own D exponents, at the target's tokens
         lr = math.exp(k_lr + a_lr * math.log(target_n) + c_lr * math.log(target_d))
         batch = math.exp(k_b + a_b * math.log(target_n) + c_b * math.log(target_d))
-    else:  # fitted at the ladder's tokens; carried to the target's by Step Law's D exponents (a prior)
+    else:  # fitted along the ladder's path; carried from its tokens to the target's by Step Law's D exponents
         c_lr, c_b = STEP_LR[2], STEP_BATCH[1]
         lr = math.exp(k_lr + a_lr * math.log(target_n)) * (target_d / d_fit) ** c_lr
         batch = math.exp(k_b + a_b * math.log(target_n)) * (target_d / d_fit) ** c_b
@@ -265,6 +295,13 @@ def _one_fit(optima: Sequence[SizeOptimum], target_n: float, target_d: float, fi
         e, a_coef, b_coef = _solve([[1.0, o.n_params ** -ALPHA, o.tokens ** -BETA] for o in optima],
                                    [o.loss for o in optima])
         return {**out, "alpha": ALPHA, "e": e, "loss": e + a_coef * target_n ** -ALPHA + b_coef * loss_d ** -BETA}
+    if path_shape:  # tokens grow along the path: the prior law's shape along it, E and scale fitted
+        def shape(n: float) -> float:
+            return CHIN_A * n**-ALPHA + CHIN_B * math.exp(ln_k + g * math.log(n)) ** -BETA
+
+        e, scale = _line([shape(n) for n in ns], [o.loss for o in optima])
+        return {**out, "alpha": ALPHA, "e": e, "loss": e + scale * shape(target_n)}
+    # one budget (D constant): L = E + A N^-alpha, at the path's tokens for target_n
     e, a_coef, alpha = _loss_fit(ns, [o.loss for o in optima], None if fit_alpha else ALPHA)
     return {**out, "alpha": alpha, "e": e, "loss": e + a_coef * target_n ** -alpha}
 
@@ -327,25 +364,38 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     fit_alpha = len(optima) >= 4
     notes = []
     d_lo, d_hi = min(o.tokens for o in optima), max(o.tokens for o in optima)
-    nd_loss = len(optima) >= 3 and len({o.tokens for o in optima}) >= 2 and len({o.n_params for o in optima}) >= 2
-    inside_d = d_lo / 1.1 <= target_tokens <= d_hi * 1.1
-    loss_tokens = target_tokens if nd_loss or inside_d else math.exp(
-        sum(math.log(o.tokens) for o in optima) / len(optima))
+    n_budgets, n_sizes = len({o.tokens for o in optima}), len(set(ns))
+    ln_k, g, r_path = ladder_path(optima)
+    on_path = n_budgets == 1 or (n_sizes >= 2 and r_path > PATH_CORRELATION)
+    nd_loss = len(optima) >= 3 and n_budgets >= 2 and n_sizes >= 2 and not on_path
+    if n_sizes >= 2:  # the path's tokens at the target's N (one budget: that budget)
+        path_tokens = math.exp(ln_k + g * math.log(target_n))
+        near = abs(math.log(target_tokens / path_tokens)) <= math.log(1.1)
+    else:  # one size: its budgets' range
+        path_tokens, near = math.exp(ln_k), d_lo / 1.1 <= target_tokens <= d_hi * 1.1
+    loss_tokens = target_tokens if nd_loss or near else path_tokens
+    path_shape = on_path and n_budgets > 1 and n_sizes >= 2
+    if path_shape:
+        notes.append(f"the ladder's tokens grow with its sizes (D ~ N^{g:.2f}, correlation {r_path:.2f}): the loss is "
+                     f"fitted along that path as E + s (A N^-{ALPHA} + B D(N)^-{BETA}), the Besiroglu et al. 2024 law's "
+                     "shape (its A, B and exponents) with E and the scale s fitted")
     if loss_tokens != target_tokens:
-        why = ("every size trained the same tokens" if len({o.tokens for o in optima}) == 1
-               else "one size cannot separate the data term from the size term")
-        notes.append(f"final loss is predicted at the ladder's {loss_tokens:.3g} tokens, not the target's "
+        why = ("every size trained the same tokens" if n_budgets == 1
+               else "one size cannot separate the data term from the size term" if n_sizes == 1
+               else "the ladder's tokens move with its sizes")
+        where = "the ladder's path's" if n_budgets > 1 and n_sizes >= 2 else "the ladder's"
+        notes.append(f"final loss is predicted at {where} {loss_tokens:.3g} tokens, not the target's "
                      f"{target_tokens:.3g}: {why}, so the data term is not fitted "
-                     "(give 2+ ladder sizes several token budgets to fit it)")
+                     "(give 2+ ladder sizes several token budgets, off one path, to fit it)")
     elif nd_loss:
         notes.append(f"loss fitted as E + A N^-{ALPHA} + B D^-{BETA} (exponents: the Besiroglu et al. 2024 prior)")
     fit_d, d_reason = d_identified(optima)
-    n_budgets = len({o.tokens for o in optima})
     if fit_d:
         notes.append(f"LR and batch fitted in D too (lr ~ D^c, B ~ D^d): {d_reason}")
     elif n_budgets > 1:
         notes.append(f"the ladder has {n_budgets} token budgets but D is not identified ({d_reason}): LR and batch "
-                     f"move with D by Step Law's prior exponents (LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]})")
+                     f"move with D by Step Law's prior exponents (LR D^{STEP_LR[2]}, batch D^{STEP_BATCH[1]}) from the "
+                     f"ladder's path ({path_tokens:.3g} tokens at the target's N)")
     if len(set(ns)) == 1:
         mode, fit = "anchored", (lambda opt: _anchored(opt, target_n, target_tokens, fit_d))
         in_d = "" if fit_d else f", {STEP_LR[2]} in D; batch {STEP_BATCH[1]} in D"
@@ -353,8 +403,9 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
                      f"Besiroglu alpha {ALPHA}) are anchored on its measured optimum; nothing here is fitted across sizes")
     else:
         mode = "fitted"
-        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss, loss_tokens, nd_loss, fit_d))
-        if not fit_alpha and not nd_loss:
+        fit = (lambda opt: _one_fit(opt, target_n, target_tokens, fit_alpha and not nd_loss and not path_shape,
+                                    loss_tokens, nd_loss, fit_d, path_shape))
+        if not fit_alpha and not nd_loss and not path_shape:
             notes.append(f"{len(optima)} sizes: loss exponent alpha held at the Besiroglu et al. 2024 prior {ALPHA} "
                          "(4+ sizes fit it)")
     if not (d_lo <= target_tokens <= d_hi) and not fit_d:
@@ -397,7 +448,8 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     return FitResult(
         mode=mode, tolerance=tolerance, optima=tuple(optima),
         lr_exponent=interval("lr_exp"), batch_exponent=interval("batch_exp"),
-        loss_alpha=interval("alpha"), loss_e=interval("e"), alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss,
+        loss_alpha=interval("alpha"), loss_e=interval("e"),
+        alpha_fitted=fit_alpha and mode == "fitted" and not nd_loss and not path_shape,
         d_identified=fit_d, d_reason=d_reason, lr_d_exponent=interval("lr_d_exp"), batch_d_exponent=interval("batch_d_exp"),
         target_n=target_n, target_tokens=target_tokens,
         lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,

@@ -9,6 +9,7 @@ non-embedding parameters (the N of the fits), said on the axis.
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,8 @@ class ScaleupInfo:
     optima: list[dict[str, Any]] = field(default_factory=list)
     """Per size: its near-optimal LR/batch and best loss."""
     curve: list[dict[str, Any]] = field(default_factory=list)
-    """The fit along N (at the ladder's tokens): n, compute, lr/batch/loss value, low, high."""
+    """The fit along N (at the ladder's path tokens, ``D = k N^g``; one budget: that budget): n, tokens,
+    compute, lr/batch/loss value, low, high."""
     priors: list[dict[str, Any]] = field(default_factory=list)
     """Step Law at each point of ``curve``: n, lr, batch_tokens."""
     target: dict[str, Any] | None = None
@@ -53,7 +55,7 @@ def get_scaleup_info(points: list[Any], decision: dict[str, Any] | None = None, 
                      tolerance: float = 0.02, n_boot: int = 200) -> ScaleupInfo:
     """The fit along N from the smallest size to the target (or the largest size), with intervals."""
     from trainplan.errors import UsageError
-    from trainplan.planner._hyperfit import Point, fit_ladder
+    from trainplan.planner._hyperfit import Point, fit_ladder, ladder_path
     from trainplan.planner._hyperlaws import step_law
 
     plain = [Point(size=p.size, n_params=p.n_params, tokens=p.tokens, lr=p.lr, batch_tokens=p.batch_tokens,
@@ -62,16 +64,19 @@ def get_scaleup_info(points: list[Any], decision: dict[str, Any] | None = None, 
              "lr": p.lr, "batch_tokens": p.batch_tokens, "loss": p.loss} for p in plain]
     if not plain:
         return ScaleupInfo(mode="none", message="no completed trials", target=decision)
-    d_fit = max(p.tokens for p in plain)
     n_lo = min(p.n_params for p in plain)
     n_hi = max([p.n_params for p in plain] + ([decision["fit"]["target"]["non_embedding_params"]] if decision else []))
     curve, priors = [], []
     fit = None
     try:
+        # the tokens the sizes trained along (grows with N when the ladder's budgets do)
+        ln_k, g, _ = ladder_path(fit_ladder(plain, n_lo, max(p.tokens for p in plain), tolerance=tolerance,
+                                            n_boot=0).optima)
         for i in range(_CURVE_POINTS):
             n = n_lo * (n_hi / n_lo) ** (i / (_CURVE_POINTS - 1)) if n_hi > n_lo else n_lo
+            d_fit = math.exp(ln_k + g * math.log(n))
             fit = fit_ladder(plain, n, d_fit, tolerance=tolerance, n_boot=n_boot)
-            curve.append({"n": n, "compute": 6 * n * d_fit,
+            curve.append({"n": n, "tokens": d_fit, "compute": 6 * n * d_fit,
                           **{f"{k}_{part}": getattr(getattr(fit, k), part)
                              for k in ("lr", "batch_tokens", "loss") for part in ("value", "low", "high")}})
             prior = step_law(n, d_fit)

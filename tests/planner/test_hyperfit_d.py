@@ -66,3 +66,69 @@ def test_one_size_at_three_budgets_fits_d_and_anchors_n() -> None:
     # two budgets of one size: a spare point is missing, so D stays the prior's, said so
     two = fit_ladder(_sweep([(1e6, d) for d in (1e8, 3e8)]), 1e8, 1e9, n_boot=20)
     assert not two.d_identified and "run one more size or budget" in two.d_reason
+
+
+def _path_sweep(widths: tuple[int, ...], *, noise: float = 0.002, jitter: float = 0.2, seed: int = 5) -> list[Point]:
+    """A ladder whose tokens grow with the width (D = 1024 w, so D ~ N^0.5 as the default ladder):
+    per size 5 LRs around Step Law's optimum, loss = E + A N^-alpha + B D^-beta at the prior's exponents."""
+    rng = random.Random(seed)
+    out = []
+    for w in widths:
+        n, d = 12.0 * 4 * w * w, 1024.0 * w
+        lr_opt = STEP_LR[0] * n ** STEP_LR[1] * d ** STEP_LR[2]
+        for k in range(-2, 3):
+            lr = lr_opt * 2 ** (k + rng.uniform(-jitter, jitter))
+            loss = 1.2 + 60 * n**-0.3478 + 30 * d**-0.3658 + 0.03 * math.log2(lr / lr_opt) ** 2
+            out.append(Point(size=f"w{w}", n_params=n, tokens=d, lr=lr, batch_tokens=512,
+                             loss=loss * (1 + rng.gauss(0, noise))))
+    return out
+
+
+def _true_path_loss(w: int) -> float:
+    return 1.2 + 60 * (48.0 * w * w) ** -0.3478 + 30 * (1024.0 * w) ** -0.3658
+
+
+def test_the_prior_shape_along_a_path_recovers_its_offset_and_scale() -> None:
+    # Truth: E + s (A N^-alpha + B D^-beta) with the Besiroglu constants along D = 1024 w; E and s come back.
+    from trainplan.planner._scaling import A, B
+
+    widths = (64, 96, 128, 192)
+    pts = [Point(size=f"w{w}", n_params=48.0 * w * w, tokens=1024.0 * w, lr=lr, batch_tokens=512,
+                 loss=0.9 + 0.04 * (A * (48.0 * w * w) ** -0.3478 + B * (1024.0 * w) ** -0.3658) + 0.03 * k * k)
+           for w in widths for k, lr in ((-1, 0.002), (0, 0.004), (1, 0.008))]
+    fit = fit_ladder(pts, 48.0 * 384 * 384, 1024.0 * 384, n_boot=0)
+    assert fit.loss_e.value == pytest.approx(0.9, abs=1e-6)
+    assert fit.loss.value == pytest.approx(0.9 + 0.04 * (A * (48.0 * 384 * 384) ** -0.3478 + B * (1024.0 * 384) ** -0.3658),
+                                           rel=1e-6)
+
+
+def test_tokens_growing_with_size_are_fitted_along_the_path() -> None:
+    # Fitted on 3 widths, the 4th (2.25x N beyond, on the path) comes back within 1.5% even though the
+    # truth's term sizes (60 : 30) are not the prior's; the loss is predicted at the target's own tokens.
+    # Fitting E + A N^-a + B D^-b freely on such a path is ill-conditioned (E = -40 on the default
+    # ladder's widths): the path fit is what works.
+    pts = _path_sweep((64, 96, 128))
+    fit = fit_ladder(pts, 48.0 * 192 * 192, 1024.0 * 192, n_boot=100)
+    assert not fit.d_identified and "correlation 1.00" in fit.d_reason
+    assert fit.loss_tokens == 1024.0 * 192
+    assert fit.loss.value == pytest.approx(_true_path_loss(192), rel=0.015)
+    assert fit.loss.low <= fit.loss.value <= fit.loss.high
+    assert any("grow with its sizes (D ~ N^0.50" in n for n in fit.notes)
+    # The fitted LR slope already holds the path's D: a target on the path is not carried again by
+    # Step Law's D^0.307 (that would put it (D_target / D_ladder)^0.307 ~ 1.25x too high). Noise-free
+    # LRs here, so the optima are exact.
+    exact = fit_ladder(_path_sweep((64, 96, 128), noise=0.0, jitter=0.0), 48.0 * 192 * 192, 1024.0 * 192, n_boot=0)
+    truth = STEP_LR[0] * (48.0 * 192 * 192) ** STEP_LR[1] * (1024.0 * 192) ** STEP_LR[2]
+    assert exact.lr.value == pytest.approx(truth, rel=0.02)
+    assert exact.lr_exponent.value == pytest.approx(STEP_LR[1] + 0.5 * STEP_LR[2], abs=0.01)  # the path's slope
+
+
+def test_a_target_off_the_path_gets_the_path_loss_and_the_prior_carries_d() -> None:
+    pts = _path_sweep((64, 96, 128, 192))
+    n_t = 48.0 * 256 * 256
+    fit = fit_ladder(pts, n_t, 1e9, n_boot=50)
+    assert not fit.alpha_fitted  # on a path the shape is the prior's; E and the scale are fitted
+    assert fit.loss_tokens == pytest.approx(1024.0 * 256, rel=0.02)  # the path's tokens at the target's N
+    assert any("path's" in n and "not the target's" in n for n in fit.notes)
+    on_path = fit_ladder(pts, n_t, 1024.0 * 256, n_boot=0)
+    assert fit.lr.value == pytest.approx(on_path.lr.value * (1e9 / fit.loss_tokens) ** STEP_LR[2], rel=1e-6)

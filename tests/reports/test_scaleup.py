@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 
 from tests.cli.test_scale_cli import LRS, _loss
 from tests.search.test_ladder import make_study
@@ -28,6 +29,17 @@ def test_ladder_study_report_has_the_scaleup_section(tmp_path: Path) -> None:
     # the fitted frontier falls with compute
     losses = [r["loss_value"] for r in data["curve"]]
     assert losses == sorted(losses, reverse=True)
+
+
+def test_a_ladder_whose_tokens_grow_draws_its_frontier_along_that_path(tmp_path: Path) -> None:
+    tokens = {"w64": 65536, "w96": 98304, "w128": 131072}  # D ~ N^0.5, as the default ladder
+    url = make_study(tmp_path / "s.db", tokens, loss_of=_loss, lrs=LRS, steps_tokens=tokens)
+    info = get_scaleup_info(ladder_points(optuna.load_study(study_name="ladder", storage=url)), n_boot=20)
+    assert info.mode == "fitted"
+    first, last = info.curve[0], info.curve[-1]
+    assert first["tokens"] == pytest.approx(65536, rel=0.05) and last["tokens"] == pytest.approx(131072, rel=0.05)
+    assert last["compute"] == pytest.approx(6 * last["n"] * last["tokens"])
+    assert any("grow with its sizes" in n for n in info.notes)
 
 
 def test_too_few_trials_give_a_message_not_a_figure(tmp_path: Path) -> None:

@@ -25,18 +25,20 @@ def _raw() -> dict:
     return raw
 
 
-def test_default_ladder_resolves_every_size_to_its_model_and_same_tokens() -> None:
+def test_default_ladder_resolves_every_size_to_its_model_and_tokens_growing_with_width() -> None:
     sweep = load_sweep(default_ladder_path())
     assert [s.name for s in sweep.ladder] == ["w64", "w96", "w128", "w192"]
     assert sweep.sampler.type == "grid" and sweep.pruner.type == "none"
     grid = math.prod(len(p.choices) for p in sweep.space)
     assert sweep.budget.n_trials == grid  # the whole grid: every size gets every LR and batch
-    widths = []
+    widths, tokens = [], []
     for size in sweep.ladder:
-        spec = resolve_trial(sweep, {"size": size.name, "lr": 0.005, "global_batch": 8})
-        assert Path(spec.model).is_file() and spec.total_tokens == sweep.base["tokens"]
+        spec = resolve_trial(sweep, {"size": size.name, "lr": 0.006, "global_batch": 8})
+        assert Path(spec.model).is_file() and spec.total_tokens == size.tokens
         widths.append(load_model(spec.model).hidden_size)
+        tokens.append(spec.total_tokens)
     assert widths == [64, 96, 128, 192]
+    assert tokens == [1024 * w for w in widths]  # D proportional to the width (~ N^0.5): one path
     assert sweep_from_dict(sweep.to_dict()) == sweep  # the study stores to_dict()
 
 
@@ -65,8 +67,9 @@ def test_a_size_may_carry_its_own_token_budget() -> None:
 
 
 def make_study(path: Path, optima: dict[str, float], *, loss_of: callable, lrs=(0.002, 0.005, 0.0125),
-               batches=(8, 16), steps_tokens: int = 131072) -> str:
-    """A real SQLite study holding the records the search stores, with losses from ``loss_of``."""
+               batches=(8, 16), steps_tokens: int | dict[str, int] = 131072) -> str:
+    """A real SQLite study holding the records the search stores, with losses from ``loss_of``
+    (``steps_tokens`` per size when a mapping)."""
     url = f"sqlite:///{path}"
     study = optuna.create_study(study_name="ladder", storage=url)
     study.set_user_attr("sweep", {"base": {"warmup_fraction": 0.1, "data": "stdlib"}})
@@ -78,7 +81,8 @@ def make_study(path: Path, optima: dict[str, float], *, loss_of: callable, lrs=(
         n = count_parameters(load_model(model)).non_embedding
         for lr in lrs:
             for gb in batches:
-                config = {"model": model, "steps": steps_tokens // (gb * 128),
+                tokens = steps_tokens[size] if isinstance(steps_tokens, dict) else steps_tokens
+                config = {"model": model, "steps": tokens // (gb * 128),
                           "layout": {"gpus": 1, "micro_batch": gb, "grad_accum": 1, "seq_len": 128},
                           "hyperparams": {"lr": lr}}
                 study.add_trial(optuna.trial.create_trial(
