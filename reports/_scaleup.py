@@ -224,7 +224,9 @@ def build_scale_report(points: list[Any], decision: dict[str, Any], out_path: st
 def ladder_info(study: optuna.Study, decision: dict[str, Any] | None = None) -> ScaleupInfo | None:
     """The scale-up view of a ladder study (with the target's point when ``decision``, a
     ``trainplan scale`` decision, is given), or None for a study that is not a ladder."""
-    if not (study.user_attrs.get("sweep") or {}).get("ladder"):
+    from trainplan.search._records import read_study_attrs
+
+    if not read_study_attrs(study).sweep.get("ladder"):
         return None
     from trainplan.search._ladder import ladder_points
 

@@ -142,25 +142,30 @@ def ladder_points(study: optuna.Study) -> list[LadderPoint]:
     import optuna
 
     from trainplan.planner import count_parameters, load_model
+    from trainplan.search._records import trial_config
 
     counts: dict[str, Any] = {}
     points = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        config = t.user_attrs.get("config") or {}
-        if not config.get("model") or not t.values or not math.isfinite(t.values[0]):
+        config = trial_config(t)
+        if not isinstance(config.get("model"), str) or not t.values or not math.isfinite(t.values[0]):
             continue
         model = config["model"]
         if model not in counts:
             counts[model] = count_parameters(load_model(model))
-        layout = config["layout"]
-        seqs = layout["micro_batch"] * layout["grad_accum"] * layout["gpus"]
-        points.append(LadderPoint(
-            trial=t.number, size=str(t.params.get("size", Path(model).stem)), model=model,
-            n_params=counts[model].non_embedding, n_total=counts[model].total,
-            tokens=int(config["steps"]) * seqs * int(layout["seq_len"]),
-            lr=float(config["hyperparams"]["lr"]), batch_tokens=seqs * int(layout["seq_len"]),
-            seq_len=int(layout["seq_len"]), loss=float(t.values[0]),
-        ))
+        try:  # a config the search did not write (another tool's study, an edit) is no ladder point
+            layout = config["layout"]
+            seqs = int(layout["micro_batch"]) * int(layout["grad_accum"]) * int(layout["gpus"])
+            point = LadderPoint(
+                trial=t.number, size=str(t.params.get("size", Path(model).stem)), model=model,
+                n_params=counts[model].non_embedding, n_total=counts[model].total,
+                tokens=int(config["steps"]) * seqs * int(layout["seq_len"]),
+                lr=float(config["hyperparams"]["lr"]), batch_tokens=seqs * int(layout["seq_len"]),
+                seq_len=int(layout["seq_len"]), loss=float(t.values[0]),
+            )
+        except (KeyError, TypeError, ValueError):
+            continue
+        points.append(point)
     return points
 
 

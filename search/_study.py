@@ -29,7 +29,7 @@ from trainplan.search._optuna import claim_lock, make_pruner, make_sampler, open
 from trainplan.search._progress import SearchProgress
 from trainplan.search._records import (  # status_counts: counts live with the statuses; re-exported
     best_row, budget_count, last_beat, spent_gpu_hours, status_counts, store_status, trial_folder, trial_worker,
-    write_status,
+    write_status, write_study_attrs,
 )
 from trainplan.search._trial import run_trial_for
 
@@ -100,10 +100,8 @@ def open_study(sweep: SweepSpec, run_dir: Path, command: list[str] | None = None
     record = sweep.to_dict()
     if record.get("storage"):
         record["storage"] = mask_url(record["storage"])
-    study.set_user_attr("sweep", record)
-    study.set_user_attr("command", mask_argv(command or sys.argv))
-    study.set_user_attr("environment", _environment())
-    study.set_user_attr("objectives", {"names": list(sweep.objectives), "directions": sweep.directions})
+    write_study_attrs(study, sweep=record, command=mask_argv(command or sys.argv), environment=_environment(),
+                      objectives={"names": list(sweep.objectives), "directions": sweep.directions})
     return study
 
 

@@ -515,8 +515,6 @@ def test_bad_input_in_a_real_process(case: str, files: Path, tmp_path: Path) -> 
     assert not (files / "missing.db").exists() and not (files / "missing.log").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the search/_ladder.py hunk (ladder_points through trial_config and a "
-                                       "layout check); then drop this marker")
 def test_scale_on_a_study_whose_trials_hold_no_ladder_config(files: Path, tmp_path: Path, no_processes: list,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     # Completed trials whose "config" attribute is not the search's (another tool's study, or edited):
