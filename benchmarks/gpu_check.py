@@ -529,6 +529,23 @@ def write(report: dict[str, Any], out: Path, started: float) -> None:
         os.replace(tmp, out / name)
 
 
+def _previous(path: Path, dev: dict[str, Any]) -> dict[str, Any] | str:
+    """An earlier call's report to continue, or why it cannot be (another device or stack)."""
+    try:
+        prev = json.loads(path.read_text())
+        name, ver = prev["device"].get("name"), prev["versions"]
+        prev["trials"], prev["started"], prev["budget_s"], prev["work_dir"]  # noqa: B018 (the keys it needs)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"--continue {path}: not a gpu_check.json ({type(err).__name__}: {err})"
+    if name != dev.get("name"):
+        return f"--continue {path}: measured on {name}, this device is {dev.get('name')}"
+    now = versions()
+    changed = [k for k in ("torch", "deepspeed", "transformers") if ver.get(k) != now.get(k)]
+    if changed:
+        return f"--continue {path}: measured with other versions of {', '.join(changed)}"
+    return prev
+
+
 # Main -------------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -539,6 +556,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help=f"steps per trial [{GPU_STEPS}; smoke {SMOKE_STEPS}]")
     parser.add_argument("--gpu", help="planner catalog GPU [detected from the device]")
     parser.add_argument("--plan-only", action="store_true", help="print the grid and the planner's numbers; run nothing")
+    parser.add_argument("--continue", dest="previous", type=Path, metavar="JSON",
+                        help="a gpu_check.json of an earlier call on the same device and versions: keep its rows "
+                             "and run only the grid's rows it lacks (the 15-minute device time comes in pieces)")
     parser.add_argument("--plain-loop", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -570,6 +590,10 @@ def main() -> int:
     if dev["kind"] == "cuda" and gpu is None:
         say(f"{dev['name']} is not in the planner's GPU catalog: pass --gpu")
         return 2
+    previous = _previous(args.previous, dev) if args.previous else None
+    if isinstance(previous, str):
+        say(previous)
+        return 2
     cases = [c for c in grid if isinstance(c, Case)]
     from trainplan.planner import load_model
 
@@ -583,6 +607,19 @@ def main() -> int:
         "largest_model": largest, "models": hf_configs,
         "work_dir": str(work), "trials": [], "not_run": [], "plain_loop": None,
     }
+    report["calls"] = [{"started": report["started"], "budget_s": args.budget_s, "work_dir": str(work),
+                                 "trainplan_commit": report["versions"].get("trainplan_commit")}]
+    pending = list(grid)
+    if previous:  # its rows first; this call runs the rest of the grid in the grid's order
+        report["trials"], report["plain_loop"] = previous["trials"], previous.get("plain_loop")
+        report["calls"] = previous.get("calls") or [{"started": previous["started"], "budget_s": previous["budget_s"],
+                                                     "work_dir": previous["work_dir"]}]
+        report["calls"].append({"started": report["started"], "budget_s": args.budget_s, "work_dir": str(work),
+                                 "trainplan_commit": report["versions"].get("trainplan_commit")})
+        done = {r["name"] for r in report["trials"] if r["status"] != "crashed"}
+        pending = [c for c in grid if (c == PLAIN and not report["plain_loop"]) or (isinstance(c, Case) and c.name not in done)]
+        report["trials"] = [r for r in report["trials"] if r["name"] in done]
+        say(f"continuing {args.previous}: {len(done)} rows kept, {len(pending)} left")
     say(f"device {dev.get('name')} -> planner GPU {gpu}; {len(cases)} trials of {steps} steps, budget {args.budget_s:.0f} s")
     from trainplan.runners import ops_compiled
 
@@ -590,7 +627,6 @@ def main() -> int:
     # JIT-builds DeepSpeed's Adam op. Afterwards, the last trial's figure.
     built = ops_compiled()
     overhead = 20.0 if built else (150.0 if dev["kind"] == "cuda" else 120.0)
-    pending = list(grid)
     crashes = 0  # in a row: a broken set-up (say, an op that does not build) fails every trial alike
     while pending:
         item = pending.pop(0)

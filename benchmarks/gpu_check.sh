@@ -72,6 +72,12 @@ for p in planner runners search reports; do ln -s "$PWD/$p" "$TMP/tp/trainplan/$
 export PYTHONPATH=$TMP/tp:$TMP/site${PYTHONPATH:+:$PYTHONPATH}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$TMP/torch_extensions} PYTHONUNBUFFERED=1
 export GPU_CHECK_REV=$(cat .whl/REV 2>/dev/null || echo unknown)
+# DeepSpeed 0.19's JIT builder reads TORCH_CUDA_ARCH_LIST as numbers and fails on an arch with a
+# letter suffix ("9.0a", which the device image sets): its ops are built for the plain arch instead.
+if [ -n "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    export TORCH_CUDA_ARCH_LIST=$(sed -E 's/([0-9])[a-z]+/\1/g' <<<"$TORCH_CUDA_ARCH_LIST")
+    echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST (letter suffixes dropped for DeepSpeed's op builder)"
+fi
 # (From $TMP: python -c/-m put the working folder first on sys.path, and the root's trainplan/ lacks
 # the subpackages.)
 (cd "$TMP" && $PY -c "import torch, transformers, deepspeed, trainplan.runners; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)") || exit 1
