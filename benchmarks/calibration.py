@@ -125,7 +125,15 @@ def main() -> int:
     ap.add_argument("--no-kernels", action="store_true",
                     help="calibrate without the CPU kernel timings (FLOPs over the matmul peak, the old model)")
     ap.add_argument("--timing", choices=["wall", "cpu", "both"], default="both", help="which timings to fit")
+    ap.add_argument("--trials", nargs="+", type=Path, metavar="DIR",
+                    help="leave-one-out over these finished trial folders instead of the CPU grid (e.g. the GPU "
+                         "check's trials: the clock's timing, no CPU kernels)")
     args = ap.parse_args()
+    if args.trials:
+        args.timing, args.no_kernels = "wall", True
+        dirs = sorted(args.trials)
+        print(f"{len(dirs)} trial folders given; clock timing")
+        return _fit_report(dirs, args)
     ENV.update(kv.split("=", 1) for kv in args.env)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +142,10 @@ def main() -> int:
         return 0
     dirs = run_grid(out, args.reuse)
     print(f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
+    return _fit_report(dirs, args)
+
+
+def _fit_report(dirs: list[Path], args: argparse.Namespace) -> int:
     status = 0
     for timing in ("wall", "cpu") if args.timing == "both" else (args.timing,):
         print(f"\n## {timing} timing: " + ("tokens/s by the clock" if timing == "wall" else
@@ -168,7 +180,7 @@ def contention(dirs: list[Path]) -> str:
 
 def report(points: list[dict]) -> int:
     full = fit(points)
-    print(f"{len(points)} real CPU trials on {full.device['name']} ({full.device['cores']} cores), "
+    print(f"{len(points)} real trials on {full.device['name']} ({full.device['cores']} cores), "
           f"stack {full.stack}; matmul peak {full.device['peak_flops']['fp32'] / 1e9:.1f} GFLOP/s\n")
     for group in (full.speed, full.memory):
         for name, c in group.items():
