@@ -6,9 +6,10 @@ assumptions, for one device and one software stack, with constants fitted to mea
 (plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
 runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
 
-Step time (per optimizer step, one rank), linear in seven constants::
+Step time (per optimizer step, one rank), linear in eight constants::
 
     t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + s3 * C3 + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
+        + N_r * t_p
 
 F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
 one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
@@ -50,6 +51,13 @@ ranks their cost barely grew with their bytes (a ZeRO-3 2-rank step took 132, 12
 than its timed kernels and fixed cost at widths 64, 128 and 256, whose bytes differ 14x), while
 ZeRO-0-2's one bucketed all-reduce a step grew with them (47-75 ms at width 128, 198 ms at 256):
 one factor for both missed the ZeRO-3 2-rank trials by 33-38% (benchmarks/results/calibration.md).
+N_r is the parameters the rank's optimizer updates each step (all of them under ZeRO-0, its
+1/dp share under ZeRO-1-3; Rajbhandari et al. 2020, Sec. 5.1): the optimizer step, the gradient
+norm for clipping and the copy back to the low-precision weights read and write every such
+parameter once a step, whatever the micro-batch, so their time follows N_r, not the FLOPs (on the
+H100, benchmarks/results/gpu_trials: without this term one fixed cost per micro-batch had to
+carry it, and the 1.5B model's ~50 ms predicted the 125M model 30% too slow). Fitted when the
+trials' N_r per FLOP spans 1.5x or more, else 0 (the other terms absorb it).
 L is the model's layers; the trials at hand all have 4, so the per-layer
 scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
 
@@ -81,12 +89,13 @@ from trainplan.planner._device import device_key, device_label, device_profile
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
 from trainplan.planner._lsq import nonneg_rel_lsq as _wls
+from trainplan.planner._memory import local_parameters
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
 __all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the calibration file; a file of another version is refused."""
 MIN_SPREAD = 1.5
 """A regressor must span at least this ratio (max/min) across the trials to be identified."""
@@ -97,7 +106,7 @@ Z90 = 1.645
 
 
 SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "comm_zero3_s", "zero3_layers",
-               "zero3_gather_layers")
+               "zero3_gather_layers", "param_term")
 """The step-time regressors, in the order of the coefficients (module docstring)."""
 
 
@@ -153,7 +162,6 @@ def expected_peak_bytes(p: Plan) -> float:
     allocated = float(p.memory.allocated)
     if p.gpu.key.startswith("measured:cpu:") and p.layout.zero == 3:
         from trainplan.planner._dsconfig import deepspeed_config
-        from trainplan.planner._memory import local_parameters
 
         e = 2 if p.layout.mixed else 4
         bucket = int(deepspeed_config(p.layout)["zero_optimization"]["reduce_bucket_size"])
@@ -180,6 +188,7 @@ def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
     kernel_s = kernel_seconds(p.model, lay, km) if km is not None else None
     layers = float(lay.grad_accum * p.model.num_layers) if lay.zero == 3 else 0.0
     fl = p.flops
+    updated = local_parameters(p.params, lay)[0] / (lay.dp if lay.zero >= 1 else 1)
     elems = (fl.tokens_per_step / lay.gpus * p.model.hidden_size * p.model.num_layers
              * fl.hardware_per_token / fl.model_per_token)
     return {
@@ -192,6 +201,8 @@ def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
         "comm_zero3_s": p.perf.dp_comm_s if lay.zero == 3 else 0.0,
         "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
         "zero3_gather_layers": layers * (lay.dp - 1),  # ... x extra ranks of each gather's ring
+        "param_term": updated,  # parameters this rank's optimizer steps
+        "param_per_flop": updated / flops_rank,
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
         "peak": peak,
         "allocated": expected_peak_bytes(p),
@@ -235,8 +246,7 @@ class Calibration:
     """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
     """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``comm_factor_zero3``,
-    ``t_zero3_layer_s``,
-    ``t_zero3_gather_s`` (see module docstring)."""
+    ``t_zero3_layer_s``, ``t_zero3_gather_s``, ``t_param_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
     residual: dict[str, float]
@@ -249,7 +259,7 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g]; ``memory``:
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g, t_p]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
@@ -263,7 +273,7 @@ class Calibration:
         sp = self.speed
         return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
                 sp["comm_factor_zero3"].value,
-                sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value]
+                sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value, sp["t_param_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
         """Calibrated tokens/s, step time and peak memory of ``p`` (planned on this device's profile).
@@ -543,6 +553,9 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         "t_zero3_gather_s": const([s[6] for s in sboot], sc[6], "s",
                                   "ZeRO-3's further time per layer per micro-batch per extra rank (the latency of "
                                   "its per-layer collectives)", "zero3_gather_layers" in fitted),
+        "t_param_s": const([s[7] for s in sboot], sc[7], "s",
+                           "time per parameter the rank's optimizer updates, once a step (the optimizer step, the "
+                           "gradient norm, the copy to the low-precision weights)", "param_term" in fitted),
     }
     memory = {
         "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
@@ -585,7 +598,8 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
     return [1.0, float(zero in (1, 2)), float(zero == 3), allocated]
 
 
-_DEFAULT_COEF = {"elem_term": 0.0, "comm_s": 1.0, "comm_zero3_s": 0.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0}
+_DEFAULT_COEF = {"elem_term": 0.0, "comm_s": 1.0, "comm_zero3_s": 0.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0,
+                 "param_term": 0.0}
 """A term the trials cannot identify: all of the planner's communication time counted as exposed,
 no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it.
 ZeRO-3's bandwidth term is 0 unless identified: its per-layer terms then carry its communication
@@ -611,6 +625,11 @@ def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]],
     else:
         notes.append("memory-bound kernels not calibrated apart from the matmuls: the trials' activation elements per "
                      "FLOP span less than 1.5x (run one more model width, 2x wider or narrower)")
+    if _spread([f["param_per_flop"] for f in feats]) >= MIN_SPREAD:
+        fitted.append("param_term")
+    else:
+        notes.append("the optimizer's time per parameter not calibrated apart from the FLOPs: the trials' parameters "
+                     "per FLOP span less than 1.5x (run one more micro-batch size or model size)")
     if multi >= 2:
         fitted.append("comm_s")
     else:

@@ -12,9 +12,10 @@ def solve(a: list[list[float]], b: list[float]) -> list[float] | None:
     """Solve ``a x = b`` by Gauss-Jordan elimination with partial pivoting; None when singular."""
     n = len(b)
     m = [row[:] + [b[i]] for i, row in enumerate(a)]
+    scale = max((abs(x) for row in a for x in row), default=0.0)
     for c in range(n):
         piv = max(range(c, n), key=lambda r: abs(m[r][c]))
-        if abs(m[piv][c]) < 1e-300:
+        if abs(m[piv][c]) <= 1e-12 * scale:  # singular to working precision
             return None
         m[c], m[piv] = m[piv], m[c]
         for r in range(n):
@@ -27,13 +28,16 @@ def solve(a: list[list[float]], b: list[float]) -> list[float] | None:
 def nonneg_rel_lsq(rows: list[list[float]], y: list[float]) -> list[float] | None:
     """Coefficients c >= 0 minimising sum((rows_i . c / y_i - 1)^2): least squares in relative error.
 
-    Tries every subset of columns (fine for the <= 7 columns used here) and keeps the best fit whose
+    Tries every subset of columns (fine for the <= 8 columns used here) and keeps the best fit whose
     coefficients are all >= 0 (a column left out has coefficient 0); None when no subset fits."""
     k = len(rows[0])
+    # each column scaled to unit RMS (the coefficients scaled back below): the regressors differ by
+    # up to 1e20 (seconds, FLOPs, parameters), which the elimination's tolerance must not see
+    norm = [(sum((r[j] / yi) ** 2 for r, yi in zip(rows, y)) / len(y)) ** 0.5 or 1.0 for j in range(k)]
     best: tuple[float, list[float]] | None = None
     for mask in range(1, 2**k):
         cols = [j for j in range(k) if mask >> j & 1]
-        x = [[r[j] / yi for j in cols] for r, yi in zip(rows, y)]
+        x = [[r[j] / yi / norm[j] for j in cols] for r, yi in zip(rows, y)]
         ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
         atb = [sum(xr[i] for xr in x) for i in range(len(cols))]
         sol = solve(ata, atb)
@@ -41,7 +45,7 @@ def nonneg_rel_lsq(rows: list[list[float]], y: list[float]) -> list[float] | Non
             continue
         full = [0.0] * k
         for j, v in zip(cols, sol):
-            full[j] = v
+            full[j] = v / norm[j]
         sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
         if best is None or sse < best[0] - 1e-15:
             best = (sse, full)

@@ -16,6 +16,7 @@ import pytest
 from tests.planner.test_calibration import _grid, _measure
 from trainplan.cli import main
 from trainplan.planner._device import software_stack
+from trainplan.planner._calibration import FORMAT_VERSION
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -55,7 +56,7 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     assert code == 0, err
     assert "e_max" in out and "90% interval" in out and "12 trials" in err
     saved = json.loads(cal.read_text())
-    assert saved["version"] == 3 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
+    assert saved["version"] == FORMAT_VERSION == 4 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
 
     code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                          "--micro-batch", "12", "--seq-len", "128", "--format", "json")
