@@ -21,7 +21,6 @@ Record (plain JSON; ``device["kernels"][str(ranks)]`` of a calibration point)::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -129,27 +128,10 @@ def cached_cpu_kernels(threads: int = 1, ranks: int = 1) -> dict[str, Any]:
     the JIT-built ops (a second call on this machine reads the file)."""
     import torch
 
-    from trainplan.runners._dist import machine_key
-    from trainplan.runners._opcache import extensions_dir
+    from trainplan.runners._opcache import kept_per_machine
 
-    machine = machine_key()
-    name = f"cpu-kernels-{machine}-{torch.__version__}-t{threads}-r{ranks}.json"
-    path = extensions_dir() / name if machine else None
-    if path is not None:
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-    out = measure_cpu_kernels(threads, ranks)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(out))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return out
+    name = f"cpu-kernels-{{machine}}-{torch.__version__}-t{threads}-r{ranks}.json"
+    return kept_per_machine(name, lambda: measure_cpu_kernels(threads, ranks))[0]
 
 
 def with_cpu_kernels(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:

@@ -17,7 +17,6 @@ built, i.e. after the imports, the process group and the corpus.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -176,28 +175,19 @@ def measure_matmul_peak(device: Any, dtypes: tuple[str, ...], *, size: int = 102
 
 
 def _cached_peak(key: str, measure: Any) -> tuple[dict[str, float], str]:
-    from trainplan.runners._dist import machine_key
-    from trainplan.runners._opcache import extensions_dir
+    from trainplan.runners._opcache import kept_per_machine
 
-    machine = machine_key()
-    path = extensions_dir() / f"matmul-peak-{machine}-{key}.json" if machine else None
-    if path is not None:
-        try:
-            kept = json.loads(path.read_text())
-            return {k: float(v) for k, v in kept["peak_flops"].items()}, kept["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    peak, source = measure()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"peak_flops": peak, "source": source}))
-            os.replace(tmp, path)  # ranks starting together never read half a file
-            source += f", kept in {path}"
-        except OSError:
-            pass
-    return peak, source
+    fresh = []
+
+    def run() -> dict[str, Any]:
+        peak, source = measure()
+        fresh.append(True)
+        return {"peak_flops": peak, "source": source}
+
+    kept, path = kept_per_machine(f"matmul-peak-{{machine}}-{key}.json", run, lambda d: {
+        "peak_flops": {k: float(v) for k, v in d["peak_flops"].items()}, "source": str(d["source"])})
+    source = kept["source"] + (f", kept in {path}" if fresh and path is not None else "")
+    return kept["peak_flops"], source
 
 
 def _load_avg() -> float | None:

@@ -8,12 +8,17 @@ the build locks a killed build leaves behind.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-__all__ = ["STALE_LOCK_S", "build_ops", "clear_stale_build_locks", "extensions_dir", "ops_compiled"]
+__all__ = ["STALE_LOCK_S", "build_ops", "clear_stale_build_locks", "extensions_dir", "kept_per_machine", "ops_compiled"]
+
+T = TypeVar("T")
 
 
 def extensions_dir() -> Path:
@@ -25,6 +30,33 @@ def extensions_dir() -> Path:
     include paths) and can leave a trial waiting on the other's build lock.
     """
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+
+
+def kept_per_machine(name: str, measure: Callable[[], T], read: Callable[[Any], T] = lambda v: v) -> tuple[T, Path | None]:
+    """A per-machine measurement kept beside the JIT-built ops: ``name`` (``{machine}`` in it is
+    replaced by this machine's key, runners/_dist.py) read back through ``read`` when the file is
+    there and ``read`` accepts it, else ``measure()`` written there, to a temp file and renamed (ranks
+    starting together never read half a file). Returns the value and the file that holds it (None:
+    no machine key, or the file could not be written)."""
+    from trainplan.runners._dist import machine_key
+
+    machine = machine_key()
+    path = extensions_dir() / name.format(machine=machine) if machine else None
+    if path is not None:
+        try:
+            return read(json.loads(path.read_text())), path
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    value = measure()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, path)
+        except OSError:
+            path = None
+    return value, path
 
 
 def ops_compiled() -> bool:

@@ -96,3 +96,30 @@ def test_a_failed_build_warns_in_one_line_and_leaves_it_to_the_first_trial(
     warning = capsys.readouterr().err.splitlines()[-1]
     assert warning.startswith("trainplan: warning: DeepSpeed's ops did not build (RuntimeError: Error building")
     assert warning.endswith("the first trial will try again")
+
+
+def test_per_machine_measurements_are_kept_read_back_and_remeasured_when_unreadable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cache for the matmul peak and the CPU kernel timings: measured once, read back after, and a
+    file that does not parse (or that ``read`` rejects) is measured again and rewritten whole."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr("trainplan.runners._dist.machine_key", lambda: "m1")
+    calls: list[int] = []
+
+    def measure() -> dict:
+        calls.append(1)
+        return {"peak": 2.5}
+
+    def read(d: dict) -> dict:
+        return {"peak": float(d["peak"])}
+
+    value, path = _opcache.kept_per_machine("peak-{machine}.json", measure, read)
+    assert value == {"peak": 2.5} and path == tmp_path / "peak-m1.json" and len(calls) == 1
+    assert _opcache.kept_per_machine("peak-{machine}.json", measure, read) == ({"peak": 2.5}, path)
+    assert len(calls) == 1  # read back, not measured
+    for junk in ("{not json", '{"other": 1}', '{"peak": "fast"}'):
+        path.write_text(junk)
+        assert _opcache.kept_per_machine("peak-{machine}.json", measure, read)[0] == {"peak": 2.5}
+    assert len(calls) == 4 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr("trainplan.runners._dist.machine_key", lambda: None)  # no key: measured, not kept
+    assert _opcache.kept_per_machine("peak-{machine}.json", measure, read) == ({"peak": 2.5}, None)
