@@ -123,21 +123,35 @@ def measure_cpu_kernels(threads: int = 1, ranks: int = 1, repeats: int = 5, roun
                       f"on {threads} intra-op thread(s), {ranks - 1} other rank(s) running the same kernels"}
 
 
-def cached_cpu_kernels(threads: int = 1, ranks: int = 1) -> dict[str, Any]:
+class _NotKept(Exception):
+    """No timing kept on this machine, and the caller asked not to measure one."""
+
+
+def cached_cpu_kernels(threads: int = 1, ranks: int = 1, *, measure: bool = True) -> dict[str, Any] | None:
     """:func:`measure_cpu_kernels`, kept once per machine, torch version, thread and rank count beside
-    the JIT-built ops (a second call on this machine reads the file)."""
+    the JIT-built ops (a second call on this machine reads the file). ``measure=False``: only what is
+    kept (None when nothing is)."""
     import torch
 
     from trainplan.runners._opcache import kept_per_machine
 
+    def run() -> dict[str, Any]:
+        if not measure:
+            raise _NotKept
+        return measure_cpu_kernels(threads, ranks)
+
     name = f"cpu-kernels-{{machine}}-{torch.__version__}-t{threads}-r{ranks}.json"
-    return kept_per_machine(name, lambda: measure_cpu_kernels(threads, ranks))[0]
+    try:
+        return kept_per_machine(name, run)[0]
+    except _NotKept:
+        return None
 
 
-def with_cpu_kernels(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def with_cpu_kernels(points: list[dict[str, Any]], *, measure: bool = True) -> tuple[list[dict[str, Any]], str]:
     """``points`` with this machine's kernel samples in each CPU point's ``device["kernels"]``, and a
     line saying what was done. Only when every point ran on this machine's CPU (same model name and
-    cores) at one thread count: samples from another machine would time another CPU."""
+    cores) at one thread count: samples from another machine would time another CPU. ``measure=False``
+    (a search, whose trials may be running beside): only timings already kept on this machine."""
     from trainplan.runners._device import _cpu_name
 
     cpu = [p for p in points if p.get("device", {}).get("kind") == "cpu"]
@@ -150,6 +164,10 @@ def with_cpu_kernels(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     if len(threads) > 1:
         return points, f"no CPU kernel timings (the trials ran at {sorted(threads)} threads per rank)"
     t = threads.pop()
-    kernels = {str(r): cached_cpu_kernels(t, r) for r in sorted({int(p["layout"].get("gpus", 1)) for p in cpu})}
+    kernels = {str(r): cached_cpu_kernels(t, r, measure=measure) for r in sorted({int(p["layout"].get("gpus", 1))
+                                                                                   for p in cpu})}
+    if missing := sorted(r for r, k in kernels.items() if k is None):
+        return points, (f"no CPU kernel timings kept on this machine for {', '.join(missing)} rank(s) at {t} "
+                        "thread(s) per rank (trainplan calibrate times them)")
     return [{**p, "device": {**p["device"], "kernels": kernels}} for p in points], \
         f"CPU kernel timings at {sorted(kernels)} concurrent ranks: {kernels['1' if '1' in kernels else max(kernels)]['source']}"

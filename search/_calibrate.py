@@ -5,7 +5,9 @@ is on this machine) and written to ``<run dir>/calibration.json``, where ``train
 it. Once one exists, each sampled configuration is screened on the calibrated device (the one the
 trials run on) against the *upper* end of the calibrated peak memory's 90% prediction interval.
 Too few or too alike trials are not an error here: the search screens with the planner alone until
-the trials identify the constants.
+the trials identify the constants. On the CPU the fit uses this machine's kernel timings when
+``trainplan calibrate`` has kept them (runners/_cpubench.py), as ``calibrate`` does; the search never
+times them itself, since its next trials may be running beside.
 """
 
 from __future__ import annotations
@@ -49,8 +51,15 @@ def refit_calibration(study: optuna.Study, sweep: SweepSpec, run_dir: Path) -> C
     from trainplan.runners._result import write_json
     from trainplan.search._points import study_points
 
+    from trainplan.runners._cpubench import with_cpu_kernels
+
+    points = study_points(study)
+    if points and all(p.get("device", {}).get("kind") == "cpu" for p in points):
+        # this machine's kernel timings when `trainplan calibrate` has kept them (as it fits): never
+        # timed here, where the next trials may already be running beside
+        points, _ = with_cpu_kernels(points, measure=False)
     try:
-        cal = fit(study_points(study), key="calibrate")
+        cal = fit(points, key="calibrate")
     except UsageError:
         return None  # not enough (or too alike) trials yet
     write_json(run_dir / CALIBRATION_FILE, cal.to_dict())  # atomic: workers read it while it changes

@@ -36,3 +36,25 @@ def test_timings_are_not_attached_to_another_machines_trials() -> None:
     mixed = [_point(_cpu_name(), os.cpu_count(), 1), _point(_cpu_name(), os.cpu_count(), 2)]
     out, why = with_cpu_kernels(mixed)
     assert out == mixed and "[1, 2] threads per rank" in why
+
+
+def test_without_measuring_only_timings_kept_on_this_machine_are_attached(tmp_path, monkeypatch) -> None:
+    """The search refits between trials and must not time kernels beside running trials: with
+    ``measure=False`` nothing is timed; the timings are attached only once a file keeps them."""
+    import trainplan.runners._cpubench as cb
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+
+    def never(*_a, **_k):
+        raise AssertionError("timed kernels")
+
+    monkeypatch.setattr(cb, "measure_cpu_kernels", never)
+    here = [_point(_cpu_name(), os.cpu_count(), 1)]
+    out, why = with_cpu_kernels(here, measure=False)
+    assert out == here and "no CPU kernel timings kept on this machine for 1 rank(s)" in why
+    kept = {"threads": 1, "source": "kept for the test", "linear": [[1, 1, 1, 1e-6]], "sdpa": []}
+    monkeypatch.setattr(cb, "measure_cpu_kernels", lambda threads, ranks: kept)
+    cb.cached_cpu_kernels(1, 1)  # `trainplan calibrate` timing them once
+    monkeypatch.setattr(cb, "measure_cpu_kernels", never)
+    out, why = with_cpu_kernels(here, measure=False)
+    assert out[0]["device"]["kernels"] == {"1": kept} and "kept for the test" in why
