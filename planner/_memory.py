@@ -40,8 +40,8 @@ H100, benchmarks/results/gpu_trials: within 0.5% of ``max_memory_allocated`` on 
   from one micro-batch to the next;
 - backward: the lp gradients appear as the blocks' saved tensors are freed, so the sum moves
   linearly from all activations to all gradients (plus the block checkpointing rebuilds); ZeRO-1/2's
-  ipg buckets live from the first gradient hook to the epilogue (stage_1_and_2.py 3256-3280,
-  924-932, 1061);
+  ipg buckets (``reduce_bucket_size`` elements, two under ``overlap_comm``, at any world size) live
+  from the first gradient hook to the epilogue (stage_1_and_2.py 2284-2287, 3256-3280, 924-932, 1061);
 - optimizer step (no activations): ZeRO-0 in bf16/fp16 runs FP16_Optimizer (engine.py 2294-2323:
   gradients accumulate in the model dtype unless ``data_types.grad_accum_dtype`` says otherwise,
   so bf16 takes the DDP_BFLOAT16 path, not BF16_Optimizer), whose step makes an fp32 copy of every
@@ -479,8 +479,13 @@ def _phase_comm(params: ParamCounts, n: int, layout: Layout) -> dict[str, int]:
         # The reduce bucket is allocated at init and kept; the gathered layers only around their use.
         bucket = int(deepspeed_config(layout)["zero_optimization"]["reduce_bucket_size"]) * (2 if layout.mixed else 4)
         return dict(forward=comm, backward=comm, step=min(bucket, comm), reduce=0)
-    if layout.zero in (1, 2):  # ipg buckets: from the first gradient hook to the backward epilogue
-        return dict(forward=0, backward=comm, step=0, reduce=0)
+    if layout.zero in (1, 2):
+        # setup_buckets, on every gradient hook whatever the world size, allocates reduce_bucket_size
+        # elements (two buffers under overlap_comm) that live until the backward epilogue.
+        zero_cfg = deepspeed_config(layout)["zero_optimization"]
+        ipg = int(zero_cfg["reduce_bucket_size"]) * (2 if zero_cfg.get("overlap_comm") else 1) \
+            * (2 if layout.mixed else 4) if zero_cfg.get("contiguous_gradients") else 0
+        return dict(forward=0, backward=max(comm, ipg), step=0, reduce=0)
     return dict(forward=0, backward=0, step=0, reduce=comm)  # all-reduce after backward, before the step
 
 
