@@ -112,7 +112,7 @@ room for it (``estimate_memory``'s ``capacity_bytes``). Chosen, as before, on th
 peak-memory rows of tests/planner/data/published_runs.json (29 report reserved or nvidia-smi memory),
 re-run once the DeepSpeed peak became phase by phase (issue 14; before, the summed states
 over-counted DeepSpeed's allocated bytes and hid a too-small share): 0.05 puts 30 of 35 within
-tolerance, 0.08 31, 0.10 33 (mean error +0.1%), 0.12 and 0.15 33 too (+1.5%, +3.6%); the smallest of
+tolerance, 0.08 31, 0.10 33 (mean error +0.2%), 0.12 and 0.15 33 too (+1.6%, +3.7%); the smallest of
 the best is taken. Independent check, not fitted: on the ten H100 trials (DeepSpeed 0.19.8,
 benchmarks/results/gpu_trials) ``max_memory_reserved`` exceeds ``max_memory_allocated`` by 8-31%;
 0.10 leaves the reserved estimate -5.8% off on average there (-16.5% to +1.9%). No row's fits answer
@@ -136,14 +136,17 @@ class MemoryEstimate:
     weights: int
     """Model parameters in training precision (ZeRO-3: this rank's partition + persistent small ones)."""
     gradients: int
-    """Gradient buffers at their peak, backward or optimizer step (see the module table)."""
+    """Gradient buffers at the peak: on the DeepSpeed engine those alive in the peak's phase, with the
+    optimizer step's transient fp32 copies when the peak is there (module docstring, PHASES);
+    elsewhere their peak, backward or optimizer step (the module table)."""
     optimizer: int
     """Optimizer moments: AdamW 8 bytes/param, SGD momentum 4, Adafactor factored rows+columns."""
     master_weights: int
     """fp32 copy of the parameters the optimizer updates (mixed precision, and fp32 at ZeRO >= 1)."""
     activations: int
     """Activation bytes alive at the peak: saved for backward (all micro-batches in flight on
-    this GPU) plus, when the peak falls in backward, the block checkpointing rebuilds."""
+    this GPU) plus, when the peak falls in backward, the block checkpointing rebuilds; 0 at the
+    optimizer step; at an evaluation peak, the key/value cache."""
     logits: int
     """LM-head output and loss buffers alive at the peak (0 when the peak is not at the loss)."""
     comm_buffers: int
@@ -157,8 +160,9 @@ class MemoryEstimate:
     logits_peak: int = 0
     """LM-head and loss buffers at the loss (last stage), whether or not that is the GPU's peak."""
     peak_phase: str = ""
-    """Where the peak falls: ``loss`` (end of forward), ``backward`` (a rebuilt block) and, under
-    pipeline parallelism, on which stage."""
+    """Where the peak falls: ``loss`` (end of forward), ``backward`` (a rebuilt block), on the DeepSpeed
+    engine also ``optimizer step``, ``evaluation`` or ``gradient all-reduce``, and, under pipeline
+    parallelism, on which stage."""
 
     _EXTRA = ("cpu_bytes", "nvme_bytes", "logits_peak", "peak_phase")
 
@@ -261,10 +265,12 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
 
 
 _STATES = {
-    "deepspeed": "DeepSpeed engine: ZeRO-0 mixed 18 B/param; ZeRO-1/2 2 + (4 + 4 + 8)/Nd with full lp "
-                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist; "
-                 "the fp32 one for one 1e9-element optimizer sub-group at a time)",
-    "megatron-deepspeed": "DeepSpeed engine states (as deepspeed), Megatron kernels and loss",
+    "deepspeed": "DeepSpeed engine, peak phase by phase: lp weights, fp32 master and moments always; no "
+                 "gradients at the loss (ZeRO-3: its lp partition buffer); at the optimizer step ZeRO-0 mixed "
+                 "holds e + 8 B/param of gradient copies, ZeRO-1/2 2e + 4 per partition element, ZeRO-3 e/Nd "
+                 "+ (e + 4) x one 1e9-element sub-group; evaluation: no-grad logits and the KV cache",
+    "megatron-deepspeed": "DeepSpeed engine states summed (ZeRO-0 mixed 18 B/param; ZeRO-3 20/Nd), Megatron "
+                          "kernels and loss",
     "fsdp": "FSDP2: sharded fp32 params are the master, 16/Nd, no separate master; DDP (ZeRO 0-1) "
             "fp32 weights and gradients plus bucket copies",
     "megatron": "Megatron: lp weights + fp32 main_grad + fp32 master and moments, 18 B/param, or "
@@ -277,7 +283,7 @@ def framework_profile(layout: Layout) -> dict[str, str]:
     kernels = ("Hugging Face eager modeling code (fp32 norm copies, four SwiGLU intermediates)"
                if layout.framework == "deepspeed" else
                "fused kernels (norm inputs + fp32 stats, SwiGLU input + output; Korthikanti et al. 2022)")
-    loss = {"default": {"deepspeed": "HF: lp logits, fp32 upcast and log-softmax, two fp32 grads (e + 12 B/logit)",
+    loss = {"default": {"deepspeed": "HF: fp32 upcast and log-softmax, then two fp32 grads (12 B/logit)",
                         "fsdp": ("DTensor loss_parallel: saved log-softmax and three fp32 backward temporaries "
                                  "(16 B/logit)" if layout.tp > 1 else "fp32 log-softmax and two fp32 grads (12 B/logit)"),
                         "megatron": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)",
