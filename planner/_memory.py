@@ -25,6 +25,37 @@ partition is within one 1e9-element sub-group; above it the fp32 part stops grow
 mixed costs 18 bytes, not 16. ZeRO-3's reduce bucket (``reduce_bucket_size`` elements of
 gradient dtype) is allocated whole, whatever the model size: 1 GB at the default 5e8 in bf16.
 
+PHASES. On the DeepSpeed engine the planner configures (``deepspeed`` framework, no pipeline stages,
+no offload) the gradient column is not held all step long: the peak is the largest of the step's
+phases, each with the bytes alive in it (DeepSpeed 0.19.8, deepspeed/runtime/...; measured on an
+H100, benchmarks/results/gpu_trials: within 0.5% of ``max_memory_allocated`` on all ten trials):
+
+- weights, fp32 master and moments are in every phase (FP16_Optimizer makes the moments at init,
+  fp16/fused_optimizer.py 125-133; ZeRO-1/2 at the first step, after which they stay);
+- loss (end of forward): activations and loss buffers, and gradients only where a buffer outlives
+  the step: the engine sets every ``p.grad`` to None after the step (engine.py 3495-3500, and
+  fused_optimizer.py 313-314), ZeRO-1/2 free theirs in the step, but ZeRO-3 allocates
+  ``grad_partitions_flat_buffer`` (e per partition element) at init and keeps it (stage3.py
+  786-800); with gradient accumulation the lp gradients (ZeRO-1: all, ZeRO-2: the partition) stay
+  from one micro-batch to the next;
+- backward: the lp gradients appear as the blocks' saved tensors are freed, so the sum moves
+  linearly from all activations to all gradients (plus the block checkpointing rebuilds); ZeRO-1/2's
+  ipg buckets (``reduce_bucket_size`` elements, two under ``overlap_comm``, at any world size) live
+  from the first gradient hook to the epilogue (stage_1_and_2.py 2284-2287, 3256-3280, 924-932, 1061);
+- optimizer step (no activations): ZeRO-0 in bf16/fp16 runs FP16_Optimizer (engine.py 2294-2323:
+  gradients accumulate in the model dtype unless ``data_types.grad_accum_dtype`` says otherwise,
+  so bf16 takes the DDP_BFLOAT16 path, not BF16_Optimizer), whose step makes an fp32 copy of every
+  lp gradient and concatenates them before freeing either (fused_optimizer.py 283-291): e + 4 + 4
+  bytes a parameter at once; fp32 steps in place. ZeRO-1/2 free the gradients outside the
+  partition, concatenate the partition and cast it to fp32 (stage_1_and_2.py 3102-3118): 2e + 4
+  per partition element. ZeRO-3 does the same per optimizer sub-group beside its kept buffer
+  (stage3.py 2683-2699): e per partition element + (e + 4) x min(partition, sub_group_size);
+- ZeRO-0 gradient all-reduce (dp > 1): the lp gradients and the flattened bucket, after backward;
+- evaluation (trainplan's runner, default loss: ``_evaluate`` in runners/_loop.py runs the model at
+  the micro-batch under ``no_grad``): states, the loss's lp logits, fp32 copy and log-softmax
+  (e + 8 a logit) and the key/value cache the Hugging Face model fills (``use_cache`` defaults to
+  on): 2 x kv_heads x head_dim values a token a layer. It sets the peak of checkpointed runs.
+
 Other stacks (``Layout.framework``) differ in these bytes only:
 
 - ``fsdp`` (FSDP2 as torchtitan runs it, ``MixedPrecisionPolicy(param_dtype=bf16,
@@ -45,7 +76,8 @@ Other stacks (``Layout.framework``) differ in these bytes only:
 Activations and logits are counted in ``_activations.py`` (eager HF kernels for ``deepspeed``,
 fused kernels after Korthikanti et al. 2022 for the others).
 
-The peak is taken where the terms coexist, not as their sum: at the end of the forward pass the
+Elsewhere (other stacks, pipeline stages, offload, ``bf16-pure``) the states are summed as in the
+table, and the peak is taken where the activations coexist, not as their sum: at the end of the forward pass the
 saved activations meet the logits and loss buffers; later in backward they meet the block that
 checkpointing rebuilds (the logits are gone by then); under pipeline parallelism the first stage
 holds p micro-batches of activations and no logits, the last one micro-batch and the logits. The
@@ -74,15 +106,17 @@ CUDA_CONTEXT_BYTES = 1 << 30
 """CUDA context, cuBLAS/cuDNN workspaces and NCCL's own buffers: seen by nvidia-smi, not by
 ``torch.cuda.max_memory_allocated`` (assumption, fitted to no run: ~0.5 GiB context with lazy
 module loading on A100/H100, plus NCCL channel buffers and workspaces)."""
-FRAGMENTATION = 0.05
+FRAGMENTATION = 0.10
 """Share of the allocated bytes the caching allocator reserves but cannot reuse, where the card has
-room for it (``estimate_memory``'s ``capacity_bytes``). Checked against the 35 measured
-peak-memory rows of tests/planner/data/published_runs.json (torchtitan, Trainy, torchtune, Qwen,
-ms-swift, DeepSpeed #5305), of which 29 report reserved or nvidia-smi memory: 0.05 puts 32 within
-tolerance (mean error on those 29: -3.1%); 0 gives 27 (-7.5%), 0.08 gives 32 (-0.5%), 0.10 gives
-33 (+1.2%; the one more is the DeepSpeed #5305 ZeRO-3 recompute row, a user report of unknown
-tool), 0.12 gives 32 (+2.9%). Left at 0.05, the value chosen before the mechanisms of issue 11
-were added; no row's fits answer depends on it any more (the cap)."""
+room for it (``estimate_memory``'s ``capacity_bytes``). Chosen, as before, on the 35 measured
+peak-memory rows of tests/planner/data/published_runs.json (29 report reserved or nvidia-smi memory),
+re-run once the DeepSpeed peak became phase by phase (issue 14; before, the summed states
+over-counted DeepSpeed's allocated bytes and hid a too-small share): 0.05 puts 30 of 35 within
+tolerance, 0.08 31, 0.10 33 (mean error +0.2%), 0.12 and 0.15 33 too (+1.6%, +3.7%); the smallest of
+the best is taken. Independent check, not fitted: on the ten H100 trials (DeepSpeed 0.19.8,
+benchmarks/results/gpu_trials) ``max_memory_reserved`` exceeds ``max_memory_allocated`` by 8-31%;
+0.10 leaves the reserved estimate -5.8% off on average there (-16.5% to +1.9%). No row's fits answer
+depends on it (the cap)."""
 ZERO3_SUB_GROUP_SIZE = 1_000_000_000
 """``zero_optimization.sub_group_size`` (DeepSpeed's default, deepspeed/runtime/zero/config.py;
 the planner's ds_config leaves it unset). ZeRO-3 steps the optimizer one sub-group of at most this
@@ -102,14 +136,17 @@ class MemoryEstimate:
     weights: int
     """Model parameters in training precision (ZeRO-3: this rank's partition + persistent small ones)."""
     gradients: int
-    """Gradient buffers at their peak, backward or optimizer step (see the module table)."""
+    """Gradient buffers at the peak: on the DeepSpeed engine those alive in the peak's phase, with the
+    optimizer step's transient fp32 copies when the peak is there (module docstring, PHASES);
+    elsewhere their peak, backward or optimizer step (the module table)."""
     optimizer: int
     """Optimizer moments: AdamW 8 bytes/param, SGD momentum 4, Adafactor factored rows+columns."""
     master_weights: int
     """fp32 copy of the parameters the optimizer updates (mixed precision, and fp32 at ZeRO >= 1)."""
     activations: int
     """Activation bytes alive at the peak: saved for backward (all micro-batches in flight on
-    this GPU) plus, when the peak falls in backward, the block checkpointing rebuilds."""
+    this GPU) plus, when the peak falls in backward, the block checkpointing rebuilds; 0 at the
+    optimizer step; at an evaluation peak, the key/value cache."""
     logits: int
     """LM-head output and loss buffers alive at the peak (0 when the peak is not at the loss)."""
     comm_buffers: int
@@ -123,8 +160,9 @@ class MemoryEstimate:
     logits_peak: int = 0
     """LM-head and loss buffers at the loss (last stage), whether or not that is the GPU's peak."""
     peak_phase: str = ""
-    """Where the peak falls: ``loss`` (end of forward), ``backward`` (a rebuilt block) and, under
-    pipeline parallelism, on which stage."""
+    """Where the peak falls: ``loss`` (end of forward), ``backward`` (a rebuilt block), on the DeepSpeed
+    engine also ``optimizer step``, ``evaluation`` or ``gradient all-reduce``, and, under pipeline
+    parallelism, on which stage."""
 
     _EXTRA = ("cpu_bytes", "nvme_bytes", "logits_peak", "peak_phase")
 
@@ -227,10 +265,12 @@ def _model_states(n: int, vectors: int, layout: Layout) -> dict[str, int]:
 
 
 _STATES = {
-    "deepspeed": "DeepSpeed engine: ZeRO-0 mixed 18 B/param; ZeRO-1/2 2 + (4 + 4 + 8)/Nd with full lp "
-                 "gradients in backward at ZeRO-1; ZeRO-3 20/Nd (lp and fp32 gradient partitions coexist; "
-                 "the fp32 one for one 1e9-element optimizer sub-group at a time)",
-    "megatron-deepspeed": "DeepSpeed engine states (as deepspeed), Megatron kernels and loss",
+    "deepspeed": "DeepSpeed engine, peak phase by phase: lp weights, fp32 master and moments always; no "
+                 "gradients at the loss (ZeRO-3: its lp partition buffer); at the optimizer step ZeRO-0 mixed "
+                 "holds e + 8 B/param of gradient copies, ZeRO-1/2 2e + 4 per partition element, ZeRO-3 e/Nd "
+                 "+ (e + 4) x one 1e9-element sub-group; evaluation: no-grad logits and the KV cache",
+    "megatron-deepspeed": "DeepSpeed engine states summed (ZeRO-0 mixed 18 B/param; ZeRO-3 20/Nd), Megatron "
+                          "kernels and loss",
     "fsdp": "FSDP2: sharded fp32 params are the master, 16/Nd, no separate master; DDP (ZeRO 0-1) "
             "fp32 weights and gradients plus bucket copies",
     "megatron": "Megatron: lp weights + fp32 main_grad + fp32 master and moments, 18 B/param, or "
@@ -243,7 +283,7 @@ def framework_profile(layout: Layout) -> dict[str, str]:
     kernels = ("Hugging Face eager modeling code (fp32 norm copies, four SwiGLU intermediates)"
                if layout.framework == "deepspeed" else
                "fused kernels (norm inputs + fp32 stats, SwiGLU input + output; Korthikanti et al. 2022)")
-    loss = {"default": {"deepspeed": "HF: lp logits, fp32 upcast and log-softmax, two fp32 grads (e + 12 B/logit)",
+    loss = {"default": {"deepspeed": "HF: fp32 upcast and log-softmax, then two fp32 grads (12 B/logit)",
                         "fsdp": ("DTensor loss_parallel: saved log-softmax and three fp32 backward temporaries "
                                  "(16 B/logit)" if layout.tp > 1 else "fp32 log-softmax and two fp32 grads (12 B/logit)"),
                         "megatron": "vocab-parallel, in place in one fp32 copy (4 + e B/logit)",
@@ -372,6 +412,8 @@ def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | N
     act = activation_bytes(model, layout)
     logits = logits_bytes(model, layout)
     comm = _comm_buffers(params, n, layout)
+    if _phased(layout):
+        return _phase_peak(model, params, n, layout, states, act, logits, capacity_bytes)
     # Candidate peaks as (activations, logits, phase); the largest is the GPU's peak.
     inner = "first stage, 1F1B steady state" if layout.pp > 1 else "backward"
     candidates = [
@@ -381,9 +423,116 @@ def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | N
     acts, logit_peak, phase = max(candidates, key=lambda c: c[0] + c[1])
     allocated = (states["weights"] + states["gradients"] + states["optimizer"] + states["master_weights"]
                  + acts + logit_peak + comm)
+    return MemoryEstimate(activations=acts, logits=logit_peak, comm_buffers=comm,
+                          overhead=_overhead(allocated, capacity_bytes), logits_peak=logits, peak_phase=phase, **states)
+
+
+def _overhead(allocated: int, capacity_bytes: int | None) -> int:
+    """CUDA context plus the allocator's cached share, capped by ``capacity_bytes`` (see ``estimate_memory``)."""
     cached = int(FRAGMENTATION * allocated)
     if capacity_bytes is not None:
         cached = max(0, min(cached, capacity_bytes - CUDA_CONTEXT_BYTES - allocated))
-    overhead = CUDA_CONTEXT_BYTES + cached
-    return MemoryEstimate(activations=acts, logits=logit_peak, comm_buffers=comm, overhead=overhead,
-                          logits_peak=logits, peak_phase=phase, **states)
+    return CUDA_CONTEXT_BYTES + cached
+
+
+# The DeepSpeed engine, phase by phase ---------------------------------------------------------
+def _phased(layout: Layout) -> bool:
+    """Whether the peak is taken phase by phase (``_phase_peak``): the Hugging Face model on a DeepSpeed
+    engine the planner configures itself (``deepspeed_config``: no ``data_types``, so gradients accumulate
+    in the model's dtype), on the GPU, without pipeline stages, in fp32/fp16/bf16 with an fp32 master.
+    Those are the paths read in DeepSpeed 0.19 and measured on an H100 (benchmarks/results/gpu_trials).
+    Pipeline stages (DeepSpeed's BF16_Optimizer keeps fp32 gradient accumulators there), offload,
+    ``bf16-pure`` and the other stacks keep the summed terms of the module table."""
+    return (layout.framework == "deepspeed" and layout.pp == 1 and layout.offload == "none"
+            and layout.precision != "bf16-pure")
+
+
+def _partition(n: int, layout: Layout) -> int:
+    nd = shard_degree(layout)
+    return math.ceil(n / (2 * nd)) * 2 if layout.zero in (1, 2) else math.ceil(n / nd)
+
+
+def _phase_gradients(n: int, layout: Layout) -> dict[str, int]:
+    """Gradient bytes (buffers and the optimizer step's flattening temporaries) alive in each phase of
+    a DeepSpeed 0.19 step, per ZeRO stage (``PHASES`` in the module docstring cites the lines)."""
+    e = 2 if layout.mixed else 4
+    zero, part = layout.zero, _partition(n, layout)
+    accum = layout.grad_accum > 1  # gradients kept from one micro-batch's backward to the next forward
+    if zero == 0:
+        # p.grad in the model dtype, set to None after each step (engine.zero_grad); at the step,
+        # FP16_Optimizer (fp16, and bf16 without fp32 accumulation) makes an fp32 copy of every
+        # gradient and concatenates them: e + 4 + 4 per parameter at once. fp32 steps in place.
+        step = (e + 8) * n if layout.mixed else e * n
+        return dict(forward=e * n if accum else 0, backward=e * n, step=step)
+    if zero in (1, 2):
+        # ZeRO-1 keeps every lp gradient until the step, ZeRO-2 its partition (grads_in_partition);
+        # the step frees the others, concatenates the partition (e) and casts it to fp32 (4; no copy
+        # when it already is fp32).
+        held = e * n if zero == 1 else e * part
+        step = (2 * e + (4 if layout.mixed else 0)) * part
+        return dict(forward=held if accum else 0, backward=held, step=step)
+    # ZeRO-3: grad_partitions_flat_buffer (e per partition element) is allocated at init and stays;
+    # the step concatenates one sub-group's partition (e) and casts it to fp32 (4).
+    group = min(part, ZERO3_SUB_GROUP_SIZE)
+    return dict(forward=e * part, backward=e * part,
+                step=e * part + (e + (4 if layout.mixed else 0)) * group)
+
+
+def _phase_comm(params: ParamCounts, n: int, layout: Layout) -> dict[str, int]:
+    """Which phases ``_comm_buffers``' buckets live in."""
+    comm = _comm_buffers(params, n, layout)
+    if layout.zero == 3:
+        # The reduce bucket is allocated at init and kept; the gathered layers only around their use.
+        bucket = int(deepspeed_config(layout)["zero_optimization"]["reduce_bucket_size"]) * (2 if layout.mixed else 4)
+        return dict(forward=comm, backward=comm, step=min(bucket, comm), reduce=0)
+    if layout.zero in (1, 2):
+        # setup_buckets, on every gradient hook whatever the world size, allocates reduce_bucket_size
+        # elements (two buffers under overlap_comm) that live until the backward epilogue.
+        zero_cfg = deepspeed_config(layout)["zero_optimization"]
+        ipg = int(zero_cfg["reduce_bucket_size"]) * (2 if zero_cfg.get("overlap_comm") else 1) \
+            * (2 if layout.mixed else 4) if zero_cfg.get("contiguous_gradients") else 0
+        return dict(forward=0, backward=max(comm, ipg), step=0, reduce=0)
+    return dict(forward=0, backward=0, step=0, reduce=comm)  # all-reduce after backward, before the step
+
+
+def eval_bytes(model: ModelSpec, layout: Layout) -> tuple[int, int]:
+    """Held-out evaluation under ``torch.no_grad`` at the micro-batch (trainplan's runner, the
+    Hugging Face model): the loss keeps the lp logits, their fp32 copy and the fp32 log-softmax
+    at once (e + 4 + 4 bytes a logit; 8 in fp32, where ``.float()`` copies nothing), and the model,
+    whose ``use_cache`` defaults to on, fills a key/value cache for every layer
+    (transformers ``DynamicCache``: 2 x kv_heads x head_dim values a token a layer, in the weights'
+    dtype). Nothing is saved for backward. Returns ``(cache, loss buffers)``."""
+    e = 2 if layout.mixed else 4
+    tokens = layout.micro_batch * layout.seq_len // layout.cp
+    vocab = math.ceil(model.vocab_size / layout.tp)
+    per_logit = e + 8 if layout.mixed else 8
+    kv = model.num_layers * 2 * math.ceil(model.num_kv_heads / layout.tp) * model.head_dim * e
+    return tokens * kv, tokens * vocab * per_logit
+
+
+def _phase_peak(model: ModelSpec, params: ParamCounts, n: int, layout: Layout, states: dict[str, int],
+                act: ActivationBytes, logits: int, capacity_bytes: int | None) -> MemoryEstimate:
+    """The largest of the step's phases (module docstring, ``PHASES``)."""
+    grads, comm = _phase_gradients(n, layout), _phase_comm(params, n, layout)
+    # Backward makes the blocks' gradients as it frees their saved tensors, last block first, so their
+    # sum moves linearly from (all activations, the gradients already there) to (none, all of them);
+    # the block checkpointing rebuilds comes on top.
+    made = grads["backward"] - grads["forward"]
+    bwd_grads, bwd_act = (grads["backward"], 0) if made > act.forward else (grads["forward"], act.forward)
+    # (phase, gradients, activations, logits, comm): weights, moments and master are in every phase.
+    phases = [
+        ("loss", grads["forward"], act.last_stage, logits, comm["forward"]),
+        ("backward", bwd_grads, bwd_act + act.recompute, 0, comm["backward"]),
+        ("optimizer step", grads["step"], 0, 0, comm["step"]),
+    ]
+    if layout.loss == "default":  # what trainplan's runner launches: it evaluates at the micro-batch
+        phases.append(("evaluation", 0, *eval_bytes(model, layout), comm["forward"]))
+    if comm["reduce"]:
+        phases.append(("gradient all-reduce", grads["backward"], 0, 0, comm["reduce"]))
+    phase, g, a, lg, c = max(phases, key=lambda ph: ph[1] + ph[2] + ph[3] + ph[4])
+    fixed = states["weights"] + states["optimizer"] + states["master_weights"]
+    allocated = fixed + g + a + lg + c
+    return MemoryEstimate(weights=states["weights"], gradients=g, optimizer=states["optimizer"],
+                          master_weights=states["master_weights"], activations=a, logits=lg, comm_buffers=c,
+                          overhead=_overhead(allocated, capacity_bytes), cpu_bytes=states["cpu_bytes"],
+                          nvme_bytes=states["nvme_bytes"], logits_peak=logits, peak_phase=phase)

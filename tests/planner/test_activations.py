@@ -169,7 +169,7 @@ def test_interleaved_pipeline_keeps_fewer_micro_batches_in_flight():
 
 
 @pytest.mark.parametrize(("framework", "loss", "per_elem"),
-                         [("deepspeed", "default", 2 + 12), ("fsdp", "default", 16), ("megatron", "default", 4 + 2),
+                         [("deepspeed", "default", 12), ("fsdp", "default", 16), ("megatron", "default", 4 + 2),
                           ("megatron-deepspeed", "default", 4 + 2)])
 def test_logits_peak_by_framework(framework, loss, per_elem):
     # tp = 2: fsdp (torchtitan) runs DTensor's loss_parallel, 16 bytes a logit (logits_bytes docstring)
@@ -224,7 +224,7 @@ def test_chunked_loss_never_holds_the_whole_logits():
     model = load_model("llama-2-7b")
     chunked = logits_bytes(model, Layout(loss="chunked", micro_batch=2, seq_len=4096))
     assert chunked == 2 * 4096 * 4096 * (8 + 2)  # one ~b*s*d chunk, fp32 + grad, and the lp hidden grad
-    assert chunked < logits_bytes(model, Layout(micro_batch=2, seq_len=4096)) / 10
+    assert chunked < logits_bytes(model, Layout(micro_batch=2, seq_len=4096)) / 9  # HF loss: 12 B a logit
 
 
 def test_fused_loss_holds_lp_logits_and_their_gradient_only():

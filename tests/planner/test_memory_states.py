@@ -22,7 +22,9 @@ from tests._proc import ONE_THREAD, run_groups
 
 from trainplan.planner import Layout, from_hf_config, load_model
 from trainplan.runners import free_port, ops_compiled
-from trainplan.planner._memory import activation_bytes, estimate_memory
+from trainplan.planner._memory import (_model_states, _phase_gradients, activation_bytes, estimate_memory,
+                                       local_parameters)
+from trainplan.planner._params import count_parameters
 
 # Every weight matrix above stage3_param_persistence_threshold (1e5 elements), as in real models,
 # so only norms stay whole under ZeRO-3; ~6.7M parameters so the buckets and padding are real.
@@ -61,8 +63,12 @@ def _measured(record: dict[str, Any]) -> int:
 
 
 def _estimated(world: int, zero: int, prec: str) -> int:
+    # The table's states (what the snapshots' storages hold); the estimate's peak phase adds the
+    # optimizer step's transient copies, which no snapshot sees (measured on an H100 instead:
+    # tests/planner/test_gpu_measured.py).
     layout = Layout(gpus=world, zero=zero, precision=prec, micro_batch=1, seq_len=32)
-    return estimate_memory(from_hf_config(PROBE_MODEL), layout).model_states
+    n, vectors = local_parameters(count_parameters(from_hf_config(PROBE_MODEL)), layout)
+    return sum(_model_states(n, vectors, layout)[k] for k in STATES)
 
 
 @pytest.mark.slow
@@ -120,14 +126,17 @@ def test_tensor_parallelism_halves_block_weights():
     one, two = _mem(gpus=2, zero=0), _mem(gpus=2, zero=0, tp=2)
     # Everything but the norms is split (blocks, vocab-parallel embedding and head).
     assert two.weights == pytest.approx(one.weights / 2, rel=0.01)
-    assert two.activations < one.activations
+    act = (activation_bytes(load_model("llama-2-7b"), Layout(gpus=2, tp=tp, seq_len=2048)) for tp in (1, 2))
+    assert next(act).forward > next(act).forward
 
 
 def test_pipeline_stages_hold_fewer_layers_but_more_micro_batches():
     one, four = _mem(gpus=4, zero=0), _mem(gpus=4, zero=0, pp=4)
     assert four.weights < one.weights / 3
     # 8 of 32 layers, but 4 micro-batches in flight on the first stage (1F1B).
-    assert four.activations == pytest.approx(one.activations, rel=0.05)
+    # (pp = 1 peaks at the optimizer step, so its activations are taken from activation_bytes.)
+    assert four.activations == pytest.approx(activation_bytes(load_model("llama-2-7b"), Layout(gpus=4, seq_len=2048)).forward,
+                                             rel=0.05)
 
 
 def test_zero3_divides_weights_by_data_parallel_degree():
@@ -136,8 +145,9 @@ def test_zero3_divides_weights_by_data_parallel_degree():
 
 
 def test_checkpointing_trades_activations_for_recompute():
-    none, sel, full = (_mem(gpus=1, checkpointing=c, attention="eager") for c in ("none", "selective", "full"))
-    assert full.activations < sel.activations < none.activations
+    none, sel, full = (activation_bytes(load_model("llama-2-7b"), Layout(checkpointing=c, attention="eager", seq_len=2048))
+                       for c in ("none", "selective", "full"))
+    assert full.forward < sel.forward < none.forward
 
 
 def test_total_and_allocated_are_consistent():
@@ -187,7 +197,7 @@ def test_pipeline_peak_is_the_worst_stage_not_first_stage_activations_plus_last_
 def test_reserved_and_nvidia_smi_sit_above_max_allocated():
     mem = _mem(gpus=8, zero=3)
     assert mem.allocated < mem.reserved < mem.total == sum(mem.breakdown().values())
-    assert mem.reserved == mem.allocated + int(0.05 * mem.allocated)  # FRAGMENTATION
+    assert mem.reserved == mem.allocated + int(0.10 * mem.allocated)  # FRAGMENTATION
     assert mem.total - mem.reserved == 1 << 30  # CUDA_CONTEXT_BYTES
 
 
@@ -212,17 +222,24 @@ def test_fsdp_cpu_offload_keeps_only_gathered_blocks_and_megatron_deepspeed_keep
     off = _mem(gpus=8, zero=3, framework="fsdp", offload="cpu")
     assert off.weights == off.gradients == off.optimizer == 0 and off.cpu_bytes == 16 * -(-6_738_415_616 // 8)
     mds, ds = _mem(gpus=8, zero=3, framework="megatron-deepspeed"), _mem(gpus=8, zero=3)
-    assert mds.model_states == ds.model_states and mds.comm_buffers == ds.comm_buffers
+    # Same buffers; the deepspeed estimate is phase by phase (its loss-phase gradients are the kept
+    # lp partition), the megatron-deepspeed one sums the table's states.
+    assert (mds.weights, mds.optimizer, mds.master_weights, mds.comm_buffers) == \
+        (ds.weights, ds.optimizer, ds.master_weights, ds.comm_buffers)
+    assert mds.gradients == 6 * 842_301_952 and ds.gradients == 2 * 842_301_952 and ds.peak_phase == "loss"
     assert mds.logits_peak < ds.logits_peak  # vocab-parallel cross-entropy: 4 + e bytes, not e + 12
 
 
 def test_zero3_fp32_gradients_exist_for_one_optimizer_sub_group_at_a_time():
     # Llama-2-70B (68,976,648,192 parameters) over 8 ranks: 8,622,081,024 a partition. stage3.py makes
     # the fp32 gradient one sub-group (sub_group_size 1e9) at a time: 2 x 8,622,081,024 + 4 x 1e9.
-    big = estimate_memory(load_model("llama-2-70b"), Layout(gpus=8, zero=3, seq_len=2048))
+    big = estimate_memory(load_model("llama-2-70b"), Layout(gpus=8, zero=3, seq_len=2048, framework="megatron-deepspeed"))
     assert big.gradients == 2 * 8_622_081_024 + 4 * 1_000_000_000 == 21_244_162_048
+    # Phase by phase (deepspeed): the step also holds the sub-group's concatenated lp copy (e) while
+    # casting it to fp32 (stage3.py _prepare_fp32_grad_for_sub_group).
+    assert _phase_gradients(68_976_648_192, Layout(gpus=8, zero=3))["step"] == 2 * 8_622_081_024 + 6 * 1_000_000_000
     # Llama-2-7B (6,738,415,616) over 8: 842,301,952 a partition < 1e9, one sub-group, (e + 4) / Nd as measured
-    assert _mem(gpus=8, zero=3).gradients == 6 * 842_301_952
+    assert _mem(gpus=8, zero=3, framework="megatron-deepspeed").gradients == 6 * 842_301_952
 
 
 def test_allocator_cache_gives_way_near_the_card_limit():
