@@ -226,10 +226,13 @@ def estimate(spec: Any, gpu: str | None) -> dict[str, Any]:
                            "model_flops_per_token": fl.model_per_token, "hardware_flops_per_token": fl.hardware_per_token}
     if gpu is None:
         mem = estimate_memory(model, lay)
-        return out | {"memory_bytes": mem.total, "memory": mem.breakdown(), "fits": None, "tokens_per_s": None,
+        return out | {"memory_bytes": mem.total, "allocated_bytes": mem.allocated, "reserved_bytes": mem.reserved,
+                      "peak_phase": mem.peak_phase, "memory": mem.breakdown(), "fits": None, "tokens_per_s": None,
                       "step_time_s": None, "mfu": None, "peak_flops": None}
     p = plan(model, lay, load_gpu(gpu), tokens=spec.total_tokens).to_dict()
-    return out | {"memory_bytes": p["memory"]["per_gpu"]["total_bytes"], "memory": p["memory"]["per_gpu"],
+    m = p["memory"]
+    return out | {"memory_bytes": m["per_gpu"]["total_bytes"], "allocated_bytes": m["max_allocated_bytes"],
+                  "reserved_bytes": m["reserved_bytes"], "peak_phase": m.get("peak_phase"), "memory": m["per_gpu"],
                   "fits": p["fits"], "tokens_per_s": p["throughput"]["tokens_per_s"],
                   "step_time_s": p["throughput"]["step_time_s"], "mfu": p["throughput"]["mfu"],
                   "peak_flops": p["gpu"]["peak_tflops"] * 1e12}
@@ -311,8 +314,10 @@ def measured_row(case: Case, est: dict[str, Any], tps: float | None, timed: int,
                      "steps_timed": timed, "step_time_s": (est["tokens_per_step"] / tps) if tps else None,
                      "mfu": mfu, "startup_s": result.get("startup_s"), "loop_s": result.get("elapsed_s")},
         "estimate": est,
-        "error_pct": {"memory_vs_allocated": pct(est["memory_bytes"], alloc),
-                      "memory_vs_reserved": pct(est["memory_bytes"], reserved),
+        # like for like: the planner's max_memory_allocated against the measured one, its reserved
+        # bytes against max_memory_reserved (a record from before these keys compares the total)
+        "error_pct": {"memory_vs_allocated": pct(est.get("allocated_bytes", est["memory_bytes"]), alloc),
+                      "memory_vs_reserved": pct(est.get("reserved_bytes", est["memory_bytes"]), reserved),
                       "tokens_per_s": pct(est.get("tokens_per_s"), tps)},
     }
 
@@ -461,9 +466,10 @@ def render(report: dict[str, Any]) -> str:
         lines += ["CPU smoke run: measured memory is the rank's peak RSS (not comparable with the planner's "
                   "GPU bytes) and there is no tokens/s estimate or MFU without a GPU.", ""]
     lines += [
-        "| trial | model | params | ZeRO | mb | ckpt | ranks | status | alloc GiB | reserved GiB | plan GiB "
-        "| mem err % | tok/s | plan tok/s | tok/s err % | MFU % | plan MFU % | start-up s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| trial | model | params | ZeRO | mb | ckpt | ranks | status | alloc GiB | plan alloc GiB | alloc err % "
+        "| reserved GiB | plan reserved GiB | reserved err % | tok/s | plan tok/s | tok/s err % | MFU % | plan MFU % "
+        "| start-up s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["trials"]:
         m, e, err = r["measured"], r["estimate"], r["error_pct"]
@@ -471,8 +477,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['name']} | {r['model']} | {_f(e.get('parameters'), '.3g', 1e9)}B | {r['zero']} | {r['micro_batch']} "
             f"| {r['checkpointing']} | {r['gpus']} | {status} | {_f(m['peak_allocated_bytes'], '.2f', GIB)} "
-            f"| {_f(m['peak_reserved_bytes'], '.2f', GIB)} | {_f(e['memory_bytes'], '.2f', GIB)} "
-            f"| {_f(err['memory_vs_allocated'], '+.1f')} | {_f(m['tokens_per_s'], ',.0f')} "
+            f"| {_f(e.get('allocated_bytes', e['memory_bytes']), '.2f', GIB)} | {_f(err['memory_vs_allocated'], '+.1f')} "
+            f"| {_f(m['peak_reserved_bytes'], '.2f', GIB)} | {_f(e.get('reserved_bytes', e['memory_bytes']), '.2f', GIB)} "
+            f"| {_f(err['memory_vs_reserved'], '+.1f')} | {_f(m['tokens_per_s'], ',.0f')} "
             f"| {_f(e.get('tokens_per_s'), ',.0f')} | {_f(err['tokens_per_s'], '+.1f')} "
             f"| {_f(m['mfu'], '.1f', 0.01)} | {_f(e.get('mfu'), '.1f', 0.01)} | {_f(m['startup_s'], '.1f')} |")
     for r in report["trials"]:
@@ -505,8 +512,13 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"| runner tokens/s >= 0.95x plain PyTorch, same model and batch | {text} | "
                  f"{'—' if ratio is None else ('yes' if ratio >= 0.95 else 'no')} |")
     how = f"{plain['precision']}, {plain['optimizer']}" if plain and plain.get("precision") else "bf16 autocast"
-    lines += ["", "Errors are (estimate - measured) / measured; the JSON file also has the memory error against "
-              f"max_memory_reserved. The plain loop ({how}, the same model, data, batch, clipping and "
+    if report.get("replanned"):
+        rp = report["replanned"]
+        lines += ["", f"Estimates: the planner at {rp['trainplan_commit']} ({rp['at']}, `--replan`), on the measured "
+                  f"rows of the run above; the estimates the run itself recorded (planner at "
+                  f"{ver.get('trainplan_commit')}) are each trial's `estimate_at_run` in the JSON file. "
+                  + (rp.get("note") or "")]
+    lines += ["", f"Errors are (estimate - measured) / measured. The plain loop ({how}, the same model, data, batch, clipping and "
               "checkpointing, one host sync per step) runs in a child "
               "process of this script on the same device, right after the trials it is compared with, so that "
               "this process holds no GPU memory while trials run. The full record of every trial (its "
@@ -527,6 +539,40 @@ def write(report: dict[str, Any], out: Path, started: float) -> None:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out / name)
+
+
+def replan(path: Path, out: Path, note: str = "") -> int:
+    """Re-estimate the measured rows of a GPU check with this tree's planner (no GPU needed): the
+    measurements stay, each row's estimate is replaced (the run's own moves to ``estimate_at_run``),
+    and the errors, summary and table are recomputed."""
+    import tempfile
+
+    from trainplan.runners import TrialSpec
+
+    report = json.loads(path.read_text())
+    models = Path(tempfile.mkdtemp(prefix="gpu-check-replan-"))
+    for name, cfg in report["models"].items():
+        (models / name).mkdir()
+        (models / name / "config.json").write_text(json.dumps(cfg))
+    for i, row in enumerate(report["trials"]):
+        if row.get("spec") is None:
+            continue
+        spec = TrialSpec.from_dict({**row["spec"], "model": str(models / row["model"] / "config.json")})
+        est = estimate(spec, report["gpu"])
+        m, case = row["measured"], Case(row["model"], row["zero"], row["micro_batch"], row["checkpointing"], row["gpus"])
+        new = measured_row(case, est, m["tokens_per_s"], m["steps_timed"], row["result"])
+        new["measured"] = m  # as measured (an oom row's figures included)
+        report["trials"][i] = {**row, **new, "estimate_at_run": row.get("estimate_at_run", row["estimate"])}
+    report["replanned"] = {"trainplan_commit": versions()["trainplan_commit"],
+                           "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "note": note}
+    report["summary"] = summary(report)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("gpu_check.json", json.dumps(report, indent=1) + "\n"), ("gpu_check.md", render(report))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    print(render(report))
+    return 0
 
 
 def _previous(path: Path, dev: dict[str, Any]) -> dict[str, Any] | str:
@@ -559,6 +605,11 @@ def main() -> int:
     parser.add_argument("--continue", dest="previous", type=Path, metavar="JSON",
                         help="a gpu_check.json of an earlier call on the same device and versions: keep its rows "
                              "and run only the grid's rows it lacks (the 15-minute device time comes in pieces)")
+    parser.add_argument("--replan", type=Path, metavar="JSON",
+                        help="no GPU: the estimates of this planner for the measured rows of a gpu_check.json "
+                             "(the run's own kept as estimate_at_run); writes gpu_check.md/.json to --out")
+    parser.add_argument("--note", default="", help="with --replan: a sentence for the table (what changed, and whether "
+                                                   "these rows were in view when it changed)")
     parser.add_argument("--plain-loop", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--plain-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -566,6 +617,8 @@ def main() -> int:
         plain_loop(args.plain_loop, args.plain_out)
         return 0
 
+    if args.replan:
+        return replan(args.replan, (args.out or RESULTS).resolve(), args.note)
     started = time.perf_counter()
     deadline = started + args.budget_s
     if args.plan_only:
