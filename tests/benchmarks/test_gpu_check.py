@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIAL_FILES = {"spec.json", "ds_config.json", "cmd.txt", "metrics.jsonl", "result.json", "stdout.log", "stderr.log"}
-NUMERIC = ("params", "alloc GiB", "plan GiB", "mem err %", "tok/s", "start-up s")
-CPU_ONLY_DASH = ("reserved GiB", "plan tok/s", "tok/s err %", "MFU %", "plan MFU %")
+NUMERIC = ("params", "alloc GiB", "plan alloc GiB", "alloc err %", "plan reserved GiB", "tok/s", "start-up s")
+CPU_ONLY_DASH = ("reserved GiB", "reserved err %", "plan tok/s", "tok/s err %", "MFU %", "plan MFU %")
 
 
 def _table(md: str) -> list[dict[str, str]]:
@@ -75,8 +75,8 @@ def test_rows_hold_the_trials_measurements(smoke):
         assert len(timed) >= 3
         assert _num(row["tok/s"]) == pytest.approx(statistics.median(timed), abs=0.51)
         assert _num(row["alloc GiB"]) == pytest.approx(t["result"]["peak_mem_bytes"] / 2**30, abs=0.0051)
-        est = t["estimate"]["memory_bytes"]
-        assert est > 0 and _num(row["mem err %"]) == pytest.approx(100 * (est - t["result"]["peak_mem_bytes"])
+        est = t["estimate"]["allocated_bytes"]  # like for like: the planner's max_allocated
+        assert 0 < est < t["estimate"]["memory_bytes"] and _num(row["alloc err %"]) == pytest.approx(100 * (est - t["result"]["peak_mem_bytes"])
                                                                    / t["result"]["peak_mem_bytes"], abs=0.051)
 
 
@@ -86,3 +86,19 @@ def test_runner_is_compared_with_a_plain_loop(smoke):
     assert plain["status"] == "completed" and plain["runner_trial"] == report["trials"][1]["name"]
     assert plain["tokens_per_s"] > 0 and plain["ratio"] == pytest.approx(plain["runner_tokens_per_s"] / plain["tokens_per_s"])
     assert f"{plain['ratio']:.3f}x" in md
+
+
+def test_replan_re_estimates_the_measured_rows_and_keeps_the_runs_own(smoke, tmp_path):
+    """``--replan``: this planner's estimates for a finished check's rows, no trial run; the
+    measurements and the run's own estimates (``estimate_at_run``) are kept."""
+    tmp, report, _ = smoke
+    argv = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--replan", str(tmp / "out" / "gpu_check.json"),
+            "--out", str(tmp_path), "--note", "A test note."]
+    proc = run_group(argv, timeout=120, cwd=ROOT, env=cli_env(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [t["measured"] for t in again["trials"]] == [t["measured"] for t in report["trials"]]
+    assert [t["estimate_at_run"] for t in again["trials"]] == [t["estimate"] for t in report["trials"]]
+    assert [t["estimate"]["allocated_bytes"] for t in again["trials"]] == \
+        [t["estimate"]["allocated_bytes"] for t in report["trials"]]  # the same planner here
+    assert "A test note." in (tmp_path / "gpu_check.md").read_text()
