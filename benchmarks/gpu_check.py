@@ -531,8 +531,11 @@ def _met(fraction: str) -> str:
     return "—" if total == "0" else ("yes" if done == total else "no")
 
 
-def write(report: dict[str, Any], out: Path, started: float) -> None:
-    report["wall_s"] = time.perf_counter() - started
+def write(report: dict[str, Any], out: Path, started: float | None) -> None:
+    """The report's JSON and table into ``out`` (each written whole); ``started``: the check's start, for
+    its wall time (None: keep the recorded one)."""
+    if started is not None:
+        report["wall_s"] = time.perf_counter() - started
     report["summary"] = summary(report)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("gpu_check.json", json.dumps(report, indent=1) + "\n"), ("gpu_check.md", render(report))):
@@ -565,12 +568,7 @@ def replan(path: Path, out: Path, note: str = "") -> int:
         report["trials"][i] = {**row, **new, "estimate_at_run": row.get("estimate_at_run", row["estimate"])}
     report["replanned"] = {"trainplan_commit": versions()["trainplan_commit"],
                            "at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "note": note}
-    report["summary"] = summary(report)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_check.json", json.dumps(report, indent=1) + "\n"), ("gpu_check.md", render(report))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write(report, out, None)
     print(render(report))
     return 0
 
