@@ -25,7 +25,7 @@ echo
 echo "== 4. trainplan report: one offline HTML page for the decision"
 $TP report --storage "sqlite:///$TRAINPLAN_RUNS/search-default/study.db"
 echo
-echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR grid (12 real trials)"
+echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR grid (16 real trials)"
 $TP search search/data/default_ladder.yaml --run-dir "$TRAINPLAN_RUNS/ladder-default"
 echo
 echo "== 6. trainplan scale: fit the ladder, predict llama-2-7b's LR, batch, steps and loss; plan and write its launch"
