@@ -136,14 +136,13 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(rank_runs, zero):
     assert _shm_segments(folder) == []  # nothing left in RAM-backed /dev/shm
 
 
-def test_huge_learning_rate_diverges_early(tmp_path, capsys):
-    code = main(["run", "--quiet", "--out", str(tmp_path), "--lr", "10", "--schedule", "constant",
-                 "--warmup-steps", "0", "--steps", "60", "--micro-batch", "4", "--seq-len", "64",
-                 "--eval-tokens", "2048", "--max-data-bytes", "300000"])
-    result = json.loads(capsys.readouterr().out)
-    assert result["status"] == "diverged" and code == 3 == result["exit_code"]
+def test_huge_learning_rate_diverges_early(one_rank_runs):
+    # `trainplan run` as a user types it, beside the other one-rank trials (ONE_RANK_TRIALS).
+    tmp, code = one_rank_runs["test_huge_learning_rate_diverges_early"]
+    result = json.loads((tmp / "run.out").read_text())
+    assert result["status"] == "diverged" and code == 3 == result["exit_code"], (tmp / "run.err").read_text()[-2000:]
     assert result["diverged_at_step"] is not None and result["diverged_at_step"] < 20
-    assert _metrics(tmp_path)[-1]["step"] == result["diverged_at_step"] == result["steps"]
+    assert _metrics(tmp / "trial")[-1]["step"] == result["diverged_at_step"] == result["steps"]
 
 
 _STOPPED_TRIAL_CPU = """
@@ -206,12 +205,11 @@ def test_a_stopped_trial_is_waited_for_to_its_last_process(stopped_trial):
     assert _trial_processes(folder) == []
 
 
-def test_timeout_stops_the_trial(tmp_path, capsys):
-    code = main(["run", "--quiet", "--out", str(tmp_path), "--steps", "100000", "--timeout", "15",
-                 "--micro-batch", "4", "--seq-len", "64", "--eval-tokens", "2048", "--max-data-bytes", "300000"])
-    result = json.loads(capsys.readouterr().out)
-    assert code == 124 and result["status"] == "timeout" and "15 s" in result["reason"]
-    assert _trial_processes(tmp_path) == []
+def test_timeout_stops_the_trial(one_rank_runs):
+    tmp, code = one_rank_runs["test_timeout_stops_the_trial"]
+    result = json.loads((tmp / "run.out").read_text())
+    assert code == 124 and result["status"] == "timeout" and "15 s" in result["reason"], result
+    assert _trial_processes(tmp / "trial") == []
 
 
 def _tiny_config() -> dict:
@@ -314,7 +312,26 @@ def _outcome(call) -> tuple[bool, object]:
         return False, exc
 
 
-ONE_RANK_TRIALS = {"test_broken_model_config_crashes_with_the_error_recorded": _broken,
+def _cli_run(*args: str):
+    """``trainplan run ARGS --out TMP/trial`` as a user types it; stdout and stderr to TMP/run.out, .err."""
+    def prepare(tmp):
+        command = [sys.executable, "-m", "trainplan", "run", "--quiet", "--out", str(tmp / "trial"), *args]
+
+        def start():
+            with open(tmp / "run.out", "w") as out, open(tmp / "run.err", "w") as err:
+                return subprocess.Popen(command, env={**os.environ, **ONE_THREAD}, stdout=out, stderr=err,
+                                        start_new_session=True)
+        return start
+    return prepare
+
+
+ONE_RANK_SMALL = ("--micro-batch", "4", "--seq-len", "64", "--eval-tokens", "2048", "--max-data-bytes", "300000")
+
+
+ONE_RANK_TRIALS = {"test_huge_learning_rate_diverges_early": _cli_run(
+                       "--lr", "10", "--schedule", "constant", "--warmup-steps", "0", "--steps", "60", *ONE_RANK_SMALL),
+                   "test_timeout_stops_the_trial": _cli_run("--steps", "100000", "--timeout", "15", *ONE_RANK_SMALL),
+                   "test_broken_model_config_crashes_with_the_error_recorded": _broken,
                    "test_checkpoint_folder_fine_tunes_on_local_jsonl": _checkpoint,
                    "test_local_text_with_a_local_tokenizer": _tokenizer,
                    "test_a_hand_edited_ds_config_is_applied_whole_or_refused": _hand_edited}
