@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -70,6 +74,33 @@ def test_default_task_learns(tmp_path, capsys):
 TWO_RANKS = "test_two_ranks_match_one_rank_at_the_same_global_batch"
 
 
+def _side_by_side(starts: dict, at_once: int = 2) -> dict:
+    """Start the jobs of ``starts`` (key -> a function starting one and returning its TrialHandle or
+    Popen), ``at_once`` at a time, and wait for all of them: key -> (the ended job, its finalized
+    result or exit code), each collected as soon as it ends. A short trial is mostly start-up
+    (imports, one process after another), which two overlap on 2 cores; the trials run one thread
+    each (tests/_proc.py: ONE_THREAD)."""
+    pending, running, done = list(starts), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < at_once:
+                key = pending.pop(0)
+                running[key] = starts[key]()
+            for key, job in list(running.items()):
+                if job.poll() is not None:
+                    done[key] = (job, job.finalize() if hasattr(job, "finalize") else job.returncode)
+                    del running[key]
+            time.sleep(0.1)
+    finally:  # a failure or a timeout here leaves no trial running
+        for job in running.values():
+            if hasattr(job, "stop"):
+                job.stop(grace_s=10)
+            else:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
+    return done
+
+
 @pytest.fixture(scope="module")
 def rank_runs(request, tmp_path_factory):
     """The one-rank reference ("ref") and the two-rank trial of each ZeRO stage this session
@@ -80,21 +111,10 @@ def rank_runs(request, tmp_path_factory):
     specs = {"ref": TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=1, grad_accum=2))}
     specs |= {zero: TrialSpec(steps=4, **SMALL, layout=dict(SMALL_LAYOUT, gpus=2, grad_accum=1, zero=zero))
               for zero in zeros}
-    pending, running, done = list(specs), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < 2:
-                key = pending.pop(0)
-                folder = tmp_path_factory.mktemp(f"ranks-{key}")
-                running[key] = (launch_trial(specs[key], folder, env=ONE_THREAD), folder)
-            for key, (handle, folder) in list(running.items()):
-                if handle.wait(0.1) is not None:
-                    done[key] = (handle.finalize(), folder)
-                    del running[key]
-    finally:  # a failure or a timeout here leaves no trial running
-        for handle, _ in running.values():
-            handle.stop(grace_s=10)
-    return done
+    folders = {key: tmp_path_factory.mktemp(f"ranks-{key}") for key in specs}
+    done = _side_by_side({key: (lambda key=key: launch_trial(specs[key], folders[key], env=ONE_THREAD))
+                          for key in specs})
+    return {key: (result, folders[key]) for key, (_, result) in done.items()}
 
 
 @pytest.mark.parametrize("zero", [0, 1, 2, 3])
@@ -116,33 +136,13 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(rank_runs, zero):
     assert _shm_segments(folder) == []  # nothing left in RAM-backed /dev/shm
 
 
-def test_huge_learning_rate_diverges_early(tmp_path, capsys):
-    code = main(["run", "--quiet", "--out", str(tmp_path), "--lr", "10", "--schedule", "constant",
-                 "--warmup-steps", "0", "--steps", "60", "--micro-batch", "4", "--seq-len", "64",
-                 "--eval-tokens", "2048", "--max-data-bytes", "300000"])
-    result = json.loads(capsys.readouterr().out)
-    assert result["status"] == "diverged" and code == 3 == result["exit_code"]
+def test_huge_learning_rate_diverges_early(one_rank_runs):
+    # `trainplan run` as a user types it, beside the other one-rank trials (ONE_RANK_TRIALS).
+    tmp, code = one_rank_runs["test_huge_learning_rate_diverges_early"]
+    result = json.loads((tmp / "run.out").read_text())
+    assert result["status"] == "diverged" and code == 3 == result["exit_code"], (tmp / "run.err").read_text()[-2000:]
     assert result["diverged_at_step"] is not None and result["diverged_at_step"] < 20
-    assert _metrics(tmp_path)[-1]["step"] == result["diverged_at_step"] == result["steps"]
-
-
-def test_sigterm_ends_as_terminated_with_metrics_intact_and_no_orphans(tmp_path):
-    spec = TrialSpec(steps=100_000, **SMALL | {"eval_every": 1000}, layout=dict(SMALL_LAYOUT, gpus=2))
-    handle = launch_trial(spec, tmp_path)
-    seen: list[dict] = []
-    while not any(r["step"] >= 3 for r in seen):
-        assert handle.wait(0.2) is None, (tmp_path / "stderr.log").read_text()[-2000:]
-        seen += handle.new_metrics()
-    assert len(_trial_processes(tmp_path)) >= 3  # the launcher, launch.py and two ranks
-    handle.stop(grace_s=30)
-    result = handle.finalize()
-    records = _metrics(tmp_path)  # every line parses: nothing half-written
-    assert result["status"] == "terminated", result
-    assert [r["step"] for r in records] == list(range(records[-1]["step"] + 1))
-    assert result["steps"] == records[-1]["step"] >= 3
-    assert _trial_processes(tmp_path) == []
-    # wait4 kept the launcher tree's CPU time: at least its own torch + DeepSpeed import
-    assert handle.reaped_cpu_s is not None and handle.reaped_cpu_s > 1.0
+    assert _metrics(tmp / "trial")[-1]["step"] == result["diverged_at_step"] == result["steps"]
 
 
 _STOPPED_TRIAL_CPU = """
@@ -168,37 +168,48 @@ print(json.dumps({"adopt": adopt, "status": result["status"], "reaped": handle.r
 """
 
 
-def test_a_stopped_trial_is_waited_for_to_its_last_process(tmp_path):
-    # In a child process: adopting orphans lasts for the life of the process that asks.
+@pytest.fixture(scope="module")
+def stopped_trial(tmp_path_factory):
+    """One two-rank trial of no end, stopped (SIGTERM, then SIGKILL after 30 s) once it passed step 3,
+    by :meth:`TrialHandle.stop` in a child process that adopts orphans, as ``trainplan run`` and
+    ``trainplan search`` do (adopting lasts for the life of the process that asks): (trial folder,
+    what the child saw). The two tests below read the one trial."""
     from tests._proc import run_group
 
-    proc = run_group([sys.executable, "-c", _STOPPED_TRIAL_CPU, str(tmp_path)], timeout=600)
+    folder = tmp_path_factory.mktemp("stopped")
+    proc = run_group([sys.executable, "-c", _STOPPED_TRIAL_CPU, str(folder)], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return folder, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sigterm_ends_as_terminated_with_metrics_intact_and_no_orphans(stopped_trial):
+    folder, got = stopped_trial
+    assert got["processes"] >= 4  # the launcher, launch.py and two ranks ran before the stop
+    result = json.loads((folder / "result.json").read_text())
+    records = _metrics(folder)  # every line parses: nothing half-written
+    assert result["status"] == got["status"] == "terminated", result
+    assert [r["step"] for r in records] == list(range(records[-1]["step"] + 1))
+    assert result["steps"] == records[-1]["step"] >= 3
+    assert _trial_processes(folder) == []
+    # wait4 kept the launcher tree's CPU time: at least its own torch + DeepSpeed import
+    assert got["reaped"] is not None and got["reaped"] > 1.0
+
+
+def test_a_stopped_trial_is_waited_for_to_its_last_process(stopped_trial):
+    folder, got = stopped_trial
     assert got["adopt"] is True and got["status"] == "terminated" and got["processes"] >= 4
     # Every process of the trial (launcher, launch.py, two ranks) was waited for by someone in
     # the tree or by the adopter, so the total covers at least what the samples saw.
     assert got["reaped"] >= got["sampled"] > 0
     assert got["stop_s"] < 15  # adopted processes that died are waited for, not mistaken for live ones
-    assert _trial_processes(tmp_path) == []
+    assert _trial_processes(folder) == []
 
 
-def test_timeout_stops_the_trial(tmp_path, capsys):
-    code = main(["run", "--quiet", "--out", str(tmp_path), "--steps", "100000", "--timeout", "15",
-                 "--micro-batch", "4", "--seq-len", "64", "--eval-tokens", "2048", "--max-data-bytes", "300000"])
-    result = json.loads(capsys.readouterr().out)
-    assert code == 124 and result["status"] == "timeout" and "15 s" in result["reason"]
-    assert _trial_processes(tmp_path) == []
-
-
-def test_broken_model_config_crashes_with_the_error_recorded(tmp_path):
-    config = _tiny_config()
-    config["hidden_act"] = "no-such-activation"
-    (tmp_path / "broken.json").write_text(json.dumps(config))
-    spec = TrialSpec(model=str(tmp_path / "broken.json"), steps=3, **SMALL, layout=SMALL_LAYOUT)
-    result = run_trial(spec, tmp_path / "trial")
-    assert result["status"] == "crashed" and result["exit_code"] == 1
-    assert "no-such-activation" in result["reason"] and "no-such-activation" in result["stderr_tail"]
+def test_timeout_stops_the_trial(one_rank_runs):
+    tmp, code = one_rank_runs["test_timeout_stops_the_trial"]
+    result = json.loads((tmp / "run.out").read_text())
+    assert code == 124 and result["status"] == "timeout" and "15 s" in result["reason"], result
+    assert _trial_processes(tmp / "trial") == []
 
 
 def _tiny_config() -> dict:
@@ -207,7 +218,15 @@ def _tiny_config() -> dict:
     return dict(load_model("trainplan-tiny").hf_config)
 
 
-def test_checkpoint_folder_fine_tunes_on_local_jsonl(tmp_path):
+def _broken(tmp):
+    config = _tiny_config()
+    config["hidden_act"] = "no-such-activation"
+    (tmp / "broken.json").write_text(json.dumps(config))
+    spec = TrialSpec(model=str(tmp / "broken.json"), steps=3, **SMALL, layout=SMALL_LAYOUT)
+    return lambda: _InThread(lambda: run_trial(spec, tmp / "trial", env=ONE_THREAD))  # run_trial's own path
+
+
+def _checkpoint(tmp):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -216,67 +235,157 @@ def test_checkpoint_folder_fine_tunes_on_local_jsonl(tmp_path):
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**_tiny_config()))
     with torch.no_grad():
         model.lm_head.weight.zero_()  # a recognisable checkpoint: uniform predictions, loss ln 256
-    model.save_pretrained(tmp_path / "ckpt")
+    model.save_pretrained(tmp / "ckpt")
     text = stdlib_text(200_000).decode()
-    with (tmp_path / "docs.jsonl").open("w") as fh:
+    with (tmp / "docs.jsonl").open("w") as fh:
         for i in range(0, len(text), 2000):
             fh.write(json.dumps({"text": text[i:i + 2000]}) + "\n")
-    spec = TrialSpec(model=str(tmp_path / "ckpt"), data=str(tmp_path / "docs.jsonl"), steps=4, **SMALL,
-                     layout=SMALL_LAYOUT)
-    result = run_trial(spec, tmp_path / "trial")
-    assert result["status"] == "completed", result["reason"]
-    records = _metrics(tmp_path / "trial")
-    assert records[0]["eval_loss"] == pytest.approx(math.log(256), abs=1e-4)  # the saved weights were loaded
-    assert result["final_eval_loss"] < records[0]["eval_loss"]
+    spec = TrialSpec(model=str(tmp / "ckpt"), data=str(tmp / "docs.jsonl"), steps=4, **SMALL, layout=SMALL_LAYOUT)
+    return lambda: launch_trial(spec, tmp / "trial", env=ONE_THREAD)
 
 
-def test_local_text_with_a_local_tokenizer(tmp_path):
+def _tokenizer(tmp):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from trainplan.runners._data import stdlib_text
 
     text = stdlib_text(300_000).decode()
-    (tmp_path / "corpus.txt").write_text(text)
+    (tmp / "corpus.txt").write_text(text)
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
     bpe.train_from_iterator([text[:100_000]], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<eos>"]))
-    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>").save_pretrained(tmp_path / "tok")
-    spec = TrialSpec(data=str(tmp_path / "corpus.txt"), tokenizer=str(tmp_path / "tok"), steps=4, **SMALL,
-                     layout=SMALL_LAYOUT)
-    result = run_trial(spec, tmp_path / "trial")
-    assert result["status"] == "completed", result["reason"]
-    start = _metrics(tmp_path / "trial")[0]["eval_loss"]
-    assert abs(start - math.log(300)) < 0.3  # the model took the tokenizer's 300-token vocabulary
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", unk_token="<unk>").save_pretrained(tmp / "tok")
+    spec = TrialSpec(data=str(tmp / "corpus.txt"), tokenizer=str(tmp / "tok"), steps=4, **SMALL, layout=SMALL_LAYOUT)
+    return lambda: launch_trial(spec, tmp / "trial", env=ONE_THREAD)
 
 
-def test_a_hand_edited_ds_config_is_applied_whole_or_refused(tmp_path):
-    # cmd.txt invites rerunning a trial by hand after editing its ds_config.json: the engine's
-    # optimizer then holds the file's lr, betas and weight decay, all of them (the weight decay
-    # used to come from spec.json while the lr came from the file).
+HAND_EDITED = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={
+    "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1, "schedule": "constant"})
+
+
+def _hand_edited(tmp):
+    # cmd.txt invites rerunning a trial by hand after editing its ds_config.json: the command that
+    # prepare_trial wrote, run as the user would, after the edit.
     from trainplan.runners import prepare_trial
     from trainplan.runners._opcache import extensions_dir
-    from trainplan.runners.train import main as train_main
 
-    spec = TrialSpec(steps=3, **SMALL, layout=SMALL_LAYOUT, hyperparams={
-        "lr": 1e-3, "weight_decay": 0.1, "warmup_steps": 1, "schedule": "constant"})
-    command = prepare_trial(spec, tmp_path / "applied")
-    path = tmp_path / "applied" / "ds_config.json"
+    command = prepare_trial(HAND_EDITED, tmp / "applied")
+    path = tmp / "applied" / "ds_config.json"
     config = json.loads(path.read_text())
     config["optimizer"]["params"].update(lr=1e-2, weight_decay=0.37, betas=[0.85, 0.97])
     config["scheduler"]["params"]["warmup_max_lr"] = 1e-2  # WarmupLR's peak: the same edit, made whole
     path.write_text(json.dumps(config))
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_dir())}
-    import subprocess
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions_dir()), **ONE_THREAD}
 
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    result = json.loads((tmp_path / "applied" / "result.json").read_text())
-    assert proc.returncode == 0 and result["status"] == "completed", proc.stderr[-2000:]
+    def start():
+        with open(tmp / "hand.out", "w") as out, open(tmp / "hand.err", "w") as err:
+            return subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
+    return start
+
+
+class _InThread:
+    """A blocking call (``run_trial``) as a job of :func:`_side_by_side`."""
+
+    def __init__(self, call) -> None:
+        self._out: list = []
+        self._thread = threading.Thread(target=lambda: self._out.append(_outcome(call)), daemon=True)
+        self._thread.start()
+
+    def poll(self) -> int | None:
+        return None if self._thread.is_alive() else 0
+
+    def stop(self, grace_s: float) -> None:  # run_trial stops its own trial if it fails
+        self._thread.join(300)
+
+    def finalize(self):
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
+
+
+def _outcome(call) -> tuple[bool, object]:
+    try:
+        return True, call()
+    except BaseException as exc:
+        return False, exc
+
+
+def _cli_run(*args: str):
+    """``trainplan run ARGS --out TMP/trial`` as a user types it; stdout and stderr to TMP/run.out, .err."""
+    def prepare(tmp):
+        command = [sys.executable, "-m", "trainplan", "run", "--quiet", "--out", str(tmp / "trial"), *args]
+
+        def start():
+            with open(tmp / "run.out", "w") as out, open(tmp / "run.err", "w") as err:
+                return subprocess.Popen(command, env={**os.environ, **ONE_THREAD}, stdout=out, stderr=err,
+                                        start_new_session=True)
+        return start
+    return prepare
+
+
+ONE_RANK_SMALL = ("--micro-batch", "4", "--seq-len", "64", "--eval-tokens", "2048", "--max-data-bytes", "300000")
+
+
+ONE_RANK_TRIALS = {"test_huge_learning_rate_diverges_early": _cli_run(
+                       "--lr", "10", "--schedule", "constant", "--warmup-steps", "0", "--steps", "60", *ONE_RANK_SMALL),
+                   "test_timeout_stops_the_trial": _cli_run("--steps", "100000", "--timeout", "15", *ONE_RANK_SMALL),
+                   "test_broken_model_config_crashes_with_the_error_recorded": _broken,
+                   "test_checkpoint_folder_fine_tunes_on_local_jsonl": _checkpoint,
+                   "test_local_text_with_a_local_tokenizer": _tokenizer,
+                   "test_a_hand_edited_ds_config_is_applied_whole_or_refused": _hand_edited}
+
+
+@pytest.fixture(scope="module")
+def one_rank_runs(request, tmp_path_factory):
+    """The independent one-rank trials of the tests that use it and that this session selected, side by
+    side (two at a time, one thread each): test name -> (trial's parent folder, result.json or the
+    command's exit code). Each test asserts on its own trial."""
+    selected = {item.originalname for item in request.session.items if hasattr(item, "originalname")}
+    tmps = {name: tmp_path_factory.mktemp("one-rank") for name in ONE_RANK_TRIALS if name in selected}
+    # Each trial's inputs are made when it is due, while the ones before it run.
+    starts = {name: (lambda name=name, tmp=tmp: ONE_RANK_TRIALS[name](tmp)()) for name, tmp in tmps.items()}
+    return {name: (tmps[name], result) for name, (_, result) in _side_by_side(starts).items()}
+
+
+def test_broken_model_config_crashes_with_the_error_recorded(one_rank_runs):
+    _, result = one_rank_runs["test_broken_model_config_crashes_with_the_error_recorded"]
+    assert result["status"] == "crashed" and result["exit_code"] == 1
+    assert "no-such-activation" in result["reason"] and "no-such-activation" in result["stderr_tail"]
+
+
+def test_checkpoint_folder_fine_tunes_on_local_jsonl(one_rank_runs):
+    tmp, result = one_rank_runs["test_checkpoint_folder_fine_tunes_on_local_jsonl"]
+    assert result["status"] == "completed", result["reason"]
+    records = _metrics(tmp / "trial")
+    assert records[0]["eval_loss"] == pytest.approx(math.log(256), abs=1e-4)  # the saved weights were loaded
+    assert result["final_eval_loss"] < records[0]["eval_loss"]
+
+
+def test_local_text_with_a_local_tokenizer(one_rank_runs):
+    tmp, result = one_rank_runs["test_local_text_with_a_local_tokenizer"]
+    assert result["status"] == "completed", result["reason"]
+    start = _metrics(tmp / "trial")[0]["eval_loss"]
+    assert abs(start - math.log(300)) < 0.3  # the model took the tokenizer's 300-token vocabulary
+
+
+def test_a_hand_edited_ds_config_is_applied_whole_or_refused(one_rank_runs, tmp_path):
+    # cmd.txt invites rerunning a trial by hand after editing its ds_config.json: the engine's
+    # optimizer then holds the file's lr, betas and weight decay, all of them (the weight decay
+    # used to come from spec.json while the lr came from the file).
+    from trainplan.runners import prepare_trial
+    from trainplan.runners.train import main as train_main
+
+    tmp, code = one_rank_runs["test_a_hand_edited_ds_config_is_applied_whole_or_refused"]
+    result = json.loads((tmp / "applied" / "result.json").read_text())
+    assert code == 0 and result["status"] == "completed", (tmp / "hand.err").read_text()[-2000:]
     assert result["optimizer"]["weight_decay"] == [0.37, 0.0]  # norms and biases are never decayed
     assert result["optimizer"]["betas"] == [0.85, 0.97]
-    assert [r["lr"] for r in _metrics(tmp_path / "applied")][-1] == pytest.approx(1e-2)  # past the warm-up
+    assert [r["lr"] for r in _metrics(tmp / "applied")][-1] == pytest.approx(1e-2)  # past the warm-up
 
     # An optimizer lr edited without the linear schedule's peak would be half applied: refused.
+    spec = HAND_EDITED
     spec = spec.with_(hyperparams=spec.hyperparams.__class__(**{**spec.hyperparams.to_dict(), "schedule": "linear"}))
     prepare_trial(spec, tmp_path / "refused")
     path = tmp_path / "refused" / "ds_config.json"

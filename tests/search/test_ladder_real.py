@@ -25,6 +25,11 @@ def test_tiny_ladder_searches_every_size_and_scale_writes_the_target(tmp_path: P
         "ladder": [{"name": w, "model": str(LADDER_DIR / f"ladder-llama-{w}.json")} for w in ("w64", "w128")],
         "hardware": {"gpu": "a100-80gb"}, "space": {"lr": {"choices": [0.002, 0.006, 0.02]}},
         "budget": {"n_trials": 6}, "sampler": {"type": "grid", "seed": 0}, "pruner": {"type": "none"},
+        # Two trials at a time, one thread each (the search gives each local worker its share of the
+        # cores): a 16-step trial of these widths is mostly process start-up, which two overlap on
+        # 2 cores; one two-thread trial beside any other load spins its OpenMP threads (tests/_proc.py).
+        # The grid sampler skips points another worker is running, so the grid is still run once.
+        "workers": 2,
     }
     path = tmp_path / "ladder.yaml"
     path.write_text(yaml.safe_dump(sweep))
