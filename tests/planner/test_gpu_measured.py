@@ -62,12 +62,13 @@ def test_allocated_estimate_within_tolerance_of_max_memory_allocated(folder: Pat
 
 
 def test_the_planner_before_the_phases_missed_every_row():
-    # The estimate terms the older planner wrote beside each measurement: allocated = total - overhead.
+    # The estimate terms the older planner wrote beside each measurement (kept as `estimate_at_run`
+    # once gpu_check.py --replan re-estimated the rows): allocated = total - overhead.
     rows = {r["name"]: r for r in json.loads(GPU_CHECK.read_text())["trials"] if r["status"] == "completed"}
     assert set(rows) == {p.name for p in _trials()}
     misses = {}
     for name, row in rows.items():
-        terms = row["estimate"]["memory"]
+        terms = row.get("estimate_at_run", row["estimate"])["memory"]
         old = terms["total_bytes"] - terms["overhead_bytes"]
         misses[name] = old / row["measured"]["peak_allocated_bytes"] - 1
     assert min(misses.values()) > 0.06 and max(misses.values()) > 0.17, misses
