@@ -552,7 +552,10 @@ def replan(path: Path, out: Path, note: str = "") -> int:
 
     from trainplan.runners import TrialSpec
 
-    report = json.loads(path.read_text())
+    report = _read_report(path, "--replan")
+    if isinstance(report, str):
+        say(report)
+        return 2
     models = Path(tempfile.mkdtemp(prefix="gpu-check-replan-"))
     for name, cfg in report["models"].items():
         (models / name).mkdir()
@@ -573,14 +576,24 @@ def replan(path: Path, out: Path, note: str = "") -> int:
     return 0
 
 
+def _read_report(path: Path, flag: str) -> dict[str, Any] | str:
+    """A gpu_check.json written by this script, or a one-line reason naming ``flag`` why it is not."""
+    try:
+        report = json.loads(path.read_text())
+        for key in ("device", "versions", "trials", "started", "budget_s", "work_dir", "models", "gpu"):
+            report[key]  # noqa: B018 (present)
+        report["device"].get("name"), list(report["trials"]), report["models"].items()  # noqa: B018 (shapes)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{flag} {path}: not a gpu_check.json ({type(err).__name__}: {err})"
+    return report
+
+
 def _previous(path: Path, dev: dict[str, Any]) -> dict[str, Any] | str:
     """An earlier call's report to continue, or why it cannot be (another device or stack)."""
-    try:
-        prev = json.loads(path.read_text())
-        name, ver = prev["device"].get("name"), prev["versions"]
-        prev["trials"], prev["started"], prev["budget_s"], prev["work_dir"]  # noqa: B018 (the keys it needs)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        return f"--continue {path}: not a gpu_check.json ({type(err).__name__}: {err})"
+    prev = _read_report(path, "--continue")
+    if isinstance(prev, str):
+        return prev
+    name, ver = prev["device"].get("name"), prev["versions"]
     if name != dev.get("name"):
         return f"--continue {path}: measured on {name}, this device is {dev.get('name')}"
     now = versions()
