@@ -35,7 +35,15 @@ lr, batch, final loss of each completed trial). Method, written once:
    at the Besiroglu prior and E, A, B fitted. Chinchilla's own B is in its data's nats and at a
    tiny D swamps everything (tried: -27 nats at 2T from 131k tokens), so it is never borrowed.
 4. Intervals: 400 bootstrap resamples of the trials within each size (seeded), the whole fit
-   redone each time; 2.5/97.5 percentiles.
+   redone each time; 2.5/97.5 percentiles. Resampling a size's few trials says how much the choice
+   of LR moves the fit, not how much a trial's loss would move if it were run again (another seed:
+   init and data order), which on the default ladder is ~2% a trial and, carried 2x beyond the
+   fitted sizes, larger than the fit's own spread (benchmarks/results/transfer.md: a seed whose
+   measured loss fell outside the resampled interval). So the loss interval is for *one run's*
+   final loss: each replicate also scales every trial's loss by exp(N(0, sigma^2)) and the
+   prediction by one more such draw (the target run's own noise), sigma being the trial noise
+   :func:`trial_noise` measures on the ladder itself (the residual of each size's loss against
+   ln LR about a parabola; 0, and said so, when no size swept 4+ learning rates).
 
 With one size only, the priors' exponents (Step Law for LR and batch, Besiroglu for loss) are
 anchored on the measured optimum, and every output says so (``mode == "anchored"``).
@@ -46,7 +54,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from trainplan.errors import UsageError
 from trainplan.planner._hyperlaws import STEP_BATCH, STEP_LR
@@ -126,6 +134,10 @@ class FitResult:
     fitted_tokens: tuple[float, float]
     extrapolation: float
     """target N / largest fitted N (or smallest / target N when below): 1 inside the data."""
+    trial_noise: float = 0.0
+    """Relative sd of one trial's final loss (:func:`trial_noise`), in the loss interval; 0 when not measurable."""
+    trial_noise_dof: int = 0
+    """Degrees of freedom behind ``trial_noise`` (0: not measurable)."""
     notes: tuple[str, ...] = field(default=())
     """What is a prior rather than a fit, and any extrapolation warning."""
 
@@ -142,7 +154,8 @@ class FitResult:
                        "lr": self.lr.to_dict(), "batch_tokens": self.batch_tokens.to_dict(),
                        "loss": self.loss.to_dict(), "loss_tokens": self.loss_tokens},
             "fitted_n_range": list(self.fitted_n_range), "fitted_tokens": list(self.fitted_tokens),
-            "extrapolation": self.extrapolation, "notes": list(self.notes),
+            "extrapolation": self.extrapolation,
+            "trial_noise": {"relative_sd": self.trial_noise, "dof": self.trial_noise_dof}, "notes": list(self.notes),
         }
 
 
@@ -327,6 +340,34 @@ def _anchored(optima: Sequence[SizeOptimum], target_n: float, target_d: float, f
     return out
 
 
+def trial_noise(points: Sequence[Point]) -> tuple[float, int]:
+    """Relative sd of one trial's final loss and its degrees of freedom, measured on the sweep itself.
+
+    Per size, token budget and batch with 4+ distinct learning rates, ln L is fitted by a parabola in
+    ln lr (a smooth bowl: Step Law, arXiv:2503.04715, found the loss landscape in LR and batch convex
+    about its optimum); the residuals, pooled over those groups by their degrees of freedom (trials - 3
+    each), estimate the noise of one trial. A parabola over a wide LR range is an approximation whose
+    misfit counts as noise, so the estimate errs high (an interval too wide, not too narrow). (0.0, 0)
+    when no group has 4 learning rates.
+    """
+    groups: dict[tuple[str, float, float], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.size, p.tokens, p.batch_tokens), []).append(p)
+    sse, dof = 0.0, 0
+    for group in groups.values():
+        if len({p.lr for p in group}) < 4:
+            continue
+        xs, ys = [math.log(p.lr) for p in group], [math.log(p.loss) for p in group]
+        mx = sum(xs) / len(xs)  # centred: the normal equations stay well conditioned
+        try:
+            c0, c1, c2 = _solve([[1.0, x - mx, (x - mx) ** 2] for x in xs], ys)
+        except ValueError:
+            continue
+        sse += sum((y - (c0 + c1 * (x - mx) + c2 * (x - mx) ** 2)) ** 2 for x, y in zip(xs, ys))
+        dof += len(group) - 3
+    return (math.sqrt(sse / dof), dof) if dof else (0.0, 0)
+
+
 def _group_by_size(points: Sequence[Point]) -> dict[tuple[str, float], list[Point]]:
     """Trials per size and token budget (the bootstrap resamples within each)."""
     out: dict[tuple[str, float], list[Point]] = {}
@@ -422,15 +463,27 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
     if edge:
         notes.append(f"best LR at the edge of the swept range for {', '.join(edge)}: widen the LR choices there")
     central = fit(optima)
+    sigma, sigma_dof = trial_noise(usable)
+    if sigma_dof:
+        notes.append(f"loss interval: one run's final loss (95%), with a trial's own noise {sigma:.1%} (sd, measured on "
+                     f"this ladder: each size's loss about a parabola in ln LR, {sigma_dof} degrees of freedom)")
+    else:
+        notes.append("loss interval: the fit's spread over the swept LRs only; a trial's own noise (another seed) is "
+                     "not in it: no size swept 4+ learning rates to measure it")
     by_size = _group_by_size(usable)
     rng = random.Random(seed)
     boots: list[dict[str, float]] = []
     for _ in range(n_boot):
         sample = [rng.choice(group) for group in by_size.values() for _ in group]
+        if sigma:
+            sample = [replace(p, loss=p.loss * math.exp(rng.gauss(0.0, sigma))) for p in sample]
         try:
-            boots.append(fit(size_optima(sample, tolerance)))
+            b = fit(size_optima(sample, tolerance))
         except (ValueError, ZeroDivisionError, OverflowError):
             continue
+        if sigma:
+            b["loss"] *= math.exp(rng.gauss(0.0, sigma))  # the target run's own noise
+        boots.append(b)
 
     def interval(key: str) -> Interval:
         vals = [b[key] for b in boots if math.isfinite(b[key])]
@@ -453,7 +506,8 @@ def fit_ladder(points: Sequence[Point], target_n: float, target_tokens: float, *
         d_identified=fit_d, d_reason=d_reason, lr_d_exponent=interval("lr_d_exp"), batch_d_exponent=interval("batch_d_exp"),
         target_n=target_n, target_tokens=target_tokens,
         lr=interval("lr"), batch_tokens=interval("batch"), loss=interval("loss"), loss_tokens=loss_tokens,
-        fitted_n_range=(lo_n, hi_n), fitted_tokens=(d_lo, d_hi), extrapolation=extrap, notes=tuple(notes),
+        fitted_n_range=(lo_n, hi_n), fitted_tokens=(d_lo, d_hi), extrapolation=extrap,
+        trial_noise=sigma, trial_noise_dof=sigma_dof, notes=tuple(notes),
     )
 
 

@@ -125,7 +125,7 @@ def get_loss_compute_plot(info: ScaleupInfo) -> go.Figure:
     c = info.curve
     if c:
         xs = [r["compute"] for r in c]
-        _band(fig, xs, [r["loss_low"] for r in c], [r["loss_high"] for r in c], "95% bootstrap interval")
+        _band(fig, xs, [r["loss_low"] for r in c], [r["loss_high"] for r in c], "95% interval, one run (fit + trial noise)")
         fig.add_trace(go.Scatter(x=xs, y=[r["loss_value"] for r in c], mode="lines", name="fit L = E + A N^-alpha",
                                  line={"color": "#0072B2"}))
     _sizes_trace(fig, info, "compute", "loss")

@@ -174,3 +174,46 @@ def test_an_optimum_at_the_edge_of_the_swept_range_is_flagged() -> None:
     fit = fit_ladder(pts, 1e6, 1e8, n_boot=20)
     assert fit.optima[0].lr_at_edge and any("edge of the swept range for s" in n for n in fit.notes)
     assert not fit_ladder(_synthetic([1e6]), 1e6, 1e8, n_boot=20).optima[0].lr_at_edge
+
+
+def _noisy_path_ladder(noise: float, seed: int) -> tuple[list[Point], float]:
+    """A 4-width ladder on a path (D ~ N^0.5), 5 LRs a width, every loss times exp(N(0, noise^2)); the
+    points of the three smaller widths and one noisy run of the largest at its optimal LR."""
+    from trainplan.planner._scaling import A, B
+
+    rng = random.Random(seed)
+
+    def truth(w: int, lr: float) -> float:
+        n, d = 48.0 * w * w, 1024.0 * w
+        lr_opt = 0.3 * n ** -0.4
+        return 0.9 + 0.04 * (A * n ** -ALPHA + B * d ** -0.3658) + 0.02 * math.log2(lr / lr_opt) ** 2
+
+    pts = [Point(size=f"w{w}", n_params=48.0 * w * w, tokens=1024.0 * w, lr=lr, batch_tokens=512,
+                 loss=truth(w, lr) * math.exp(rng.gauss(0, noise)))
+           for w in (64, 96, 128) for lr in (0.3 * (48.0 * w * w) ** -0.4 * 2.0 ** k for k in (-2, -1, 0, 1, 2))]
+    n_t = 48.0 * 192 * 192
+    return pts, truth(192, 0.3 * n_t ** -0.4) * math.exp(rng.gauss(0, noise))
+
+
+def test_trial_noise_is_measured_from_each_sizes_lr_curve() -> None:
+    from trainplan.planner._hyperfit import trial_noise
+
+    pts = [Point(size=f"{p.size}-seed{s}", n_params=p.n_params, tokens=p.tokens, lr=p.lr, batch_tokens=p.batch_tokens,
+                 loss=p.loss) for s in range(3, 9) for p in _noisy_path_ladder(0.02, seed=s)[0]]
+    sigma, dof = trial_noise(pts)
+    assert dof == 18 * 2  # 18 curves of 5 LRs, a parabola's 3 constants each
+    assert 0.013 < sigma < 0.03
+    three_lrs = [p for p in _noisy_path_ladder(0.02, seed=3)[0] if p.lr <= 0.3 * p.n_params ** -0.4 * 1.01]
+    assert trial_noise(three_lrs) == (0.0, 0)  # 3 LRs a size: not measurable
+
+
+def test_the_loss_interval_covers_one_noisy_run_of_the_target() -> None:
+    # 2% noise a trial, the default ladder's measured order: the interval is for what one run of the
+    # target will measure. Resampling the trials alone (no noise term) covered 18 of these 30 draws.
+    inside = 0
+    for seed in range(30):
+        pts, measured = _noisy_path_ladder(0.02, seed)
+        fit = fit_ladder(pts, 48.0 * 192 * 192, 1024.0 * 192, n_boot=100, seed=seed)
+        assert fit.trial_noise_dof == 6 and any("a trial's own noise" in n for n in fit.notes)
+        inside += fit.loss.low <= measured <= fit.loss.high
+    assert inside >= 26

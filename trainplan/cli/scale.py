@@ -74,7 +74,7 @@ def _rows(d: dict[str, Any]) -> list[list[str]]:
                          f"(from {t['hyperparams_from']}; fit {_interval(fit['target']['batch_tokens'])} tokens; {t['batch_rounding']})"],
         ["steps / warm-up", f"{t['steps']:,} steps, {t['warmup_steps']:,} warm-up"],
         ["final loss", f"{_interval(t['predicted_loss'], '.4f')} at {human_count(t['predicted_loss_tokens'])} tokens "
-                       "(predicted; the ladder's data and tokenizer"
+                       "(predicted, 95% for one run; the ladder's data and tokenizer"
                        + (")" if t["predicted_loss_tokens"] == t["tokens"] else "; NOT at the target's tokens, see the notes)")],
     ]
     for p in d["priors"]:
