@@ -47,9 +47,9 @@ def _finished(folder: Path, spec: Any) -> bool:
 
 
 def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str
-             ) -> tuple[list[str], dict[str, float], dict[float, float]]:
+             ) -> tuple[list[str], dict[str, float], list[Any]]:
     """Run (or resume) the ladder of ``sweep`` in ``run_dir`` and the three arms; the table's lines,
-    the ratios the targets judge, and the largest size's swept losses by LR (for the seed spread)."""
+    the ratios the targets judge, and the ladder's points (the seed spread and the pooled fit read them)."""
     import optuna
 
     from trainplan.planner._hyperfit import Point, fit_ladder
@@ -117,14 +117,39 @@ def one_seed(sweep: Any, run_dir: Path, tolerance: float, label: str
         *[f"| {n} | {lr:.3g} | {loss:.4f} | {r:.4f} | {how} |" if loss else f"| {n} | {lr:.3g} | failed | - | {how} |"
           for n, lr, loss, r, how in rows],
         "",
-        f"Predicted final loss of the largest size: {fit.loss.value:.4f} [{fit.loss.low:.4f}, {fit.loss.high:.4f}]; "
-        f"measured swept best {swept_best.loss:.4f}: {fit.loss.value / swept_best.loss:.4f}x.",
+        f"Predicted final loss of the largest size: {fit.loss.value:.4f} [{fit.loss.low:.4f}, {fit.loss.high:.4f}] "
+        f"(95%, one run); measured swept best {swept_best.loss:.4f}: {fit.loss.value / swept_best.loss:.4f}x, "
+        f"{'inside' if fit.loss.low <= swept_best.loss <= fit.loss.high else 'OUTSIDE'} the interval.",
         *[f"Note: {n}" for n in fit.notes],
         "",
     ]
     ratios = {n.split()[0]: r for n, _, _, r, _ in rows}
     ratios["loss"] = fit.loss.value / swept_best.loss
-    return lines, ratios, {p.lr: p.loss for p in big}
+    ratios["inside"] = float(fit.loss.low <= swept_best.loss <= fit.loss.high)
+    return lines, ratios, points
+
+
+def pooled(ladders: list[list[Any]], tolerance: float) -> list[str]:
+    """The loss rule on the seeds' mean: each (size, LR, batch) loss averaged over the seeds that ran
+    it, fitted on the smaller sizes, against the largest size's best mean. The seeds' noise shrinks by
+    their number's square root, so this measures the rule's own error (its bias); each seed's ratio
+    above is that plus one ladder's noise."""
+    from trainplan.planner._hyperfit import Point, fit_ladder
+
+    cells: dict[tuple[str, float, float], list[Any]] = {}
+    for points in ladders:
+        for p in points:
+            cells.setdefault((p.size, p.lr, p.batch_tokens), []).append(p)
+    mean = [Point(size=p[0].size, n_params=p[0].n_params, tokens=p[0].tokens, lr=p[0].lr, batch_tokens=p[0].batch_tokens,
+                  loss=sum(q.loss for q in p) / len(p)) for p in cells.values() if len(p) == len(ladders)]
+    largest = max(mean, key=lambda p: p.n_params)
+    best = min(p.loss for p in mean if p.size == largest.size)
+    fit = fit_ladder([p for p in mean if p.size != largest.size], largest.n_params, largest.tokens, tolerance=tolerance)
+    r = fit.loss.value / best
+    return [f"Pooled over the {len(ladders)} seeds (each size x LR loss averaged over them; {len(mean)} cells): predicted "
+            f"final loss of {largest.size} {fit.loss.value:.4f} [{fit.loss.low:.4f}, {fit.loss.high:.4f}], its best "
+            f"mean {best:.4f}: **{r:.4f}x** ({'within' if abs(r - 1) <= 0.03 else 'NOT within'} 3%). This is the loss "
+            "rule's own error; a single seed's adds that ladder's noise."]
 
 
 def seed_spread(swept: list[dict[float, float]]) -> float | None:
@@ -173,22 +198,26 @@ def main() -> None:
     lines = ["# Transfer: fitted on the smaller ladder sizes, checked on the largest (real CPU trials)", "",
              f"Ladder: {args.sweep or 'search/data/default_ladder.yaml'}; seeds {', '.join(map(str, args.seeds))}; "
              f"load average at start {load_start[0]:.1f}.", ""]
-    ratios, swept = [], []
+    ratios, ladders = [], []
     for seed in args.seeds:
         sweep = base if seed == 0 else dataclasses.replace(
             base, study_name=f"{base.study_name}-seed{seed}", base={**base.base, "seed": seed})
-        block, r, big = one_seed(sweep, args.run_dir if seed == 0 else args.run_dir / f"seed-{seed}",
+        block, r, points = one_seed(sweep, args.run_dir if seed == 0 else args.run_dir / f"seed-{seed}",
                                  args.tolerance, f"seed {seed}")
         lines += block
         ratios.append((seed, r))
-        swept.append(big)
-    spread = seed_spread(swept)
+        ladders.append(points)
+    largest = max(ladders[0], key=lambda p: p.n_params).size
+    spread = seed_spread([{p.lr: p.loss for p in points if p.size == largest} for points in ladders])
     res = (f"Resolution: the largest size's final loss at one LR differs by up to {spread:.4f} (relative) between "
            f"seeds {', '.join(map(str, args.seeds))}; (a) counts as no worse than (b) or (c) when its ratio exceeds "
            "theirs by no more than that." if spread is not None else
            "Resolution: one seed, so no seed-to-seed spread is measured and differences between arms are not resolved.")
     lines += ["## Targets", "", "(a) <= 1.02x the swept best and no worse than (b), (c); predicted loss within 3%.", "",
               res, "", *[f"- {v}" for v in verdicts(ratios, spread)], "",
+              f"Measured loss inside the predicted 95% interval (one run): {sum(r['inside'] for _, r in ratios):.0f} of "
+              f"{len(ratios)} seeds.", "",
+              *(pooled(ladders, args.tolerance) + [""] if len(ladders) > 1 else []),
               f"Load average at the end {os.getloadavg()[0]:.1f} (a shared 2-core machine).", ""]
     text = "\n".join(lines)
     print(text)
