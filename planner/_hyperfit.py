@@ -355,7 +355,7 @@ def trial_noise(points: Sequence[Point]) -> tuple[float, int]:
         groups.setdefault((p.size, p.tokens, p.batch_tokens), []).append(p)
     sse, dof = 0.0, 0
     for group in groups.values():
-        if len({p.lr for p in group}) < 4:
+        if len({p.lr for p in group}) < 4 or min(p.loss for p in group) <= 0:  # a loss of 0 has no log
             continue
         xs, ys = [math.log(p.lr) for p in group], [math.log(p.loss) for p in group]
         mx = sum(xs) / len(xs)  # centred: the normal equations stay well conditioned
