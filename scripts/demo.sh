@@ -25,8 +25,12 @@ echo
 echo "== 4. trainplan report: one offline HTML page for the decision"
 $TP report --storage "sqlite:///$TRAINPLAN_RUNS/search-default/study.db"
 echo
-echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR grid (16 real trials)"
-$TP search search/data/default_ladder.yaml --run-dir "$TRAINPLAN_RUNS/ladder-default"
+# Two trials at once where there are two cores: each gets one thread, and the ~15 s of launcher and
+# rank start-up that every trial pays overlaps the other's training. The ladder's grid is unpruned,
+# so a second worker changes no decision (a pruned search would compare against fewer finished trials).
+LADDER_WORKERS=$(( $(nproc) >= 2 ? 2 : 1 ))
+echo "== 5. trainplan search: the default ladder, 4 widths of the tiny Llama on one LR grid (16 real trials, $LADDER_WORKERS at once)"
+$TP search search/data/default_ladder.yaml --run-dir "$TRAINPLAN_RUNS/ladder-default" --workers "$LADDER_WORKERS"
 echo
 echo "== 6. trainplan scale: fit the ladder, predict llama-2-7b's LR, batch, steps and loss; plan and write its launch"
 $TP scale --run-dir "$TRAINPLAN_RUNS/ladder-default" --target-model llama-2-7b --tokens 2T --gpu h100-sxm \
