@@ -32,7 +32,9 @@ al. 2022, Sec. 4.2.3, eq. 5).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec
@@ -80,14 +82,21 @@ class ActivationBytes:
         return self.forward if self.in_flight == 1 else self.layers * self.per_layer + self.other + self.head
 
 
-def _dropout(cfg: dict, *keys: str) -> float:
-    return max((float(cfg.get(k) or 0.0) for k in keys), default=0.0)
+def _dropout(cfg: Mapping[str, Any], *keys: str) -> float:
+    """The largest dropout probability ``cfg`` sets under ``keys``, 0 where it sets none (a plain loop:
+    ``--recommend`` asks it a few times for every layout)."""
+    p = 0.0
+    for key in keys:
+        value = cfg.get(key)
+        if value:
+            p = max(p, float(value))
+    return p
 
 
 def _eager_block(model: ModelSpec, layout: Layout, e: int, mask_bytes: int, *, selective: bool) -> float:
     """Bytes one block saves per token as the Hugging Face modeling code of the family runs it:
     every linear saves its input, SiLU/GeLU theirs, multiplies both operands."""
-    cfg, fam, t = dict(model.hf_config), model.family, layout.tp
+    cfg, fam, t = model.hf_config, model.family, layout.tp
     d, s = model.hidden_size, layout.seq_len
     q, kv, heads = model.q_size / t, model.kv_size / t, model.num_heads / t
     inner = model.intermediate_size / t
@@ -129,7 +138,7 @@ def _eager_block(model: ModelSpec, layout: Layout, e: int, mask_bytes: int, *, s
 
 def _fused_block(model: ModelSpec, layout: Layout, e: int, *, selective: bool) -> float:
     """Bytes one block saves per token under fused kernels (Korthikanti et al. 2022, eq. 1-4)."""
-    cfg, t = dict(model.hf_config), layout.tp
+    cfg, t = model.hf_config, layout.tp
     d, s = model.hidden_size, layout.seq_len
     q, kv, heads, inner = model.q_size / t, model.kv_size / t, model.num_heads / t, model.intermediate_size / t
     whole = 1 / t if layout.sequence_parallel else 1.0  # what TP alone leaves unsplit
@@ -209,7 +218,7 @@ def activation_bytes(model: ModelSpec, layout: Layout, *, mask_bytes: int = 1) -
     """
     e = 2 if layout.mixed else 4
     tokens = layout.micro_batch * layout.seq_len // layout.cp  # context parallelism splits the sequence
-    cfg = dict(model.hf_config)
+    cfg = model.hf_config
     ckpt = layout.checkpointing
     d = model.hidden_size
     if _fused(layout):

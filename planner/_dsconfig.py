@@ -23,7 +23,7 @@ from trainplan.planner._layout import Layout
 __all__ = [
     "ALLREDUCE_BUCKET_SIZE", "Hyperparams", "PLAN_WARMUP_FRACTION", "REDUCE_BUCKET_SIZE", "SCHEDULES",
     "STAGE3_MAX_LIVE_PARAMETERS", "STAGE3_PARAM_PERSISTENCE_THRESHOLD", "STAGE3_PREFETCH_BUCKET_SIZE",
-    "deepspeed_config", "hyperparams_from_deepspeed_config", "plan_deepspeed_config",
+    "deepspeed_config", "hyperparams_from_deepspeed_config", "plan_deepspeed_config", "zero_optimization",
 ]
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -94,9 +94,8 @@ class Hyperparams:
         return asdict(self)
 
 
-def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str, Any]:
-    """The ``ds_config.json`` for ``layout`` trained with ``hp``."""
-    hp = hp or Hyperparams()
+def zero_optimization(layout: Layout) -> dict[str, Any]:
+    """The ``zero_optimization`` section of :func:`deepspeed_config` (what the memory model reads)."""
     zero: dict[str, Any] = {"stage": layout.zero}
     if layout.zero >= 1:
         zero.update(overlap_comm=layout.zero >= 2, contiguous_gradients=True, reduce_bucket_size=REDUCE_BUCKET_SIZE)
@@ -111,6 +110,12 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
         zero["offload_optimizer"] = dict(target)
         if layout.zero == 3:
             zero["offload_param"] = dict(target)
+    return zero
+
+
+def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str, Any]:
+    """The ``ds_config.json`` for ``layout`` trained with ``hp``."""
+    hp = hp or Hyperparams()
     # DeepSpeed 0.19 rejects warmup_num_steps=0; one step of warm-up is the nearest it allows.
     if hp.schedule == "cosine":
         scheduler = {"type": "WarmupCosineLR", "params": {
@@ -129,7 +134,7 @@ def deepspeed_config(layout: Layout, hp: Hyperparams | None = None) -> dict[str,
         "train_micro_batch_size_per_gpu": layout.micro_batch,
         "gradient_accumulation_steps": layout.grad_accum,
         "gradient_clipping": hp.grad_clip,
-        "zero_optimization": zero,
+        "zero_optimization": zero_optimization(layout),
         "optimizer": {"type": "AdamW", "params": {
             "lr": hp.lr, "betas": list(hp.betas), "eps": hp.eps, "weight_decay": hp.weight_decay}},
         "scheduler": scheduler,

@@ -9,7 +9,7 @@ turns a global batch into gradient accumulation, for ``plan``, ``run`` and the s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from trainplan.errors import UsageError
@@ -100,7 +100,9 @@ class Layout:
         return self.precision != "fp32"
 
     def with_(self, **changes: Any) -> Layout:
-        return replace(self, **changes)
+        """This layout with ``changes``: ``dataclasses.replace`` spelled out, since ``--recommend`` makes
+        one or two for every candidate and replace's per-field bookkeeping costs as much as the layout."""
+        return type(self)(**({name: getattr(self, name) for name in _FIELDS} | changes))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +124,7 @@ class Layout:
         if grad_accum is not None and grad_accum != accum:
             raise UsageError("--grad-accum", f"{grad_accum} disagrees with {flag} {global_batch} "
                                              f"(which implies {accum}); give one of them")
-        return replace(self, grad_accum=accum)
+        return self.with_(grad_accum=accum)
 
     def with_global_batch_at_least(self, global_batch: int) -> Layout:
         """This layout with the fewest accumulation steps (at least one) whose global batch is at
@@ -130,7 +132,7 @@ class Layout:
         views that vary the GPU count at a fixed micro-batch (the report's scaling figures), where
         an exact multiple rarely exists. Runs and searches use the exact rule."""
         per_step = self.micro_batch * self.dp
-        return replace(self, grad_accum=max(1, -(-global_batch // per_step)))
+        return self.with_(grad_accum=max(1, -(-global_batch // per_step)))
 
     # Validation ---------------------------------------------------------------------------
     def problems(self, model: ModelSpec | None = None) -> list[UsageError]:
@@ -190,3 +192,6 @@ class Layout:
         if found:
             raise found[0]
         return self
+
+
+_FIELDS = tuple(f.name for f in fields(Layout))

@@ -94,7 +94,7 @@ import math
 from dataclasses import dataclass, fields
 
 from trainplan.planner._activations import ActivationBytes, activation_bytes, logits_bytes
-from trainplan.planner._dsconfig import ALLREDUCE_BUCKET_SIZE, deepspeed_config
+from trainplan.planner._dsconfig import ALLREDUCE_BUCKET_SIZE, zero_optimization
 from trainplan.planner._layout import Layout
 from trainplan.planner._model import ModelSpec
 from trainplan.planner._params import ParamCounts, count_parameters
@@ -376,7 +376,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
         # Unsharded lp parameters of the current and the prefetched block (zero 3; zero 2 keeps
         # all of them, counted as weights), one block's unsharded gradients in lp and fp32.
         return (2 * block * e if layout.zero == 3 else 0) + block * (e + 4)
-    zero_cfg = deepspeed_config(layout)["zero_optimization"]
+    zero_cfg = zero_optimization(layout)
     e = 2 if layout.mixed else 4
     if layout.zero == 3:
         # stage3.py allocates the gradient reduce bucket whole (measured: 5e8 x 2 bytes in bf16),
@@ -395,7 +395,8 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
     return min(ALLREDUCE_BUCKET_SIZE, n) * e
 
 
-def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | None = None) -> MemoryEstimate:
+def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | None = None,
+                    params: ParamCounts | None = None) -> MemoryEstimate:
     """Per-GPU bytes of training ``model`` laid out as ``layout`` (module docstring).
 
     ``capacity_bytes`` (the GPU memory a process may hold; ``plan`` passes the usable memory less
@@ -405,15 +406,16 @@ def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | N
     ``release_cached_blocks``; counted as ``num_alloc_retries``), so near the card's limit the
     reserved memory shrinks towards the allocated one instead of the run failing. Without a
     capacity the full ``FRAGMENTATION`` share is added (what an unconstrained run reserves).
+    ``params`` is ``count_parameters(model)`` when the caller has it (``--recommend`` asks once per model).
     """
-    params = count_parameters(model)
+    params = count_parameters(model) if params is None else params
     n, vectors = local_parameters(params, layout)
     states = _model_states(n, vectors, layout)
     act = activation_bytes(model, layout)
     logits = logits_bytes(model, layout)
     comm = _comm_buffers(params, n, layout)
     if _phased(layout):
-        return _phase_peak(model, params, n, layout, states, act, logits, capacity_bytes)
+        return _phase_peak(model, n, comm, layout, states, act, logits, capacity_bytes)
     # Candidate peaks as (activations, logits, phase); the largest is the GPU's peak.
     inner = "first stage, 1F1B steady state" if layout.pp > 1 else "backward"
     candidates = [
@@ -478,17 +480,16 @@ def _phase_gradients(n: int, layout: Layout) -> dict[str, int]:
                 step=e * part + (e + (4 if layout.mixed else 0)) * group)
 
 
-def _phase_comm(params: ParamCounts, n: int, layout: Layout) -> dict[str, int]:
-    """Which phases ``_comm_buffers``' buckets live in."""
-    comm = _comm_buffers(params, n, layout)
+def _phase_comm(comm: int, layout: Layout) -> dict[str, int]:
+    """Which phases ``_comm_buffers``' buckets (``comm`` bytes) live in."""
     if layout.zero == 3:
         # The reduce bucket is allocated at init and kept; the gathered layers only around their use.
-        bucket = int(deepspeed_config(layout)["zero_optimization"]["reduce_bucket_size"]) * (2 if layout.mixed else 4)
+        bucket = int(zero_optimization(layout)["reduce_bucket_size"]) * (2 if layout.mixed else 4)
         return dict(forward=comm, backward=comm, step=min(bucket, comm), reduce=0)
     if layout.zero in (1, 2):
         # setup_buckets, on every gradient hook whatever the world size, allocates reduce_bucket_size
         # elements (two buffers under overlap_comm) that live until the backward epilogue.
-        zero_cfg = deepspeed_config(layout)["zero_optimization"]
+        zero_cfg = zero_optimization(layout)
         ipg = int(zero_cfg["reduce_bucket_size"]) * (2 if zero_cfg.get("overlap_comm") else 1) \
             * (2 if layout.mixed else 4) if zero_cfg.get("contiguous_gradients") else 0
         return dict(forward=0, backward=max(comm, ipg), step=0, reduce=0)
@@ -510,10 +511,10 @@ def eval_bytes(model: ModelSpec, layout: Layout) -> tuple[int, int]:
     return tokens * kv, tokens * vocab * per_logit
 
 
-def _phase_peak(model: ModelSpec, params: ParamCounts, n: int, layout: Layout, states: dict[str, int],
+def _phase_peak(model: ModelSpec, n: int, comm_bytes: int, layout: Layout, states: dict[str, int],
                 act: ActivationBytes, logits: int, capacity_bytes: int | None) -> MemoryEstimate:
-    """The largest of the step's phases (module docstring, ``PHASES``)."""
-    grads, comm = _phase_gradients(n, layout), _phase_comm(params, n, layout)
+    """The largest of the step's phases (module docstring, ``PHASES``); ``comm_bytes`` is ``_comm_buffers``."""
+    grads, comm = _phase_gradients(n, layout), _phase_comm(comm_bytes, layout)
     # Backward makes the blocks' gradients as it frees their saved tensors, last block first, so their
     # sum moves linearly from (all activations, the gradients already there) to (none, all of them);
     # the block checkpointing rebuilds comes on top.

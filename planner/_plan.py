@@ -24,7 +24,7 @@ from trainplan.planner._params import ParamCounts, count_parameters
 from trainplan.planner._perf import Perf, estimate_perf
 from trainplan.planner._scaling import ScalingPrediction, chinchilla
 
-__all__ = ["FIT_MARGIN", "Plan", "plan"]
+__all__ = ["FIT_MARGIN", "Plan", "Planner", "plan"]
 
 FIT_MARGIN = 0.02
 """Share of the GPU's reported memory (nvidia-smi's total) a layout must leave free to count as
@@ -57,11 +57,11 @@ class Plan:
     def usable_bytes(self) -> int:
         """What ``fits`` compares ``memory.total`` (the nvidia-smi estimate) with: the GPU's
         reported memory less ``FIT_MARGIN``."""
-        return int(self.gpu.usable_bytes * (1 - FIT_MARGIN))
+        return _usable_bytes(self.gpu)
 
     @property
     def fits(self) -> bool:
-        return self.memory.total <= self.usable_bytes
+        return _fits(self.memory, self.usable_bytes)
 
     @property
     def headroom_bytes(self) -> int:
@@ -141,6 +141,17 @@ class Plan:
                                    tokens=self.tokens)
 
 
+def _usable_bytes(gpu: GPUSpec) -> int:
+    """Memory a layout may use on ``gpu``: its reported memory less ``FIT_MARGIN`` (what ``fits`` compares
+    the nvidia-smi estimate with, and the capacity the memory estimate's allocator cache is capped by)."""
+    return int(gpu.usable_bytes * (1 - FIT_MARGIN))
+
+
+def _fits(memory: MemoryEstimate, usable: int) -> bool:
+    """The fit rule: the nvidia-smi estimate within the usable memory."""
+    return memory.total <= usable
+
+
 def plan(
     model: ModelSpec,
     layout: Layout,
@@ -158,29 +169,58 @@ def plan(
         price: USD per GPU-hour (default: the catalog's).
     """
     layout.validate(model)
-    if tokens is not None and tokens <= 0:
-        raise UsageError("--tokens", f"must be positive, got {tokens:g}")
-    if mfu is not None and not 0 < mfu <= 1:
-        raise UsageError("--mfu", f"must lie in (0, 1], got {mfu}")
-    if price is not None and price < 0:
-        raise UsageError("--price", f"must be >= 0, got {price}")
-    params = count_parameters(model)
-    scaling = chinchilla(params.active, tokens)
-    fl = flops(model, layout.seq_len, layout.tokens_per_step, layout.checkpointing)
-    if layout.checkpointing == "selective-op":  # every other matmul of each block rerun (torchtitan)
-        extra = op_recompute_flops_per_token(model)
-        fl = replace(fl, hardware_per_token=fl.hardware_per_token + extra,
-                     hardware_per_step=(fl.hardware_per_token + extra) * layout.tokens_per_step)
-    perf = estimate_perf(
-        model, layout, gpu, params_total=params.total,
-        model_flops_per_step=fl.model_per_step, hardware_flops_per_step=fl.hardware_per_step,
-        efficiency=mfu,
-    )
-    return Plan(
-        model=model, layout=layout, gpu=gpu, params=params, flops=fl,
-        memory=estimate_memory(model, layout, capacity_bytes=int(gpu.usable_bytes * (1 - FIT_MARGIN))),
-        perf=perf, scaling=scaling,
-        tokens=tokens if tokens is not None else scaling.compute_optimal_tokens,
-        tokens_source="--tokens" if tokens is not None else "compute-optimal",
-        price_per_hour=gpu.price_per_hour if price is None else price,
-    )
+    return Planner(model, gpu, tokens=tokens, mfu=mfu, price=price).plan(layout)
+
+
+class Planner:
+    """What every plan of ``model`` on ``gpu`` shares, checked and computed once: the options, the
+    parameter counts, the scaling-law prediction and the usable memory. :func:`plan` makes one plan
+    through it; ``--recommend`` thousands (``planner/_recommend.py``), asking for the memory first and
+    planning the rest only for the layouts that fit."""
+
+    __slots__ = ("model", "gpu", "mfu", "price", "params", "scaling", "tokens", "tokens_source", "usable_bytes")
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, *, tokens: float | None = None, mfu: float | None = None,
+                 price: float | None = None) -> None:
+        if tokens is not None and tokens <= 0:
+            raise UsageError("--tokens", f"must be positive, got {tokens:g}")
+        if mfu is not None and not 0 < mfu <= 1:
+            raise UsageError("--mfu", f"must lie in (0, 1], got {mfu}")
+        if price is not None and price < 0:
+            raise UsageError("--price", f"must be >= 0, got {price}")
+        self.model, self.gpu, self.mfu = model, gpu, mfu
+        self.params = count_parameters(model)
+        self.scaling = chinchilla(self.params.active, tokens)
+        self.tokens = tokens if tokens is not None else self.scaling.compute_optimal_tokens
+        self.tokens_source = "--tokens" if tokens is not None else "compute-optimal"
+        self.price = gpu.price_per_hour if price is None else price
+        self.usable_bytes = _usable_bytes(gpu)
+
+    def memory(self, layout: Layout) -> MemoryEstimate:
+        """Per-GPU memory of ``layout``, a layout sound for the model (``Layout.problems`` empty)."""
+        return estimate_memory(self.model, layout, capacity_bytes=self.usable_bytes, params=self.params)
+
+    def fits(self, memory: MemoryEstimate) -> bool:
+        """:attr:`Plan.fits` of a layout with this ``memory``, before the rest of its plan is made."""
+        return _fits(memory, self.usable_bytes)
+
+    def plan(self, layout: Layout, memory: MemoryEstimate | None = None) -> Plan:
+        """Every estimate for ``layout``, a layout sound for the model (``Layout.problems`` empty);
+        ``memory`` is its :meth:`memory` when the caller has it already."""
+        model, params = self.model, self.params
+        fl = flops(model, layout.seq_len, layout.tokens_per_step, layout.checkpointing)
+        if layout.checkpointing == "selective-op":  # every other matmul of each block rerun (torchtitan)
+            extra = op_recompute_flops_per_token(model)
+            fl = replace(fl, hardware_per_token=fl.hardware_per_token + extra,
+                         hardware_per_step=(fl.hardware_per_token + extra) * layout.tokens_per_step)
+        perf = estimate_perf(
+            model, layout, self.gpu, params_total=params.total,
+            model_flops_per_step=fl.model_per_step, hardware_flops_per_step=fl.hardware_per_step,
+            efficiency=self.mfu,
+        )
+        return Plan(
+            model=model, layout=layout, gpu=self.gpu, params=params, flops=fl,
+            memory=memory if memory is not None else self.memory(layout),
+            perf=perf, scaling=self.scaling, tokens=self.tokens, tokens_source=self.tokens_source,
+            price_per_hour=self.price,
+        )

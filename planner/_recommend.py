@@ -25,7 +25,7 @@ from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._dsconfig import plan_deepspeed_config
 from trainplan.planner._layout import ZERO_STAGES, Layout
 from trainplan.planner._model import ModelSpec
-from trainplan.planner._plan import Plan, plan
+from trainplan.planner._plan import Plan, Planner, plan
 
 if TYPE_CHECKING:
     from trainplan.planner._calibration import Calibrated, Calibration
@@ -156,13 +156,14 @@ def recommend(
     space = space or LayoutSpace()
     if space.max_gpus < 1:
         raise UsageError("--max-gpus", f"must be a positive integer, got {space.max_gpus}")
+    planner = Planner(model, gpu, tokens=tokens, mfu=mfu, price=price)
     feasible: list[Plan] = []
     evaluated = 0
-    for layout in candidate_layouts(model, base, global_batch, space):
+    for layout in candidate_layouts(model, base, global_batch, space):  # each already checked whole
         evaluated += 1
-        p = plan(model, layout, gpu, tokens=tokens, mfu=mfu, price=price)
-        if p.fits:
-            feasible.append(p)
+        memory = planner.memory(layout)
+        if planner.fits(memory):  # most do not: their FLOPs, throughput and time are never asked for
+            feasible.append(planner.plan(layout, memory))
     feasible.sort(key=lambda p: _key(p, optimize))
     return Recommendation(
         ranked=feasible, optimize=optimize, evaluated=evaluated, feasible=len(feasible),

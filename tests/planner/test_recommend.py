@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainplan.errors import UsageError
-from trainplan.planner import Layout, LayoutSpace, load_gpu, load_model, recommend
+from trainplan.planner import Layout, LayoutSpace, load_gpu, load_model, plan, recommend
 from trainplan.planner._recommend import candidate_layouts
 
 SMALL = LayoutSpace(max_gpus=4, zero=(0, 1), offload=("none", "cpu"), tp=(1, 2), pp=(1,), micro_batch=(1, 2, 4),
@@ -43,6 +43,22 @@ def test_ranking_and_counts(optimize):
            "cost": lambda p: (p.cost_usd, p.hours, p.layout.gpus),
            "gpus": lambda p: (p.layout.gpus, p.hours, p.cost_usd)}[optimize]
     assert [key(p) for p in rec.ranked] == sorted(key(p) for p in rec.ranked)
+
+
+def test_ranked_plans_are_what_plan_makes_of_the_layouts_that_fit():
+    # recommend asks for the memory first and plans the rest only where it fits: the plans it keeps
+    # must be exactly plan()'s, and the layouts it drops exactly those plan() says do not fit.
+    model, gpu = load_model("mixtral-8x7b"), load_gpu("a100-80gb")  # MoE, GQA: some fit, most do not
+    space = LayoutSpace(max_gpus=16, tp=(1, 2, 4), pp=(1, 2), micro_batch=(1, 4),
+                        checkpointing=("none", "selective-op", "full"))
+    base = Layout(seq_len=2048, framework="deepspeed")
+    rec = recommend(model, gpu, base, global_batch=64, tokens=1e11, optimize="cost", space=space, price=2.0)
+    plans = [plan(model, lay, gpu, tokens=1e11, price=2.0) for lay in candidate_layouts(model, base, 64, space)]
+    fitting = [p for p in plans if p.fits]
+    assert 0 < len(fitting) < len(plans) == rec.evaluated and rec.feasible == len(fitting)
+    by_layout = {p.layout: p.to_dict() for p in fitting}
+    assert sorted(by_layout, key=repr) == sorted((p.layout for p in rec.ranked), key=repr)
+    assert all(p.to_dict() == by_layout[p.layout] for p in rec.ranked)
 
 
 def test_bad_objective_and_gpu_cap_name_their_flags():
