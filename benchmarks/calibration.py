@@ -3,6 +3,10 @@
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench      # run the trials, then fit
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse   # fit only
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse --timing cpu --no-kernels
+    # each configuration twice, 20 steps a trial, in pieces (a pass over the grid each), then the fit:
+    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 1 --steps 20 --grid 0:16
+    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 2 --steps 20 --grid 0:16 --reuse
+    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 2 --steps 20 --reuse
 
 Runs 16 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
 spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks
@@ -14,6 +18,18 @@ and for each trial fits a calibration on the other 15 and predicts it (or report
 when the others cannot identify a term it needs). Prints the median and worst relative error of tokens/s and peak
 memory, calibrated and uncalibrated (the planner on the device profile the trials recorded, its
 assumed efficiency and its allocated bytes). Target (issue 13): median <= 5%, worst <= 10%.
+
+``--repeats R`` runs each configuration R times, round-robin (the whole grid once, then again), so
+that a slow spell of a shared machine falls on every configuration alike; repeat k > 0 is the folder
+``<name>-rep<k>``. The held-out unit is then a configuration with all its repeats: each
+configuration enters the fit as one point, the median of its repeats (tokens/s and peak memory), and
+the prediction is compared with the held-out configuration's median. One point per configuration,
+not one per repeat, because the fit's pairs bootstrap and its too-few/too-alike checks count points
+as independent layouts: repeats counted apart would narrow the intervals with pseudo-replicates and
+let 3 layouts run twice pass a 5-trial minimum (the least-squares centre is the same either way with
+equal repeats). Beside it the run prints the repeat-to-repeat spread of each configuration (max /
+min - 1), the noise floor to read the leave-one-out errors against, and the leave-one-out of each
+repeat alone (R = 1 from the same trials).
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -39,6 +56,8 @@ GRID = [(128, 16, 128, 0, 1), (128, 4, 128, 0, 1), (128, 32, 64, 1, 1), (64, 16,
         (64, 4, 128, 0, 1), (256, 4, 128, 1, 2), (128, 64, 32, 0, 1), (64, 8, 128, 3, 2),
         (128, 8, 128, 3, 1), (128, 4, 128, 3, 2), (256, 4, 64, 3, 2), (64, 8, 256, 1, 1)]
 STEPS = 6
+"""Steps a trial runs (``--steps``). Tokens/s is the median step after the first (wall) or the median
+of steps 3+ (CPU timing: each CPU-timed step is the difference of two records), runners/_points.py."""
 ENV = {"OMP_NUM_THREADS": "1"}
 """One thread per rank: on a 2-core machine shared with other work, a rank's two OpenMP threads
 spin-wait for each other (10x the CPU-seconds per step measured here, and 5x slower by the clock)."""
@@ -54,48 +73,109 @@ def model_config(out: Path, width: int) -> str:
     return str(path)
 
 
-def _done(d: Path) -> bool:
-    """A completed trial whose steps recorded CPU-seconds (both timings can be read from it)."""
+REP = re.compile(r"-rep(\d+)$")
+
+
+def trial_name(config: tuple[int, int, int, int, int], rep: int = 0) -> str:
+    """The folder of one trial: ``w128-mb16-s128-z0-r1`` for the first repeat, ``...-rep<k>`` after."""
+    width, mb, seq, zero, ranks = config
+    return f"w{width}-mb{mb}-s{seq}-z{zero}-r{ranks}" + (f"-rep{rep}" if rep else "")
+
+
+def config_of(name: str) -> str:
+    """The configuration a trial folder belongs to (its name without ``-rep<k>``)."""
+    return REP.sub("", name)
+
+
+def rep_of(name: str) -> int:
+    m = REP.search(name)
+    return int(m.group(1)) if m else 0
+
+
+def schedule(grid: list[tuple[int, int, int, int, int]], repeats: int) -> list[tuple[int, tuple[int, ...]]]:
+    """(repeat, configuration) in the order they run: round-robin, every configuration once per pass."""
+    return [(rep, config) for rep in range(repeats) for config in grid]
+
+
+def _done(d: Path, steps: int) -> bool:
+    """A completed trial whose steps recorded CPU-seconds (both timings can be read from it). One of
+    another step count is an error: it would be mixed with these as if it measured the same."""
     try:
         ok = json.loads((d / "result.json").read_text())["status"] == "completed"
-        return ok and "cpu_s" in (d / "metrics.jsonl").read_text()
-    except (OSError, ValueError, KeyError):
+        ran = json.loads((d / "spec.json").read_text())["steps"]
+        done = ok and "cpu_s" in (d / "metrics.jsonl").read_text()
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    if done and ran != steps:
+        raise UsageError("--steps", f"{steps}, but {d} ran {ran} steps; give --steps {ran} or another --out")
+    return done
 
 
-def run_grid(out: Path, reuse: bool, grid: slice = slice(None)) -> list[Path]:
+def run_grid(out: Path, reuse: bool, grid: slice = slice(None), repeats: int = 1, steps: int = STEPS) -> list[Path]:
     dirs = []
-    for width, mb, seq, zero, ranks in GRID[grid]:
-        d = out / f"w{width}-mb{mb}-s{seq}-z{zero}-r{ranks}"
+    for rep, config in schedule(GRID[grid], repeats):
+        width, mb, seq, zero, ranks = config
+        d = out / trial_name(config, rep)
         dirs.append(d)
-        if reuse and _done(d):
+        if reuse and _done(d, steps):
             continue
-        spec = TrialSpec(model=model_config(out, width), steps=STEPS, eval_every=1000, eval_tokens=4096,
+        spec = TrialSpec(model=model_config(out, width), steps=steps, eval_every=1000, eval_tokens=4096,
                          layout={"gpus": ranks, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"})
         t0 = time.perf_counter()
         result = run_trial(spec, d, env=ENV)
-        print(f"{d.name}: {result['status']} {result.get('tokens_per_s') or 0:,.0f} tokens/s (mean), "
-              f"{(result.get('peak_mem_bytes') or 0) / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        print(f"{time.strftime('%H:%M:%S', time.gmtime())} {d.name}: {result['status']} "
+              f"{result.get('tokens_per_s') or 0:,.0f} tokens/s (mean), "
+              f"{(result.get('peak_mem_bytes') or 0) / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s, "
+              f"load {os.getloadavg()[0]:.1f}", file=sys.stderr)
     return dirs
 
 
-def loo(points: list[dict]) -> dict[str, list[float]]:
+def group_repeats(points: list[dict]) -> list[dict]:
+    """One point per configuration: the median of its repeats' tokens/s and peak memory (the first
+    repeat's other fields); ``repeats`` keeps each repeat's id and figures. Order: first seen."""
+    groups: dict[str, list[dict]] = {}
+    for p in points:
+        groups.setdefault(config_of(p["id"]), []).append(p)
+    out = []
+    for name, ps in groups.items():
+        if any(q["layout"] != ps[0]["layout"] or q["model"] != ps[0]["model"] for q in ps):
+            raise UsageError("--out", f"the trials named {name}(-rep<k>) ran different layouts or models")
+        ps.sort(key=lambda q: rep_of(q["id"]))
+        tps, mem = [q["tokens_per_s"] for q in ps], [q["peak_mem_bytes"] for q in ps]
+        out.append({**ps[0], "id": name, "tokens_per_s": statistics.median(tps),
+                    "peak_mem_bytes": int(statistics.median(mem)),
+                    "repeats": {"ids": [q["id"] for q in ps], "tokens_per_s": tps, "peak_mem_bytes": mem}})
+    return out
+
+
+def spread(groups: list[dict]) -> dict[str, dict[str, float]]:
+    """Repeat-to-repeat spread (max / min - 1) of tokens/s and peak memory per configuration with 2+
+    repeats: the noise floor of one configuration's median, measured in the same run."""
+    return {g["id"]: {k: max(v) / min(v) - 1 for k, v in g["repeats"].items() if k != "ids"}
+            for g in groups if len(g["repeats"]["ids"]) > 1}
+
+
+def loo(points: list[dict], table: bool = True) -> dict[str, list[float]]:
     """Relative errors (predicted / measured - 1) of each held-out trial the calibration of the
-    others predicts (refusals are printed and counted, not predicted)."""
+    others predicts (refusals are counted, not predicted; ``table``: print them and each prediction)."""
     err: dict[str, list[float]] = {k: [] for k in ("tps_cal", "tps_uncal", "mem_cal", "mem_uncal", "tps_in", "mem_in",
-                                                   "inside")}
+                                                   "inside", "refused")}
     rows = []
     for i, held in enumerate(points):
         try:
             cal = fit(points[:i] + points[i + 1:])
         except UsageError as exc:  # the other trials cannot identify the constants without this one
-            print(f"- {held['id']} held out: no calibration ({exc.message})")
+            if table:
+                print(f"- {held['id']} held out: no calibration ({exc.message})")
+            err["refused"].append(held["id"])
             continue
         p = _plan_point(held, held["device"])
         try:
             c = cal.apply(p)
         except UsageError as exc:
-            print(f"- {held['id']} held out: refused ({exc.message})")
+            if table:
+                print(f"- {held['id']} held out: refused ({exc.message})")
+            err["refused"].append(held["id"])
             continue
         tps, mem = float(held["tokens_per_s"]), float(held["peak_mem_bytes"])
         e = {"tps_cal": c.tokens_per_s.value / tps - 1, "tps_uncal": c.tokens_per_s.uncalibrated / tps - 1,
@@ -105,6 +185,8 @@ def loo(points: list[dict]) -> dict[str, list[float]]:
         for k, v in e.items():
             err[k].append(v)
         rows.append((held["id"], tps, c.tokens_per_s, mem, c.memory_bytes, c.outside_data))
+    if not table:
+        return err
     print("| trial | tokens/s measured | calibrated (90% PI) | uncalibrated | peak MiB measured | calibrated (90% PI) "
           "| uncalibrated (allocated) | outside data |")
     print("|---|---|---|---|---|---|---|---|")
@@ -115,11 +197,24 @@ def loo(points: list[dict]) -> dict[str, list[float]]:
     return err
 
 
+def _grid_slice(text: str) -> slice:
+    try:
+        parts = [int(x) if x.strip() else None for x in text.split(":")]
+        if len(parts) != 2:
+            raise ValueError
+    except ValueError:
+        raise UsageError("--grid", f"{text!r}; give a slice of the {len(GRID)} configurations as a:b, e.g. 0:8") from None
+    return slice(*parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/calibration-bench", help="folder for the trials")
     ap.add_argument("--reuse", action="store_true", help="keep completed trials already in --out")
-    ap.add_argument("--grid", default=":", help="run only this slice of the grid, e.g. 0:6 (no fit)")
+    ap.add_argument("--grid", default=":", help="run only this slice of the grid, e.g. 0:6, every repeat (no fit)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each configuration, round-robin over the grid; repeat k>0 in <name>-rep<k> (default 1)")
+    ap.add_argument("--steps", type=int, default=STEPS, help=f"steps per trial, 4 or more (default {STEPS})")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="more environment for the trials, e.g. MALLOC_MMAP_THRESHOLD_=65536")
     ap.add_argument("--no-kernels", action="store_true",
@@ -129,19 +224,35 @@ def main() -> int:
                     help="leave-one-out over these finished trial folders instead of the CPU grid (e.g. the GPU "
                          "check's trials: the clock's timing, no CPU kernels)")
     args = ap.parse_args()
+    try:
+        return _main(args)
+    except UsageError as exc:
+        print(f"calibration: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise UsageError("--repeats", f"{args.repeats}; give 1 or more")
+    if args.steps < 4:  # the CPU timing needs 2+ timed steps after the two it leaves out
+        raise UsageError("--steps", f"{args.steps}; give 4 or more")
     if args.trials:
         args.timing, args.no_kernels = "wall", True
         dirs = sorted(args.trials)
         print(f"{len(dirs)} trial folders given; clock timing")
         return _fit_report(dirs, args)
+    if bad := [kv for kv in args.env if "=" not in kv]:
+        raise UsageError("--env", f"{bad[0]!r}; give KEY=VALUE")
     ENV.update(kv.split("=", 1) for kv in args.env)
+    grid = _grid_slice(args.grid)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.grid != ":":
-        run_grid(out, args.reuse, slice(*(int(x) if x else None for x in args.grid.split(":"))))
+        run_grid(out, args.reuse, grid, args.repeats, args.steps)
         return 0
-    dirs = run_grid(out, args.reuse)
-    print(f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
+    dirs = run_grid(out, args.reuse, repeats=args.repeats, steps=args.steps)
+    print(f"{len(dirs)} trials ({len(GRID)} configurations x {args.repeats}, {args.steps} steps each); "
+          f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
     return _fit_report(dirs, args)
 
 
@@ -155,11 +266,50 @@ def _fit_report(dirs: list[Path], args: argparse.Namespace) -> int:
             if not args.no_kernels:
                 points, how = with_cpu_kernels(points)
                 print(how + "\n")
-            status = max(status, report(points))
+            groups = group_repeats(points)
+            if len(groups) < len(points):
+                print_spread(groups)
+            status = max(status, report(groups))
+            reps = sorted({rep_of(p["id"]) for p in points})
+            if len(reps) > 1:
+                print("\nThe same, each repeat alone (one trial per configuration, R = 1, from the same run):")
+                for k in reps:
+                    alone = [p for p in points if rep_of(p["id"]) == k]
+                    err = loo(alone, table=False)
+                    print(f"- repeat {k} ({len(alone)} trials): tokens/s {_med_worst(err['tps_cal'])}, peak memory {_med_worst(err['mem_cal'])} "
+                          f"({len(err['tps_cal'])} predicted"
+                          + (f"; refused: {', '.join(err['refused'])})" if err["refused"] else ")"))
         except UsageError as exc:
             print(f"calibration: error: {exc}", file=sys.stderr)
             status = 2
     return status
+
+
+def _med_worst(errors: list[float]) -> str:
+    return f"median {statistics.median(abs(e) for e in errors):.1%} / worst {max(abs(e) for e in errors):.1%}" \
+        if errors else "none predicted"
+
+
+def print_spread(groups: list[dict]) -> None:
+    """The repeats of each configuration and their spread (max / min - 1): the noise floor."""
+    s = spread(groups)
+    print("| configuration | repeats | tokens/s per repeat | spread | peak MiB per repeat | spread |")
+    print("|---|---|---|---|---|---|")
+    for g in groups:
+        r = g["repeats"]
+        print(f"| {g['id']} | {len(r['ids'])} | {' / '.join(f'{v:,.0f}' for v in r['tokens_per_s'])} | "
+              + (f"{s[g['id']]['tokens_per_s']:.1%}" if g["id"] in s else "-") + " | "
+              + " / ".join(f"{v / 2**20:.1f}" for v in r["peak_mem_bytes"]) + " | "
+              + (f"{s[g['id']]['peak_mem_bytes']:.1%}" if g["id"] in s else "-") + " |")
+    if s:
+        print(f"\nrepeat-to-repeat spread (max/min - 1) over {len(s)} configurations: tokens/s median "
+              f"{statistics.median(v['tokens_per_s'] for v in s.values()):.1%}, worst "
+              f"{max(v['tokens_per_s'] for v in s.values()):.1%}; peak memory median "
+              f"{statistics.median(v['peak_mem_bytes'] for v in s.values()):.1%}, worst "
+              f"{max(v['peak_mem_bytes'] for v in s.values()):.1%}")
+    if len({len(g["repeats"]["ids"]) for g in groups}) > 1:
+        print("(configurations have different numbers of repeats: a piece of the run is missing)")
+    print()
 
 
 def contention(dirs: list[Path]) -> str:
@@ -180,7 +330,10 @@ def contention(dirs: list[Path]) -> str:
 
 def report(points: list[dict]) -> int:
     full = fit(points)
-    print(f"{len(points)} real trials on {full.device['name']} ({full.device['cores']} cores), "
+    n_trials = sum(len(p.get("repeats", {}).get("ids", [p["id"]])) for p in points)
+    what = f"{len(points)} configurations ({n_trials} real trials, each configuration the median of its repeats)" \
+        if n_trials > len(points) else f"{len(points)} real trials"
+    print(f"{what} on {full.device['name']} ({full.device['cores']} cores), "
           f"stack {full.stack}; matmul peak {full.device['peak_flops']['fp32'] / 1e9:.1f} GFLOP/s\n")
     for group in (full.speed, full.memory):
         for name, c in group.items():
@@ -202,7 +355,7 @@ def report(points: list[dict]) -> int:
           f"memory {sum(err['mem_in']):.0f}/{n}")
     inside = [i for i, v in enumerate(err["inside"]) if v]
     if inside and len(inside) < n:
-        sub = {k: [v[i] for i in inside] for k, v in err.items()}
+        sub = {k: [v[i] for i in inside] for k, v in err.items() if k != "refused"}
         print(f"the {len(inside)} held-out trials the calibration did not flag as outside its data:")
         print("  LOO " + line("tokens/s", sub["tps_cal"], sub["tps_uncal"]))
         print("  LOO " + line("peak memory", sub["mem_cal"], sub["mem_uncal"]))
