@@ -89,7 +89,7 @@ from trainplan.planner._device import device_key, device_label, device_profile
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
 from trainplan.planner._lsq import nonneg_rel_lsq as _wls
-from trainplan.planner._memory import local_parameters
+from trainplan.planner._memory import estimate_memory, local_parameters
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
@@ -155,19 +155,15 @@ def expected_peak_bytes(p: Plan) -> float:
     """The planner's bytes as the trial's peak-memory measurement sees them (docs/protocol.md).
 
     On a GPU, ``max_memory_allocated``: :attr:`MemoryEstimate.allocated`. On the CPU the resident
-    set counts only pages written to (first touch), and ZeRO-3's gradient reduce bucket is a
-    ``torch.empty`` of ``reduce_bucket_size`` elements (deepspeed/runtime/zero/stage3.py) of which a
-    step writes at most the rank's gradients: only that part is counted there.
+    set counts only pages written to (first touch): DeepSpeed's gradient reduce buckets (ZeRO-3's
+    reduce bucket, ZeRO-1/2's ipg buckets) are ``torch.empty`` of ``reduce_bucket_size`` elements
+    of which a step writes at most the rank's gradients, so only that part is counted there
+    (``estimate_memory(first_touch=True)``). Counting the whole ZeRO-1/2 buckets put the CPU's
+    ZeRO-1/2 trials at 2-4 GiB against 170-254 MiB measured (benchmarks/results/calibration.md).
     """
-    allocated = float(p.memory.allocated)
-    if p.gpu.key.startswith("measured:cpu:") and p.layout.zero == 3:
-        from trainplan.planner._dsconfig import deepspeed_config
-
-        e = 2 if p.layout.mixed else 4
-        bucket = int(deepspeed_config(p.layout)["zero_optimization"]["reduce_bucket_size"])
-        n, _ = local_parameters(p.params, p.layout)
-        allocated -= (bucket - min(bucket, n)) * e
-    return allocated
+    if p.gpu.key.startswith("measured:cpu:"):
+        return float(estimate_memory(p.model, p.layout, params=p.params, first_touch=True).allocated)
+    return float(p.memory.allocated)
 
 
 def _kernel_model(device: Mapping[str, Any], ranks: int) -> KernelModel | None:

@@ -91,7 +91,9 @@ a layout fits when its live tensors and the context do.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from trainplan.planner._activations import ActivationBytes, activation_bytes, logits_bytes
 from trainplan.planner._dsconfig import ALLREDUCE_BUCKET_SIZE, zero_optimization
@@ -364,7 +366,16 @@ def _megatron_states(n: int, layout: Layout) -> dict[str, int]:
     return states
 
 
-def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
+def _bucket(zero_cfg: Mapping[str, Any], n: int, first_touch: bool) -> int:
+    """Elements of DeepSpeed's gradient reduce bucket (``reduce_bucket_size``, allocated whole by
+    ``torch.empty``) that count: all of them on a GPU, whose allocator hands out the whole block; on
+    the CPU only the pages a step writes become resident (first touch), and a step writes at most the
+    rank's ``n`` gradient elements into it."""
+    size = int(zero_cfg["reduce_bucket_size"])
+    return min(size, n) if first_touch else size
+
+
+def _comm_buffers(params: ParamCounts, n: int, layout: Layout, first_touch: bool = False) -> int:
     """Buckets the engine allocates, sized from the very ds_config the runner uses."""
     e = 2 if layout.mixed else 4
     block = params.per_layer // layout.tp
@@ -381,7 +392,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
     if layout.zero == 3:
         # stage3.py allocates the gradient reduce bucket whole (measured: 5e8 x 2 bytes in bf16),
         # and gathers one block plus the prefetch bucket ahead of use, capped by max_live.
-        bucket = int(zero_cfg["reduce_bucket_size"]) * e
+        bucket = _bucket(zero_cfg, n, first_touch) * e
         live = min(block + int(zero_cfg["stage3_prefetch_bucket_size"]),
                    int(zero_cfg["stage3_max_live_parameters"]), n)
         return bucket + live * e
@@ -396,7 +407,7 @@ def _comm_buffers(params: ParamCounts, n: int, layout: Layout) -> int:
 
 
 def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | None = None,
-                    params: ParamCounts | None = None) -> MemoryEstimate:
+                    params: ParamCounts | None = None, first_touch: bool = False) -> MemoryEstimate:
     """Per-GPU bytes of training ``model`` laid out as ``layout`` (module docstring).
 
     ``capacity_bytes`` (the GPU memory a process may hold; ``plan`` passes the usable memory less
@@ -407,15 +418,17 @@ def estimate_memory(model: ModelSpec, layout: Layout, *, capacity_bytes: int | N
     reserved memory shrinks towards the allocated one instead of the run failing. Without a
     capacity the full ``FRAGMENTATION`` share is added (what an unconstrained run reserves).
     ``params`` is ``count_parameters(model)`` when the caller has it (``--recommend`` asks once per model).
+    ``first_touch``: count DeepSpeed's gradient buckets as a CPU's resident set sees them (:func:`_bucket`),
+    for trials measured on the CPU (planner/_calibration.py, ``expected_peak_bytes``).
     """
     params = count_parameters(model) if params is None else params
     n, vectors = local_parameters(params, layout)
     states = _model_states(n, vectors, layout)
     act = activation_bytes(model, layout)
     logits = logits_bytes(model, layout)
-    comm = _comm_buffers(params, n, layout)
+    comm = _comm_buffers(params, n, layout, first_touch)
     if _phased(layout):
-        return _phase_peak(model, n, comm, layout, states, act, logits, capacity_bytes)
+        return _phase_peak(model, n, comm, layout, states, act, logits, capacity_bytes, first_touch)
     # Candidate peaks as (activations, logits, phase); the largest is the GPU's peak.
     inner = "first stage, 1F1B steady state" if layout.pp > 1 else "backward"
     candidates = [
@@ -480,17 +493,17 @@ def _phase_gradients(n: int, layout: Layout) -> dict[str, int]:
                 step=e * part + (e + (4 if layout.mixed else 0)) * group)
 
 
-def _phase_comm(comm: int, layout: Layout) -> dict[str, int]:
+def _phase_comm(comm: int, layout: Layout, n: int, first_touch: bool) -> dict[str, int]:
     """Which phases ``_comm_buffers``' buckets (``comm`` bytes) live in."""
     if layout.zero == 3:
         # The reduce bucket is allocated at init and kept; the gathered layers only around their use.
-        bucket = int(zero_optimization(layout)["reduce_bucket_size"]) * (2 if layout.mixed else 4)
+        bucket = _bucket(zero_optimization(layout), n, first_touch) * (2 if layout.mixed else 4)
         return dict(forward=comm, backward=comm, step=min(bucket, comm), reduce=0)
     if layout.zero in (1, 2):
         # setup_buckets, on every gradient hook whatever the world size, allocates reduce_bucket_size
         # elements (two buffers under overlap_comm) that live until the backward epilogue.
         zero_cfg = zero_optimization(layout)
-        ipg = int(zero_cfg["reduce_bucket_size"]) * (2 if zero_cfg.get("overlap_comm") else 1) \
+        ipg = _bucket(zero_cfg, n, first_touch) * (2 if zero_cfg.get("overlap_comm") else 1) \
             * (2 if layout.mixed else 4) if zero_cfg.get("contiguous_gradients") else 0
         return dict(forward=0, backward=max(comm, ipg), step=0, reduce=0)
     return dict(forward=0, backward=0, step=0, reduce=comm)  # all-reduce after backward, before the step
@@ -512,9 +525,9 @@ def eval_bytes(model: ModelSpec, layout: Layout) -> tuple[int, int]:
 
 
 def _phase_peak(model: ModelSpec, n: int, comm_bytes: int, layout: Layout, states: dict[str, int],
-                act: ActivationBytes, logits: int, capacity_bytes: int | None) -> MemoryEstimate:
+                act: ActivationBytes, logits: int, capacity_bytes: int | None, first_touch: bool = False) -> MemoryEstimate:
     """The largest of the step's phases (module docstring, ``PHASES``); ``comm_bytes`` is ``_comm_buffers``."""
-    grads, comm = _phase_gradients(n, layout), _phase_comm(comm_bytes, layout)
+    grads, comm = _phase_gradients(n, layout), _phase_comm(comm_bytes, layout, n, first_touch)
     # Backward makes the blocks' gradients as it frees their saved tensors, last block first, so their
     # sum moves linearly from (all activations, the gradients already there) to (none, all of them);
     # the block checkpointing rebuilds comes on top.
