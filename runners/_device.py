@@ -114,13 +114,14 @@ def _available_memory() -> int | None:
 
 def host_memory_warning(model: Any, layout: Any) -> str | None:
     """A warning when ``layout``'s CPU ranks will likely not fit in the host's available memory:
-    per rank the planner's allocated bytes (an estimate) plus :data:`RANK_BASELINE_BYTES`."""
+    per rank the planner's resident bytes (an estimate: DeepSpeed's buckets only as far as a step
+    writes them, ``first_touch``) plus :data:`RANK_BASELINE_BYTES`."""
     from trainplan.planner import estimate_memory
 
     available = _available_memory()
     if available is None:
         return None
-    need = layout.gpus * (estimate_memory(model, layout).allocated + RANK_BASELINE_BYTES)
+    need = layout.gpus * (estimate_memory(model, layout, first_touch=True).allocated + RANK_BASELINE_BYTES)
     if need <= available:
         return None
     gib = 2**30
