@@ -6,7 +6,7 @@ estimate; ``trainplan run`` measures.
 
 from __future__ import annotations
 
-from trainplan.planner._calibration import Calibrated, Calibration, fit, load_calibration
+from trainplan.planner._calibration import Calibrated, Calibration, fit, load_calibration, merge_repeats
 from trainplan.planner._catalog import GPUSpec, gpu_catalog, load_gpu, model_presets
 from trainplan.planner._device import device_profile
 from trainplan.planner._dsconfig import (
@@ -29,7 +29,7 @@ __all__ = [
     "ALLREDUCE_BUCKET_SIZE", "ATTENTION", "CHECKPOINTING", "FIT_MARGIN", "FRAMEWORKS", "LOSSES", "OBJECTIVES",
     "OFFLOADS", "OPTIMIZERS", "PLAN_WARMUP_FRACTION", "PRECISIONS", "REDUCE_BUCKET_SIZE", "SCHEDULES",
     "SUPPORTED_FAMILIES", "ZERO_STAGES",
-    "Calibrated", "Calibration", "device_profile", "fit", "load_calibration",
+    "Calibrated", "Calibration", "device_profile", "fit", "merge_repeats", "load_calibration",
     "FlopCounts", "GPUSpec", "Hyperparams", "Layout", "LayoutSpace", "MemoryEstimate", "ModelSpec",
     "ParamCounts", "Perf", "Plan", "Recommendation", "ScalingPrediction",
     "chinchilla", "count_parameters", "deepspeed_config", "default_efficiency", "estimate_memory",

@@ -93,7 +93,8 @@ from trainplan.planner._memory import estimate_memory, local_parameters
 from trainplan.planner._model import ModelSpec, from_hf_config
 from trainplan.planner._plan import Plan, plan
 
-__all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration"]
+__all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration",
+           "merge_repeats"]
 
 FORMAT_VERSION = 4
 """Version of the calibration file; a file of another version is refused."""
@@ -239,7 +240,8 @@ class Calibration:
     stack: dict[str, str | None]
     """Versions of torch, deepspeed, transformers the trials ran with."""
     trials: list[dict[str, Any]]
-    """Each trial used: id, layout, measured and fitted tokens/s and peak memory."""
+    """Each layout used: id (and ``repeats``, the ids of the trials merged into it, when it ran more than
+    once: :func:`merge_repeats`), layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
     """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``comm_factor_zero3``,
     ``t_zero3_layer_s``, ``t_zero3_gather_s``, ``t_param_s`` (see module docstring)."""
@@ -258,6 +260,11 @@ class Calibration:
     """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g, t_p]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
+
+    def trial_count(self) -> str:
+        """``"12 trials"``, or ``"18 trials of 8 layouts"`` when repeats were merged (:func:`merge_repeats`)."""
+        n = sum(len(t.get("repeats", [t["id"]])) for t in self.trials)
+        return f"{n} trials" + (f" of {len(self.trials)} layouts" if n > len(self.trials) else "")
 
     # Prediction -----------------------------------------------------------------------------
     def _mem_coefs(self) -> list[float]:
@@ -447,24 +454,52 @@ def _same(points: Sequence[Mapping[str, Any]], what: str, ident: Any, label: Any
                               "calibrate each separately")
 
 
+def merge_repeats(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One point per layout: points that ran the same model config and layout (a search's trials that
+    differ only in learning rate, or a benchmark's repeats) measured one layout several times, so
+    they enter the fit as one point, the median of their tokens/s and of their peak memory (the
+    first one's other fields and id); ``repeats`` keeps each one's id, tokens/s and peak memory.
+
+    Why: the fit's pairs bootstrap and its too-few / too-alike checks count points as independent
+    layouts, so repeats counted apart would narrow the intervals with pseudo-replicates and let
+    3 layouts run twice pass the 5-layout minimum; the median also keeps one slow spell of a
+    shared machine from pulling the fit (the least-squares centre is otherwise the same for equal
+    repeat counts). Order: first seen. A point alone is returned as it was, without ``repeats``."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for p in points:
+        groups.setdefault(json.dumps([p["model"], p["layout"]], sort_keys=True, default=str), []).append(p)
+    out = []
+    for ps in groups.values():
+        if len(ps) == 1:
+            out.append(dict(ps[0]))
+            continue
+        tps, mem = [float(q["tokens_per_s"]) for q in ps], [float(q["peak_mem_bytes"]) for q in ps]
+        out.append({**ps[0], "tokens_per_s": statistics.median(tps), "peak_mem_bytes": int(statistics.median(mem)),
+                    "repeats": {"ids": [q.get("id") for q in ps], "tokens_per_s": tps, "peak_mem_bytes": mem}})
+    return out
+
+
 def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int = 0) -> Calibration:
     """Fit a :class:`Calibration` from measured points.
 
     Each point is a plain dict: ``id``, ``model`` (HF config fields), ``layout`` (Layout fields),
     ``tokens_per_s`` and ``peak_mem_bytes`` (measured), ``device`` and ``stack`` (as the trial
-    recorded them). Too few or too alike trials are refused, naming the measurement that would help.
+    recorded them). Points of the same model and layout are one layout measured several times
+    (:func:`merge_repeats`). Too few or too alike layouts are refused, naming the measurement that
+    would help.
     """
-    pts = [p for p in points if p.get("tokens_per_s") and p.get("peak_mem_bytes") and p.get("device")]
-    if len(pts) < 5:
-        raise UsageError(key, f"{len(pts)} usable trial(s) (completed, with tokens/s, peak memory and a recorded "
-                              f"device); a calibration needs at least 5: run {5 - len(pts)} more at other "
-                              "micro-batch sizes or sequence lengths")
-    _same(pts, "device", device_key, device_label, key)
-    _same(pts, "stack", lambda s: json.dumps(s, sort_keys=True),
+    usable = [p for p in points if p.get("tokens_per_s") and p.get("peak_mem_bytes") and p.get("device")]
+    _same(usable, "device", device_key, device_label, key)
+    _same(usable, "stack", lambda s: json.dumps(s, sort_keys=True),
           lambda s: ", ".join(f"{k} {v}" for k, v in s.items()), key)
-    timings = {p.get("timing", "wall") for p in pts}
+    timings = {p.get("timing", "wall") for p in usable}
     if len(timings) > 1:
         raise UsageError(key, f"the points mix timings {sorted(timings)}; calibrate one kind at a time")
+    pts = merge_repeats(usable)
+    if len(pts) < 5:
+        raise UsageError(key, f"{len(usable)} usable trial(s) (completed, with tokens/s, peak memory and a recorded "
+                              f"device) of {len(pts)} different layout(s); a calibration needs at least 5 layouts: run "
+                              f"{5 - len(pts)} more at other micro-batch sizes or sequence lengths")
     device = dict(pts[0]["device"])
     plans = [_plan_point(p, device) for p in pts]
     feats = [_features(p, _kernel_model(device, p.layout.gpus)) for p in plans]
@@ -566,7 +601,8 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
     x = [[f[k] for k in SPEED_TERMS] for f in feats]
     t_fit = [sum(a * b for a, b in zip(sc, xi)) for xi in x]
     m_fit = [sum(c * v for c, v in zip(mc, _mem_row(z, a))) for z, a in zip(zeros, alloc)]
-    trials = [{"id": p.get("id"), "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
+    trials = [{"id": p.get("id"), **({"repeats": p["repeats"]["ids"]} if "repeats" in p else {}),
+               "layout": dict(p["layout"]), "hidden_size": pl.model.hidden_size,
                "tokens_per_s": float(p["tokens_per_s"]), "tokens_per_s_fit": pl.layout.tokens_per_step / t,
                "tokens_per_s_uncalibrated": pl.perf.tokens_per_s,
                "peak_mem_bytes": m, "peak_mem_fit": mf, "peak_mem_uncalibrated": a}

@@ -32,7 +32,7 @@ class CalibrationInfo:
     device: str
     """The device the trials ran on."""
     rows: list[dict[str, Any]]
-    """Per trial: ``trial``, measured, fitted (calibrated) and uncalibrated ``tokens_per_s`` and
+    """Per layout (its repeats' median, :func:`trainplan.planner.merge_repeats`): ``trial``, measured, fitted (calibrated) and uncalibrated ``tokens_per_s`` and
     ``peak_mem_bytes``, and the calibrated residuals ``tps_residual``/``mem_residual`` (fit/measured - 1)."""
     constants: list[dict[str, Any]]
     """``name, value, low, high, unit, doc`` (low/high None where the trials could not identify it)."""
@@ -41,7 +41,7 @@ class CalibrationInfo:
 
 
 def get_calibration_info(cal: Calibration) -> CalibrationInfo:
-    rows = [{"trial": t["id"], "tokens_per_s": t["tokens_per_s"], "tokens_per_s_calibrated": t["tokens_per_s_fit"],
+    rows = [{"trial": t["id"] + (f" (median of {len(t['repeats'])})" if t.get("repeats") else ""), "tokens_per_s": t["tokens_per_s"], "tokens_per_s_calibrated": t["tokens_per_s_fit"],
              "tokens_per_s_uncalibrated": t["tokens_per_s_uncalibrated"], "peak_mem_bytes": t["peak_mem_bytes"],
              "peak_mem_calibrated": t["peak_mem_fit"], "peak_mem_uncalibrated": t["peak_mem_uncalibrated"],
              "tps_residual": t["tokens_per_s_fit"] / t["tokens_per_s"] - 1,
@@ -93,7 +93,7 @@ def calibration_section(page: Page, parts: list[str], path: Path) -> None:
         parts.append(f'<p class="empty">Calibration not shown: {html.escape(exc.message)}</p>')
         return
     info = get_calibration_info(cal)
-    parts.append(f"<h3>Calibration ({html.escape(path.name)}, {len(info.rows)} trials)</h3>")
+    parts.append(f"<h3>Calibration ({html.escape(path.name)}, {html.escape(cal.trial_count())})</h3>")
     parts.append(page.figure("calibration", get_calibration_plot(info), info))
     rows = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{fmt_num(c['value'])}</td><td>"
                    + (f"{fmt_num(c['low'])} - {fmt_num(c['high'])}" if c["low"] is not None else "not calibrated")

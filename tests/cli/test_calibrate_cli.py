@@ -74,6 +74,26 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     assert code == 0 and "90% PI" in out and "outside the trials'" in out
 
 
+def test_calibrate_merges_trials_of_one_layout(tmp_path, capsys) -> None:
+    """A trial folder copied (another learning rate, a repeat) is the same layout measured again:
+    one point, not two; the file names every trial."""
+    import shutil
+    dirs = _trial_folders(tmp_path / "runs", 6)
+    for d in dirs[:3]:
+        shutil.copytree(d, d + "-again")
+    cal = tmp_path / "cal.json"
+    code, out, err = run(capsys, "calibrate", *dirs, *(d + "-again" for d in dirs[:3]), "-o", str(cal))
+    assert code == 0, err
+    assert "9 trials of 6 layouts" in err and "9 trials of 6 layouts" in out
+    saved = json.loads(cal.read_text())
+    first = Path(dirs[0]).name
+    assert len(saved["trials"]) == 6 and saved["trials"][0]["repeats"] == [first, first + "-again"]
+    assert "repeats" not in saved["trials"][5]
+    # three layouts run twice are not five layouts
+    code, _, err = run(capsys, "calibrate", *dirs[:3], *(d + "-again" for d in dirs[:3]), "-o", str(cal))
+    assert code == 2 and "6 usable trial(s)" in err and "of 3 different layout(s)" in err and "run 2 more" in err
+
+
 def test_plan_recommend_uses_the_calibration_and_refuses_what_it_cannot_predict(tmp_path, capsys) -> None:
     cal = tmp_path / "cal.json"
     assert run(capsys, "calibrate", *_trial_folders(tmp_path / "runs", 12), "-o", str(cal))[0] == 0  # 1 ZeRO-3 x 2

@@ -11,7 +11,7 @@ import pytest
 
 from trainplan.errors import UsageError
 from trainplan.planner import Calibration, fit, load_calibration, load_model, plan
-from trainplan.planner._calibration import _features, _kernel_model, _plan_point
+from trainplan.planner._calibration import _features, _kernel_model, _plan_point, merge_repeats
 from trainplan.planner._layout import Layout
 
 DEVICE = {"kind": "cpu", "name": "Test CPU", "count": 1, "cores": 2, "memory_bytes": 24 * 2**30,
@@ -90,11 +90,35 @@ def test_prediction_outside_the_data_says_so() -> None:
 
 def test_too_few_or_too_alike_trials_are_refused_naming_the_measurement() -> None:
     pts = [_measure(p, random.Random(0), 0.01) for p in _grid()]
-    with pytest.raises(UsageError, match="at least 5: run 2 more"):
+    with pytest.raises(UsageError, match="at least 5 layouts: run 2 more"):
         fit(pts[:3])
-    same = [{**pts[0], "id": str(i)} for i in range(6)]
+    alike = [{**pts[0], "id": str(i), "layout": {**pts[0]["layout"], "seq_len": 128 + i}} for i in range(6)]
     with pytest.raises(UsageError, match="run one more micro-batch size"):
-        fit(same)
+        fit(alike)
+    # six trials of one layout are one layout measured six times, not six layouts
+    with pytest.raises(UsageError, match="6 usable trial.* of 1 different layout.*run 4 more"):
+        fit([{**pts[0], "id": str(i)} for i in range(6)])
+
+
+def test_repeats_of_a_layout_are_one_point_their_median() -> None:
+    pts = [_measure(p, random.Random(0), 0.0) for p in _grid()]
+    # the first layout three times (one slow spell), the second twice: as a search's LR trials would
+    slow = [{**pts[0], "id": "a-slow", "tokens_per_s": pts[0]["tokens_per_s"] * 0.5}]
+    again = [{**pts[0], "id": "a-2", "tokens_per_s": pts[0]["tokens_per_s"] * 1.02, "peak_mem_bytes": pts[0]["peak_mem_bytes"] + 10},
+             {**pts[1], "id": "b-2"}]
+    merged = merge_repeats(pts + slow + again)
+    assert len(merged) == len(pts)
+    first = merged[0]
+    assert first["id"] == pts[0]["id"] and first["repeats"]["ids"] == [pts[0]["id"], "a-slow", "a-2"]
+    assert first["tokens_per_s"] == pytest.approx(pts[0]["tokens_per_s"] * 1.0)  # the median: the slow spell left out
+    assert first["peak_mem_bytes"] == pts[0]["peak_mem_bytes"]
+    assert "repeats" not in merged[2]  # a layout run once is passed as it was
+    cal = fit(pts + slow + again)
+    base = fit(pts)
+    assert len(cal.trials) == len(pts) and cal.trials[0]["repeats"] == [pts[0]["id"], "a-slow", "a-2"]
+    # the same fit as without the repeats: noise-free points, the median equal to the first
+    assert cal.speed["e_max"].value == pytest.approx(base.speed["e_max"].value, rel=1e-9)
+    assert cal.residual == pytest.approx(base.residual)
 
 
 def test_single_rank_trials_leave_communication_uncalibrated_and_refuse_several_ranks() -> None:

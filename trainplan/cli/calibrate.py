@@ -83,7 +83,7 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
                    "over the trials): the machine was shared, and wall timing fits the neighbours' load as well; "
                    "--timing cpu fits contention-free tokens/s (docs/protocol.md)", err=True)
     cal.save(out)
-    click.echo(f"wrote {out} ({len(cal.trials)} trials)", err=True)
+    click.echo(f"wrote {out} ({cal.trial_count()})", err=True)
     if fmt == "json":
         click.echo(json.dumps(cal.to_dict(), indent=1))
         return
@@ -91,7 +91,7 @@ def calibrate(run_dirs: tuple[Path, ...], storage: str | None, study_name: str |
     click.echo(f"calibration of {d['kind'].upper()} {d['name']} ({d['cores']} cores/SMs, "
                f"{d['memory_bytes'] / 2**30:.0f} GiB; matmul peak "
                f"{', '.join(f'{k} {v / 1e9:,.1f} GFLOP/s' for k, v in d['peak_flops'].items())}) from "
-               f"{len(cal.trials)} trials ({cal.timing} timing); stack "
+               f"{cal.trial_count()} ({cal.timing} timing); stack "
                f"{', '.join(f'{k} {v}' for k, v in cal.stack.items())}")
     for group in (cal.speed, cal.memory):
         for name, c in group.items():
@@ -156,7 +156,7 @@ def calibrated_dict(cal: Calibration, p: Plan, path: str) -> dict[str, Any]:
     c = cal.apply(p)
     return {
         "calibration": {"file": str(path), "device": cal.device, "stack": cal.stack,
-                        "trials": [t["id"] for t in cal.trials],
+                        "trials": [i for t in cal.trials for i in t.get("repeats", [t["id"]])],
                         "constants": {k: {"value": v.value, "low": v.low, "high": v.high, "unit": v.unit}
                                       for g in (cal.speed, cal.memory) for k, v in g.items()},
                         "not_calibrated": cal.uncalibrated(), "notes": cal.notes},
@@ -187,7 +187,7 @@ def calibrated_rows(cal: Calibration, p: Plan) -> list[list[str]]:
         ["peak memory / rank", f"{human_bytes(m.value)} (90% PI {human_bytes(m.low)} - {human_bytes(m.high)}); "
                                f"uncalibrated (allocated) {human_bytes(m.uncalibrated)}; upper bound "
                                + ("fits" if m.high <= p.gpu.memory_bytes else "DOES NOT FIT")],
-        ["from", f"{len(cal.trials)} trials on {cal.device['name']}, {cal.timing} timing"
+        ["from", f"{cal.trial_count()} on {cal.device['name']}, {cal.timing} timing"
                  + (f"; not calibrated: {', '.join(cal.uncalibrated())}" if cal.uncalibrated() else "")],
     ]
     rows.append(["outside the data", "; ".join(c.outside_data) if c.outside_data else "no: within the trials' range"])
