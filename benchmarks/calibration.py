@@ -3,18 +3,19 @@
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench      # run the trials, then fit
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse   # fit only
     .venv/bin/python benchmarks/calibration.py --out runs/calibration-bench --reuse --timing cpu --no-kernels
-    # each configuration twice, 20 steps a trial, in pieces (a pass over the grid each), then the fit:
-    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 1 --steps 20 --grid 0:16
-    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 2 --steps 20 --grid 0:16 --reuse
-    .venv/bin/python benchmarks/calibration.py --out runs/cal2 --repeats 2 --steps 20 --reuse
+    # each configuration 3 times, ~24 s of steps a trial, in pieces (a pass over the grid each), then the fit:
+    .venv/bin/python benchmarks/calibration.py --out runs/cal3 --repeats 1 --steps 20 --seconds 24 --grid 0:18
+    .venv/bin/python benchmarks/calibration.py --out runs/cal3 --repeats 2 --steps 20 --seconds 24 --grid 0:18 --reuse
+    .venv/bin/python benchmarks/calibration.py --out runs/cal3 --repeats 3 --steps 20 --seconds 24 --grid 0:18 --reuse
+    .venv/bin/python benchmarks/calibration.py --out runs/cal3 --repeats 3 --steps 20 --seconds 24 --reuse
 
-Runs 16 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
+Runs 18 real ``trainplan run`` DeepSpeed trials of the built-in task on this machine's CPU,
 spanning micro-batch, sequence length, model width (64/128/256), ZeRO stage 0-3 and 1-2 ranks
-(one thread per rank; ZeRO-3 on one rank twice and on two ranks three times, so that leaving one
-out still leaves its terms identified), reads their points the way ``trainplan calibrate`` does,
+(one thread per rank; ZeRO-3 on one rank twice and on two ranks four times, twice at width 256, so
+that leaving one out still leaves its terms identified), reads their points the way ``trainplan calibrate`` does,
 attaches this machine's CPU kernel timings (runners/_cpubench.py, measured once per machine and
 rank count, as ``trainplan calibrate`` does; ``--no-kernels``: FLOPs over the matmul peak instead),
-and for each trial fits a calibration on the other 15 and predicts it (or reports the refusal
+and for each trial fits a calibration on the other 17 and predicts it (or reports the refusal
 when the others cannot identify a term it needs). Prints the median and worst relative error of tokens/s and peak
 memory, calibrated and uncalibrated (the planner on the device profile the trials recorded, its
 assumed efficiency and its allocated bytes). Target (issue 13): median <= 5%, worst <= 10%.
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -45,7 +47,7 @@ from pathlib import Path
 
 from trainplan.errors import UsageError
 from trainplan.planner import fit, load_model
-from trainplan.planner._calibration import _plan_point
+from trainplan.planner._calibration import _plan_point, merge_repeats
 from trainplan.runners import TrialSpec, run_trial
 from trainplan.runners._cpubench import with_cpu_kernels
 from trainplan.runners._points import trial_points
@@ -54,10 +56,34 @@ from trainplan.runners._points import trial_points
 GRID = [(128, 16, 128, 0, 1), (128, 4, 128, 0, 1), (128, 32, 64, 1, 1), (64, 16, 256, 2, 1),
         (256, 8, 128, 0, 1), (256, 16, 64, 3, 1), (128, 4, 256, 0, 2), (128, 8, 128, 2, 2),
         (64, 4, 128, 0, 1), (256, 4, 128, 1, 2), (128, 64, 32, 0, 1), (64, 8, 128, 3, 2),
-        (128, 8, 128, 3, 1), (128, 4, 128, 3, 2), (256, 4, 64, 3, 2), (64, 8, 256, 1, 1)]
+        (128, 8, 128, 3, 1), (128, 4, 128, 3, 2), (256, 4, 64, 3, 2), (64, 8, 256, 1, 1),
+        (256, 8, 64, 3, 2), (256, 4, 256, 2, 1)]
+"""The last two were added so that holding out any one width-256 trial leaves its terms measured at
+that width: with one 2-rank ZeRO-3 trial at width 256, holding it out left its per-layer gathers 4x
+beyond every other trial's (the 26.5% worst miss of the 16-configuration grid)."""
 STEPS = 6
 """Steps a trial runs (``--steps``). Tokens/s is the median step after the first (wall) or the median
 of steps 3+ (CPU timing: each CPU-timed step is the difference of two records), runners/_points.py."""
+STEP_S = {(128, 16, 128, 0, 1): 0.395, (128, 4, 128, 0, 1): 0.112, (128, 32, 64, 1, 1): 0.362,
+          (64, 16, 256, 2, 1): 0.303, (256, 8, 128, 0, 1): 0.503, (256, 16, 64, 3, 1): 0.665,
+          (128, 4, 256, 0, 2): 0.235, (128, 8, 128, 2, 2): 0.242, (64, 4, 128, 0, 1): 0.053,
+          (256, 4, 128, 1, 2): 0.383, (128, 64, 32, 0, 1): 0.344, (64, 8, 128, 3, 2): 0.209,
+          (128, 8, 128, 3, 1): 0.246, (128, 4, 128, 3, 2): 0.245, (256, 4, 64, 3, 2): 0.396,
+          (64, 8, 256, 1, 1): 0.162, (256, 8, 64, 3, 2): 0.55, (256, 4, 256, 2, 1): 0.6}
+"""Seconds a step of each configuration took on the 2-core machine this benchmark was written on
+(median of the 2026-11-28 repeats, 20 steps each; the last two estimated), used only to choose
+``--seconds``' step counts. The machine's speed wanders with a long correlation time (one process
+training the width-128 model for 4 minutes: medians of 5 s windows vary 8.1% (sd), of 30 s windows
+6.4%, of 60 s windows 1.9%; repeats of 20 steps, 1-13 s, disagreed by up to 37% on a quiet machine),
+so a trial's timed steps must span tens of seconds, whatever the step's own length."""
+
+
+def steps_for(config: tuple[int, int, int, int, int], seconds: float | None, steps: int) -> int:
+    """Steps of one configuration: ``steps``, or with ``seconds`` enough for that many seconds of
+    steps (by :data:`STEP_S`), never fewer than ``steps``."""
+    if seconds is None:
+        return steps
+    return max(steps, math.ceil(seconds / STEP_S[config]))
 ENV = {"OMP_NUM_THREADS": "1"}
 """One thread per rank: on a 2-core machine shared with other work, a rank's two OpenMP threads
 spin-wait for each other (10x the CPU-seconds per step measured here, and 5x slower by the clock)."""
@@ -107,19 +133,22 @@ def _done(d: Path, steps: int) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if done and ran != steps:
-        raise UsageError("--steps", f"{steps}, but {d} ran {ran} steps; give --steps {ran} or another --out")
+        raise UsageError("--steps", f"{steps} for {d.name}, but {d} ran {ran} steps; give the --steps "
+                                    "and --seconds it ran with, or another --out")
     return done
 
 
-def run_grid(out: Path, reuse: bool, grid: slice = slice(None), repeats: int = 1, steps: int = STEPS) -> list[Path]:
+def run_grid(out: Path, reuse: bool, grid: slice = slice(None), repeats: int = 1, steps: int = STEPS,
+             seconds: float | None = None) -> list[Path]:
     dirs = []
     for rep, config in schedule(GRID[grid], repeats):
         width, mb, seq, zero, ranks = config
         d = out / trial_name(config, rep)
         dirs.append(d)
-        if reuse and _done(d, steps):
+        n = steps_for(config, seconds, steps)
+        if reuse and _done(d, n):
             continue
-        spec = TrialSpec(model=model_config(out, width), steps=steps, eval_every=1000, eval_tokens=4096,
+        spec = TrialSpec(model=model_config(out, width), steps=n, eval_every=1000, eval_tokens=4096,
                          layout={"gpus": ranks, "zero": zero, "micro_batch": mb, "seq_len": seq, "precision": "fp32"})
         t0 = time.perf_counter()
         result = run_trial(spec, d, env=ENV)
@@ -131,21 +160,18 @@ def run_grid(out: Path, reuse: bool, grid: slice = slice(None), repeats: int = 1
 
 
 def group_repeats(points: list[dict]) -> list[dict]:
-    """One point per configuration: the median of its repeats' tokens/s and peak memory (the first
-    repeat's other fields); ``repeats`` keeps each repeat's id and figures. Order: first seen."""
-    groups: dict[str, list[dict]] = {}
-    for p in points:
-        groups.setdefault(config_of(p["id"]), []).append(p)
-    out = []
-    for name, ps in groups.items():
-        if any(q["layout"] != ps[0]["layout"] or q["model"] != ps[0]["model"] for q in ps):
+    """One point per configuration: the median of its repeats' tokens/s and peak memory, as the fit
+    itself merges them (planner ``merge_repeats``), named by the configuration (``config_of``), with
+    the repeats in repeat order. Repeats of one name that ran different layouts are refused."""
+    points = sorted(points, key=lambda p: rep_of(p["id"]))  # stable: repeat 0 of every configuration first
+    groups = merge_repeats(points)
+    names = [config_of(g["id"]) for g in groups]
+    for g, name in zip(groups, names):
+        if names.count(name) > 1 or any(config_of(i) != name for i in g.get("repeats", {}).get("ids", [])):
             raise UsageError("--out", f"the trials named {name}(-rep<k>) ran different layouts or models")
-        ps.sort(key=lambda q: rep_of(q["id"]))
-        tps, mem = [q["tokens_per_s"] for q in ps], [q["peak_mem_bytes"] for q in ps]
-        out.append({**ps[0], "id": name, "tokens_per_s": statistics.median(tps),
-                    "peak_mem_bytes": int(statistics.median(mem)),
-                    "repeats": {"ids": [q["id"] for q in ps], "tokens_per_s": tps, "peak_mem_bytes": mem}})
-    return out
+    return [{**g, "id": name, "repeats": g.get("repeats") or
+             {"ids": [g["id"]], "tokens_per_s": [g["tokens_per_s"]], "peak_mem_bytes": [g["peak_mem_bytes"]]}}
+            for g, name in zip(groups, names)]
 
 
 def spread(groups: list[dict]) -> dict[str, dict[str, float]]:
@@ -215,6 +241,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each configuration, round-robin over the grid; repeat k>0 in <name>-rep<k> (default 1)")
     ap.add_argument("--steps", type=int, default=STEPS, help=f"steps per trial, 4 or more (default {STEPS})")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="run each configuration for about this many seconds of steps (at least --steps): "
+                         "the step counts come from this machine's step times (STEP_S)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="more environment for the trials, e.g. MALLOC_MMAP_THRESHOLD_=65536")
     ap.add_argument("--no-kernels", action="store_true",
@@ -236,6 +265,8 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError("--repeats", f"{args.repeats}; give 1 or more")
     if args.steps < 4:  # the CPU timing needs 2+ timed steps after the two it leaves out
         raise UsageError("--steps", f"{args.steps}; give 4 or more")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= 3600):
+        raise UsageError("--seconds", f"{args.seconds}; give a number of seconds in (0, 3600]")
     if args.trials:
         args.timing, args.no_kernels = "wall", True
         dirs = sorted(args.trials)
@@ -248,10 +279,13 @@ def _main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.grid != ":":
-        run_grid(out, args.reuse, grid, args.repeats, args.steps)
+        run_grid(out, args.reuse, grid, args.repeats, args.steps, args.seconds)
         return 0
-    dirs = run_grid(out, args.reuse, repeats=args.repeats, steps=args.steps)
-    print(f"{len(dirs)} trials ({len(GRID)} configurations x {args.repeats}, {args.steps} steps each); "
+    dirs = run_grid(out, args.reuse, repeats=args.repeats, steps=args.steps, seconds=args.seconds)
+    steps = f"{args.steps} steps each" if args.seconds is None else \
+        f"about {args.seconds:g} s of steps each ({min(steps_for(c, args.seconds, args.steps) for c in GRID)}-" \
+        f"{max(steps_for(c, args.seconds, args.steps) for c in GRID)} steps)"
+    print(f"{len(dirs)} trials ({len(GRID)} configurations x {args.repeats}, {steps}); "
           f"load average now {os.getloadavg()[0]:.1f}; {contention(dirs)}")
     return _fit_report(dirs, args)
 

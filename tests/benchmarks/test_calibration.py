@@ -71,13 +71,25 @@ def test_reuse_refuses_a_trial_of_another_step_count(bench, tmp_path):
     (d / "spec.json").write_text(json.dumps({"steps": 6}))
     (d / "metrics.jsonl").write_text(json.dumps({"step": 2, "cpu_s": 0.3}) + "\n")
     assert bench._done(d, 6)
-    with pytest.raises(UsageError, match="--steps: 20, but .* ran 6 steps"):
+    with pytest.raises(UsageError, match="--steps: 20 for w128-mb16-s128-z0-r1, but .* ran 6 steps"):
         bench._done(d, 20)
     assert not bench._done(tmp_path / "missing", 20)
 
 
+def test_seconds_choose_each_configurations_steps(bench):
+    slow, fast = max(bench.GRID, key=bench.STEP_S.get), min(bench.GRID, key=bench.STEP_S.get)
+    assert set(bench.STEP_S) == set(bench.GRID)  # every configuration has a step time
+    assert bench.steps_for(slow, None, 20) == bench.steps_for(fast, None, 20) == 20  # no --seconds: --steps
+    # ~24 s of steps each: the fast configuration runs many more steps than the slow one, never fewer than --steps
+    assert bench.steps_for(fast, 24, 20) * bench.STEP_S[fast] >= 24 > (bench.steps_for(fast, 24, 20) - 1) * bench.STEP_S[fast]
+    assert bench.steps_for(fast, 24, 20) > 5 * bench.steps_for(slow, 24, 20)
+    assert bench.steps_for(slow, 0.5, 20) == 20
+
+
 @pytest.mark.parametrize("argv, flag", [(["--repeats", "0"], "--repeats"), (["--steps", "3"], "--steps"),
-                                        (["--grid", "3"], "--grid"), (["--env", "X"], "--env")])
+                                        (["--grid", "3"], "--grid"), (["--env", "X"], "--env"),
+                                        (["--seconds", "nan"], "--seconds"), (["--seconds", "-1"], "--seconds"),
+                                        (["--seconds", "inf"], "--seconds")])
 def test_bad_flags_are_one_line_exit_2(bench, argv, flag, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["calibration.py", "--out", str(tmp_path / "o"), *argv])
     assert bench.main() == 2
