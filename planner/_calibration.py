@@ -6,10 +6,10 @@ assumptions, for one device and one software stack, with constants fitted to mea
 (plain dicts: model config, layout, measured tokens/s and peak memory; see :func:`fit`). The
 runner and the search supply the points; nothing here reads a trial folder or a study. Pure Python.
 
-Step time (per optimizer step, one rank), linear in eight constants::
+Step time (per optimizer step, one rank), linear in nine constants::
 
     t = F / (P * e_max) + T d L * t_el + m * t_mb + s * C + s3 * C3 + m * L * (z3 * t_z3 + z3r * (n - 1) * t_z3g)
-        + N_r * t_p
+        + N_r * t_p + m * L * z12 * t_z12
 
 F the hardware FLOPs one rank runs per step (``_flops``), T d L the elements of the activations
 one rank's step touches (tokens x width x layers, times the recompute share): the norms, the
@@ -58,6 +58,14 @@ parameter once a step, whatever the micro-batch, so their time follows N_r, not 
 H100, benchmarks/results/gpu_trials: without this term one fixed cost per micro-batch had to
 carry it, and the 1.5B model's ~50 ms predicted the 125M model 30% too slow). Fitted when the
 trials' N_r per FLOP spans 1.5x or more, else 0 (the other terms absorb it).
+ZeRO-1/2 pays per layer and micro-batch too (``t_z12``, z12 = 1 under ZeRO-1 or 2, on any number of
+ranks): DeepSpeed's stage-1/2 optimizer hooks each parameter's gradient to copy it into its flat
+reduce bucket during backward, and its step walks the flat partitions and copies the updated values
+back to the model's tensors (deepspeed/runtime/zero/stage_1_and_2.py), Python work per parameter
+tensor that a bandwidth model and the ZeRO-0 trials do not see. Measured on the CPU (18 configurations
+x 3 repeats, benchmarks/results/calibration.md): ZeRO-1/2 steps ran 3-10% slower than the same
+model's ZeRO-0 steps predicted, at widths 64-256 alike (the bytes differ 15x, the tensors do not).
+Fitted when 2 or more trials ran ZeRO-1/2 and 2 or more ZeRO-0, else 0 (no such cost).
 L is the model's layers; the trials at hand all have 4, so the per-layer
 scaling is an assumption (a ZeRO-3 plan of other depth is flagged as outside the data).
 
@@ -96,7 +104,7 @@ from trainplan.planner._plan import Plan, plan
 __all__ = ["FORMAT_VERSION", "Calibrated", "Calibration", "Constant", "Figure", "fit", "load_calibration",
            "merge_repeats"]
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """Version of the calibration file; a file of another version is refused."""
 MIN_SPREAD = 1.5
 """A regressor must span at least this ratio (max/min) across the trials to be identified."""
@@ -107,7 +115,7 @@ Z90 = 1.645
 
 
 SPEED_TERMS = ("flops_term", "elem_term", "micro_batches", "comm_s", "comm_zero3_s", "zero3_layers",
-               "zero3_gather_layers", "param_term")
+               "zero3_gather_layers", "param_term", "zero12_layers")
 """The step-time regressors, in the order of the coefficients (module docstring)."""
 
 
@@ -199,6 +207,7 @@ def _features(p: Plan, km: KernelModel | None = None) -> dict[str, float]:
         "zero3_layers": layers,  # micro-batches x layers under ZeRO-3
         "zero3_gather_layers": layers * (lay.dp - 1),  # ... x extra ranks of each gather's ring
         "param_term": updated,  # parameters this rank's optimizer steps
+        "zero12_layers": float(lay.grad_accum * p.model.num_layers) if lay.zero in (1, 2) else 0.0,
         "param_per_flop": updated / flops_rank,
         "work": flops_rank / lay.grad_accum,  # FLOPs per micro-batch per rank
         "peak": peak,
@@ -244,7 +253,7 @@ class Calibration:
     once: :func:`merge_repeats`), layout, measured and fitted tokens/s and peak memory."""
     speed: dict[str, Constant]
     """``e_max``, ``t_element_s``, ``w_half_flops``, ``t_micro_batch_s``, ``comm_factor``, ``comm_factor_zero3``,
-    ``t_zero3_layer_s``, ``t_zero3_gather_s``, ``t_param_s`` (see module docstring)."""
+    ``t_zero3_layer_s``, ``t_zero3_gather_s``, ``t_param_s``, ``t_zero12_layer_s`` (see module docstring)."""
     memory: dict[str, Constant]
     """``overhead_bytes`` (c0) and ``share`` (k)."""
     residual: dict[str, float]
@@ -257,7 +266,7 @@ class Calibration:
     """How the trials' tokens/s were timed: ``wall`` (the clock) or ``cpu`` (contention-free, from
     rank 0's CPU-seconds; runners/_points.py): the calibrated tokens/s are of the same kind."""
     boot: dict[str, list[list[float]]] = field(default_factory=dict)
-    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g, t_p]; ``memory``:
+    """Bootstrap coefficient samples (``speed``: [1/e_max, t_el, t_mb, s, s_z3, t_z3, t_z3g, t_p, t_z12]; ``memory``:
     [c0, c_z12, c_z3, k]), for prediction intervals."""
     version: int = FORMAT_VERSION
 
@@ -276,7 +285,8 @@ class Calibration:
         sp = self.speed
         return [1 / sp["e_max"].value, sp["t_element_s"].value, sp["t_micro_batch_s"].value, sp["comm_factor"].value,
                 sp["comm_factor_zero3"].value,
-                sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value, sp["t_param_s"].value]
+                sp["t_zero3_layer_s"].value, sp["t_zero3_gather_s"].value, sp["t_param_s"].value,
+                sp["t_zero12_layer_s"].value]
 
     def predict(self, p: Plan) -> Calibrated:
         """Calibrated tokens/s, step time and peak memory of ``p`` (planned on this device's profile).
@@ -326,6 +336,8 @@ class Calibration:
         elif lay.dp > 1 and lay.zero < 3 and not set(r.get("zero_across_ranks", [])) & {0, 1, 2}:
             # stages 0-2 share the bandwidth term; ZeRO-3's own terms are checked by refusal()
             out.append(f"ZeRO-{lay.zero} across {lay.dp} ranks; the trials ran ZeRO-0-2 on one rank only")
+        if lay.zero in (1, 2) and lay.zero in r["zero"] and "t_zero12_layer_s" in self.uncalibrated():
+            out.append("ZeRO-1/2's own cost not calibrated (2 ZeRO-1/2 and 2 ZeRO-0 trials tell it apart)")
         if lay.zero == 3 and "layers" in r and not min(r["layers"]) <= p.model.num_layers <= max(r["layers"]):
             out.append(f"{p.model.num_layers} layers; ZeRO-3's per-layer cost was measured at {r['layers']} layers")
         if lay.precision not in r["precision"]:
@@ -587,6 +599,9 @@ def fit(points: Sequence[Mapping[str, Any]], *, key: str = "RUN_DIR", seed: int 
         "t_param_s": const([s[7] for s in sboot], sc[7], "s",
                            "time per parameter the rank's optimizer updates, once a step (the optimizer step, the "
                            "gradient norm, the copy to the low-precision weights)", "param_term" in fitted),
+        "t_zero12_layer_s": const([s[8] for s in sboot], sc[8], "s",
+                                  "ZeRO-1/2's fixed time per layer per micro-batch (its per-parameter gradient hooks "
+                                  "and flat-partition copies), on any number of ranks", "zero12_layers" in fitted),
     }
     memory = {
         "overhead_bytes": const([m[0] for m in mboot], mc[0], "bytes", "constant memory beyond the planner's terms"),
@@ -631,9 +646,9 @@ def _mem_row(zero: int, allocated: float) -> list[float]:
 
 
 _DEFAULT_COEF = {"elem_term": 0.0, "comm_s": 1.0, "comm_zero3_s": 0.0, "zero3_layers": 0.0, "zero3_gather_layers": 0.0,
-                 "param_term": 0.0}
+                 "param_term": 0.0, "zero12_layers": 0.0}
 """A term the trials cannot identify: all of the planner's communication time counted as exposed,
-no ZeRO-3 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it.
+no ZeRO-3 or ZeRO-1/2 cost (the uncalibrated planner's view); :meth:`Calibration.apply` refuses layouts that need it.
 ZeRO-3's bandwidth term is 0 unless identified: its per-layer terms then carry its communication
 (see the module docstring)."""
 
@@ -662,6 +677,13 @@ def _identified(plans: Sequence[Plan], feats: Sequence[Mapping[str, float]],
     else:
         notes.append("the optimizer's time per parameter not calibrated apart from the FLOPs: the trials' parameters "
                      "per FLOP span less than 1.5x (run one more micro-batch size or model size)")
+    z12 = sum(pl.layout.zero in (1, 2) for pl in plans)
+    z0 = sum(pl.layout.zero == 0 for pl in plans)
+    if z12 >= 2 and z0 >= 2:
+        fitted.append("zero12_layers")
+    elif z12:
+        notes.append(f"ZeRO-1/2's own cost not calibrated: {z12} ZeRO-1/2 trial(s), {z0} ZeRO-0 (2 of each tell it apart "
+                     "from the cost every step pays); ZeRO-1/2 layouts are predicted without it")
     if multi >= 2:
         fitted.append("comm_s")
     else:

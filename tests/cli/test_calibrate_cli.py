@@ -56,7 +56,7 @@ def test_calibrate_then_plan_shows_intervals_and_keeps_uncalibrated(tmp_path, ca
     assert code == 0, err
     assert "e_max" in out and "90% interval" in out and "12 trials" in err
     saved = json.loads(cal.read_text())
-    assert saved["version"] == FORMAT_VERSION == 4 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
+    assert saved["version"] == FORMAT_VERSION == 5 and len(saved["trials"]) == 12 and saved["device"]["name"] == "Test CPU"
 
     code, out, err = run(capsys, "plan", "--model", "trainplan-tiny", "--calibration", str(cal),
                          "--micro-batch", "12", "--seq-len", "128", "--format", "json")
