@@ -34,19 +34,23 @@ def nonneg_rel_lsq(rows: list[list[float]], y: list[float]) -> list[float] | Non
     # each column scaled to unit RMS (the coefficients scaled back below): the regressors differ by
     # up to 1e20 (seconds, FLOPs, parameters), which the elimination's tolerance must not see
     norm = [(sum((r[j] / yi) ** 2 for r, yi in zip(rows, y)) / len(y)) ** 0.5 or 1.0 for j in range(k)]
+    x = [[r[j] / yi / norm[j] for j in range(k)] for r, yi in zip(rows, y)]
+    # the normal equations of every subset are a sub-matrix of one Gram matrix, and each subset's
+    # sum of squares is c'Gc - 2c'g + n: formed once, not once per subset (the calibration's
+    # leave-one-out fits this 300 times a fold)
+    gram = [[sum(xr[i] * xr[j] for xr in x) for j in range(k)] for i in range(k)]
+    g = [sum(xr[i] for xr in x) for i in range(k)]
     best: tuple[float, list[float]] | None = None
     for mask in range(1, 2**k):
         cols = [j for j in range(k) if mask >> j & 1]
-        x = [[r[j] / yi / norm[j] for j in cols] for r, yi in zip(rows, y)]
-        ata = [[sum(xr[i] * xr[j] for xr in x) for j in range(len(cols))] for i in range(len(cols))]
-        atb = [sum(xr[i] for xr in x) for i in range(len(cols))]
-        sol = solve(ata, atb)
+        sol = solve([[gram[i][j] for j in cols] for i in cols], [g[i] for i in cols])
         if sol is None or min(sol) < 0:
             continue
-        full = [0.0] * k
-        for j, v in zip(cols, sol):
-            full[j] = v / norm[j]
-        sse = sum((sum(c * v for c, v in zip(r, full)) / yi - 1) ** 2 for r, yi in zip(rows, y))
-        if best is None or sse < best[0] - 1e-15:
+        sse = (sum(a * gram[i][j] * b for a, i in zip(sol, cols) for b, j in zip(sol, cols))
+               - 2 * sum(a * g[i] for a, i in zip(sol, cols)) + len(y))
+        if best is None or sse < best[0] - 1e-12 * len(y):
+            full = [0.0] * k
+            for j, v in zip(cols, sol):
+                full[j] = v / norm[j]
             best = (sse, full)
     return best[1] if best else None
