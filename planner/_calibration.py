@@ -163,14 +163,14 @@ def _layout(point: Mapping[str, Any]) -> Layout:
 def expected_peak_bytes(p: Plan) -> float:
     """The planner's bytes as the trial's peak-memory measurement sees them (docs/protocol.md).
 
-    On a GPU, ``max_memory_allocated``: :attr:`MemoryEstimate.allocated`. On the CPU the resident
-    set counts only pages written to (first touch): DeepSpeed's gradient reduce buckets (ZeRO-3's
-    reduce bucket, ZeRO-1/2's ipg buckets) are ``torch.empty`` of ``reduce_bucket_size`` elements
-    of which a step writes at most the rank's gradients, so only that part is counted there
-    (``estimate_memory(first_touch=True)``). Counting the whole ZeRO-1/2 buckets put the CPU's
-    ZeRO-1/2 trials at 2-4 GiB against 170-254 MiB measured (benchmarks/results/calibration.md).
+    On a GPU ``max_memory_allocated``, and on the CPU the preloaded counter's peak allocated bytes
+    (runners/_mempeak.py): both :attr:`MemoryEstimate.allocated`. CPU trials measured by their
+    resident set (``peak_memory: resident``, the fallback and every trial before the counter) hold
+    only pages written to (first touch): DeepSpeed's gradient reduce buckets are ``torch.empty`` of
+    ``reduce_bucket_size`` elements of which a step writes at most the rank's gradients, so only that
+    part is counted there (``estimate_memory(first_touch=True)``).
     """
-    if p.gpu.key.startswith("measured:cpu:"):
+    if p.gpu.key.startswith("measured:cpu:") and p.gpu.key.endswith(":peak-resident"):
         return float(estimate_memory(p.model, p.layout, params=p.params, first_touch=True).allocated)
     return float(p.memory.allocated)
 

@@ -15,7 +15,7 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 
-__all__ = ["STACK_PACKAGES", "device_key", "device_label", "device_profile", "software_stack"]
+__all__ = ["STACK_PACKAGES", "cpu_peak_memory", "device_key", "device_label", "device_profile", "software_stack"]
 
 CPU_LINK_GBPS = 5.0
 """Rank-to-rank bandwidth of gloo over loopback on one host, GB/s (assumption; the calibration
@@ -29,21 +29,31 @@ UNCALIBRATED_EFFICIENCY = 0.5
 
 
 def device_key(device: Mapping[str, Any]) -> str:
-    """Identity of a device for calibration: kind, model name, cores and memory (GiB, rounded).
+    """Identity of a device for calibration: kind, model name, cores and memory (GiB, rounded), and on
+    the CPU what its peak memory counts (``peak_memory``: ``allocated`` bytes, or the ``resident`` set,
+    which trials before the allocation counter recorded; docs/protocol.md).
 
     Two machines with the same key are treated as the same device; the matmul peak is not part
     of it (it is a measurement, and varies with load)."""
     mem = device.get("memory_bytes")
     gib = f"{round(mem / 2**30)}GiB" if mem else "?GiB"
-    return f"{device.get('kind')}:{device.get('name')}:{device.get('cores')}cores:{gib}"
+    key = f"{device.get('kind')}:{device.get('name')}:{device.get('cores')}cores:{gib}"
+    return key + f":peak-{cpu_peak_memory(device)}" if device.get("kind") == "cpu" else key
+
+
+def cpu_peak_memory(device: Mapping[str, Any]) -> str:
+    """What a CPU trial's peak memory counts: ``allocated`` or ``resident`` (runners/_mempeak.py)."""
+    return str(device.get("peak_memory", "resident"))
 
 
 def device_label(device: Mapping[str, Any]) -> str:
-    """Human text, e.g. ``the CPU Intel Xeon ... (2 cores, 24 GiB)``."""
+    """Human text, e.g. ``the CPU Intel Xeon ... (2 cores, allocated peak memory, 24 GiB)``."""
     mem = device.get("memory_bytes")
     what = "the CPU" if device.get("kind") == "cpu" else "the GPU"
     cores = f"{device.get('cores')} {'cores' if device.get('kind') == 'cpu' else 'SMs'}"
-    return f"{what} {device.get('name')} ({cores}, {mem / 2**30:.0f} GiB)" if mem else f"{what} {device.get('name')}"
+    if device.get("kind") == "cpu":
+        cores += f", {cpu_peak_memory(device)} peak memory"
+    return f"{what} {device.get('name')} ({cores}, {mem / 2**30:.0f} GiB)" if mem else f"{what} {device.get('name')} ({cores})"
 
 
 def device_profile(device: Mapping[str, Any], ranks: int = 1, threads: int | None = None) -> GPUSpec:

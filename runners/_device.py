@@ -10,9 +10,10 @@ and kept beside the JIT-built ops, like py-cpuinfo's answer (runners/_dist.py): 
 pay for it twice, and every trial on one machine must divide by the same number.
 
 Peak memory, defined to match what the planner predicts (``MemoryEstimate.allocated``): on a GPU
-``torch.cuda.max_memory_allocated``; on the CPU the growth of the rank's peak resident set
-(``VmHWM``, reset through ``/proc/self/clear_refs``) over its resident set just before the model is
-built, i.e. after the imports, the process group and the corpus.
+``torch.cuda.max_memory_allocated``; on the CPU the peak of the bytes the rank's ``malloc`` has handed
+out (runners/_mempeak.py's preloaded counter) over those in use just before the model is built, i.e.
+after the imports, the process group and the corpus; without the counter, the growth of the peak
+resident set (``VmHWM``, reset through ``/proc/self/clear_refs``), recorded as ``peak_memory``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainplan.planner._device import software_stack
+from trainplan.runners._mempeak import ALLOCATED, RESIDENT, counter
 
 __all__ = ["RANK_BASELINE_BYTES", "cpu_peak_growth", "cpu_ranks_exceed_cores", "describe_device", "gpu_present",
            "host_memory_warning", "measure_matmul_peak", "recorded_device", "reset_peak", "software_stack"]
@@ -61,12 +63,17 @@ def _status_kib(field: str) -> int | None:
 
 def reset_peak(device: Any) -> None:
     """Start the peak-memory measurement now. On a GPU: ``torch.cuda.reset_peak_memory_stats``.
-    On the CPU: reset ``VmHWM`` to the current resident set (proc(5), ``clear_refs`` value 5) and
-    remember that resident set as the baseline."""
+    On the CPU: the preloaded counter's peak reset to the bytes in use, which become the baseline;
+    without it, ``VmHWM`` reset to the current resident set (proc(5), ``clear_refs`` value 5) and
+    that resident set the baseline."""
     if device.type == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    if (lib := counter()) is not None:
+        lib.trainplan_reset_peak()
+        _baseline[:] = [int(lib.trainplan_bytes_in_use())]
         return
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -77,8 +84,12 @@ def reset_peak(device: Any) -> None:
 
 
 def cpu_peak_growth() -> int:
-    """Bytes the rank's peak resident set grew above the baseline of :func:`reset_peak`."""
+    """Bytes the rank's peak allocated bytes (or, without the counter, its peak resident set) grew
+    above the baseline of :func:`reset_peak`."""
     import resource
+
+    if (lib := counter()) is not None:
+        return max(0, int(lib.trainplan_peak_bytes()) - (_baseline[0] if _baseline else 0))
 
     hwm = _status_kib("VmHWM")
     peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -219,7 +230,8 @@ def describe_device(device: Any, ranks: int) -> dict[str, Any]:
             f"measured: best of 32 fp32 1024^3 matmuls on one thread, by its CPU-seconds, x {cores} cores"))
         info = {"kind": "cpu", "name": _cpu_name(), "count": ranks, "cores": cores,
                 "threads_per_rank": torch.get_num_threads(), "memory_bytes": _host_memory(),
-                "peak_flops": peak, "peak_source": source, "load_avg_1m": _load_avg()}
+                "peak_flops": peak, "peak_source": source, "load_avg_1m": _load_avg(),
+                "peak_memory": ALLOCATED if counter() is not None else RESIDENT}
     _recorded.clear()
     _recorded.update(info)
     return info

@@ -25,6 +25,7 @@ from typing import Any
 
 from trainplan.runners._data import check_data
 from trainplan.runners._folders import log_tail, rotate_trial_files
+from trainplan.runners._mempeak import preload_env
 from trainplan.runners._opcache import clear_stale_build_locks, extensions_dir
 from trainplan.runners._ports import free_port
 from trainplan.runners._procgroup import group_alive, reap_adopted, signal_group
@@ -227,6 +228,7 @@ def launch_trial(spec: TrialSpec, trial_dir: str | Path, *, master_port: int | N
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
+    full_env.update(preload_env(full_env))  # the CPU's peak allocated bytes (runners/_mempeak.py)
     clear_stale_build_locks()
     process = subprocess.Popen(command, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                env=full_env, start_new_session=True)

@@ -83,9 +83,10 @@ def classify_exit(exit_code: int | None, stderr_tail: str) -> tuple[str, str]:
 
 def planner_estimate(spec: Any) -> dict[str, Any] | None:
     """The planner's numbers for the trial's layout: ``memory_bytes`` (its estimate of the figure the
-    trial measures as ``peak_mem_bytes``: ``max_memory_allocated`` on a GPU; on the CPU the resident
-    set, which holds DeepSpeed's gradient buckets only as far as a step writes them,
-    ``estimate_memory(first_touch=True)``) and ``tokens_per_s``.
+    trial measures as ``peak_mem_bytes``: the allocated bytes, ``max_memory_allocated`` on a GPU and the
+    preloaded counter's peak on the CPU; without the counter the CPU's resident set, which holds
+    DeepSpeed's gradient buckets only as far as a step writes them, ``estimate_memory(first_touch=True)``)
+    and ``tokens_per_s``.
 
     ``tokens_per_s`` needs a GPU from the catalog (``spec.gpu``); on the CPU it is null. When the
     planner cannot estimate this model the numbers are null and ``error`` says why (the trial
@@ -94,16 +95,17 @@ def planner_estimate(spec: Any) -> dict[str, Any] | None:
     from trainplan.planner import estimate_memory, load_gpu, load_model
     from trainplan.planner import plan as make_plan
     from trainplan.runners._device import gpu_present
+    from trainplan.runners._mempeak import counter
 
     try:
         model = load_model(spec.model)
         on_cpu = not gpu_present()
-        resident = estimate_memory(model, spec.layout, first_touch=True).allocated if on_cpu else None
+        cpu_bytes = estimate_memory(model, spec.layout, first_touch=counter() is None).allocated if on_cpu else None
         if not spec.gpu:
-            memory = resident if on_cpu else estimate_memory(model, spec.layout).allocated
+            memory = cpu_bytes if on_cpu else estimate_memory(model, spec.layout).allocated
             return {"memory_bytes": memory, "tokens_per_s": None, "gpu": None}
         result = make_plan(model, spec.layout, load_gpu(spec.gpu), tokens=spec.total_tokens)
-        return {"memory_bytes": resident if on_cpu else result.memory.allocated,
+        return {"memory_bytes": cpu_bytes if on_cpu else result.memory.allocated,
                 "tokens_per_s": result.perf.tokens_per_s, "gpu": spec.gpu}
     except Exception as exc:  # an estimate is a side note: never fail the trial over it
         return {"memory_bytes": None, "tokens_per_s": None, "gpu": spec.gpu, "error": f"{type(exc).__name__}: {exc}"}
