@@ -25,13 +25,14 @@ from typing import Any
 __all__ = ["ALLOCATED", "RESIDENT", "counter", "counter_library", "preload_env"]
 
 SOURCE = Path(__file__).with_name("_malloc_peak.c")
+_LOADED = "import ctypes; ctypes.CDLL(None).trainplan_peak_bytes"
 ALLOCATED, RESIDENT = "allocated", "resident"
 """``device.peak_memory`` of a CPU trial: the counter's peak allocated bytes, or the resident set (VmHWM)."""
 
 
 def counter_library() -> Path | None:
     """The counter's shared library, built on first use (``cc -O2 -shared``) and checked by preloading it
-    into ``true``; None when it cannot be built or loaded here."""
+    into a fresh Python; None when it cannot be built or loaded here."""
     from trainplan.runners._opcache import extensions_dir
 
     if not sys.platform.startswith("linux") or not SOURCE.is_file():
@@ -41,17 +42,17 @@ def counter_library() -> Path | None:
     if out.is_file():
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    true = shutil.which("true")
-    if not cc or not true:
+    if not cc:
         return None
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         built = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
                                capture_output=True, timeout=120).returncode == 0
-        # A library that links but cannot load (another libc) would stop every process it is preloaded into.
-        if not built or subprocess.run([true], env={**os.environ, "LD_PRELOAD": str(tmp)},
-                                       capture_output=True, timeout=30).returncode != 0:
+        # A file the loader skips ("cannot be preloaded ... ignored") or a library of another libc: only
+        # one a fresh process has loaded, its counter found, is kept.
+        if not built or subprocess.run([sys.executable, "-S", "-c", _LOADED], env={**os.environ, "LD_PRELOAD": str(tmp)},
+                                       capture_output=True, timeout=60).returncode != 0:
             return None
         os.replace(tmp, out)  # trials starting together never load half a file
         return out

@@ -268,3 +268,28 @@ def test_cpu_resident_memory_counts_only_the_bucket_pages_a_step_writes(zero: in
     touched = estimate_memory(model, layout, first_touch=True)
     assert whole.allocated - touched.allocated == buffers * (500_000_000 - n) * 4
     assert touched.allocated < 100 * 2**20  # the tiny model's whole training state, not GiB
+
+
+def test_cpu_peak_memory_is_allocated_bytes_unless_a_trial_measured_its_resident_set() -> None:
+    # With the preloaded counter (device.peak_memory "allocated") a CPU trial measures what a GPU's
+    # max_memory_allocated does, DeepSpeed's unwritten buckets whole; trials that measured their
+    # resident set (the fallback, and every trial before the counter) are compared with first touch.
+    from trainplan.planner._calibration import expected_peak_bytes
+    from trainplan.planner._device import device_key, device_label
+    from trainplan.planner._memory import estimate_memory
+
+    point = {**_grid()[0], "layout": {**_grid()[0]["layout"], "zero": 2}}
+    allocated = {**DEVICE, "peak_memory": "allocated"}
+    p = _plan_point(point, allocated)
+    assert expected_peak_bytes(p) == p.memory.allocated > 2e9  # the 5e8-element ipg buckets, whole
+    for resident in (DEVICE, {**DEVICE, "peak_memory": "resident"}):
+        q = _plan_point(point, resident)
+        assert expected_peak_bytes(q) == estimate_memory(q.model, q.layout, params=q.params,
+                                                         first_touch=True).allocated < 2e8
+    assert device_key(allocated) != device_key(DEVICE) == device_key({**DEVICE, "peak_memory": "resident"})
+    assert "allocated peak memory" in device_label(allocated)
+    # One calibration never mixes the two measures: refused like another device.
+    pts = [_measure(q, random.Random(0), 0.01) for q in _grid()]
+    pts[1] = {**pts[1], "device": allocated}
+    with pytest.raises(UsageError, match="2 different devices.*resident peak memory"):
+        fit(pts)

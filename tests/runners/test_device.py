@@ -79,14 +79,15 @@ def test_real_trials_record_device_and_peak_growth_then_calibrate(tmp_path, caps
     assert dev["peak_flops"]["fp32"] > 1e8 and "measured" in dev["peak_source"]
     assert results[32]["device"]["peak_flops"] == dev["peak_flops"]  # measured once per machine, then kept
     assert results[4]["stack"] == software_stack() and results[4]["stack"]["deepspeed"]
-    # Peak RSS growth from the model build: the model states and activations, not the ~400 MB of
-    # imports a whole-process peak would hold; more for the larger micro-batch. The bound leaves room
-    # for the CPU allocator (1.6-4x the planner's bytes, benchmarks/results/calibration.md): 201 MiB
-    # was measured once at micro-batch 32.
+    # The CPU's max_memory_allocated (the preloaded counter, runners/_mempeak.py) from the model build:
+    # the model states and activations, not the ~400 MB of imports, and close to the planner's
+    # allocated bytes (a few MiB over them: the engine's own small buffers; 3.6 MiB on the
+    # calibration grid's ZeRO-0 trials, benchmarks/results/calibration.md).
+    assert dev["peak_memory"] == "allocated"
     model = load_model("trainplan-tiny")
     for mb, r in results.items():
         allocated = estimate_memory(model, TrialSpec(layout={"micro_batch": mb, "seq_len": 64}).layout).allocated
-        assert allocated / 2 < r["peak_mem_bytes"] < 300 * 2**20, (mb, r["peak_mem_bytes"], allocated)
+        assert allocated <= r["peak_mem_bytes"] <= 1.1 * allocated + 8 * 2**20, (mb, r["peak_mem_bytes"], allocated)
     assert results[32]["peak_mem_bytes"] > results[4]["peak_mem_bytes"]
     assert device_profile(dev, 2).peak_flops("fp32") == pytest.approx(dev["peak_flops"]["fp32"] / 2)
 
