@@ -463,8 +463,8 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     if smoke:
-        lines += ["CPU smoke run: measured memory is the rank's peak RSS (not comparable with the planner's "
-                  "GPU bytes) and there is no tokens/s estimate or MFU without a GPU.", ""]
+        lines += ["CPU smoke run: measured memory is the rank's peak allocated bytes (the CPU's allocation "
+                  "counter, docs/protocol.md; no reserved figure) and there is no tokens/s estimate or MFU without a GPU.", ""]
     lines += [
         "| trial | model | params | ZeRO | mb | ckpt | ranks | status | alloc GiB | plan alloc GiB | alloc err % "
         "| reserved GiB | plan reserved GiB | reserved err % | tok/s | plan tok/s | tok/s err % | MFU % | plan MFU % "

@@ -108,7 +108,7 @@ def _peak_memory(device: Any) -> int:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return cpu_peak_growth()  # peak RSS growth since the model build began (docs/protocol.md)
+    return cpu_peak_growth()  # peak allocated bytes (or RSS) since the model build began (docs/protocol.md)
 
 
 def _peak_reserved(device: Any) -> int | None:

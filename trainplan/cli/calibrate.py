@@ -163,8 +163,9 @@ def calibrated_dict(cal: Calibration, p: Plan, path: str) -> dict[str, Any]:
         "interval": "90% prediction interval",
         "timing": cal.timing,
         "tokens_per_s": _figure(c.tokens_per_s), "step_time_s": _figure(c.step_time_s),
-        "peak_memory_bytes": {**_figure(c.memory_bytes), "measured_as": "max_memory_allocated on a GPU; peak RSS "
-                              "growth from the model build on the CPU, per rank (docs/protocol.md)"},
+        "peak_memory_bytes": {**_figure(c.memory_bytes), "measured_as": "max_memory_allocated on a GPU; on the CPU "
+                              "the peak allocated bytes (the preloaded allocation counter; the resident set without it) from "
+                              "the model build, per rank (docs/protocol.md)"},
         "compute_efficiency": c.efficiency,
         "fits_upper_bound": c.memory_bytes.high <= p.gpu.memory_bytes,
         "outside_data": c.outside_data,
