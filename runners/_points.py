@@ -94,8 +94,9 @@ def trial_point(trial_dir: str | Path, timing: str = "wall") -> tuple[dict[str, 
 def trial_points(paths: Iterable[str | Path], skipped: list[str] | None = None,
                  timing: str = "wall") -> list[dict[str, Any]]:
     """Points of every trial folder under ``paths`` (a trial folder, or a folder holding trial
-    folders at any depth, such as a search run folder). Unusable trials go to ``skipped``."""
-    points = []
+    folders at any depth, such as a search run folder). Unusable trials go to ``skipped``. A trial
+    reached twice (a folder given twice, or a run folder and one of its trials) is read once."""
+    points, seen = [], set()
     for path in paths:
         p = Path(path)
         if not p.is_dir():
@@ -104,6 +105,9 @@ def trial_points(paths: Iterable[str | Path], skipped: list[str] | None = None,
         if not dirs:
             raise UsageError("RUN_DIR", f"{p} holds no trial (no result.json under it)")
         for d in dirs:
+            if (key := d.resolve()) in seen:
+                continue
+            seen.add(key)
             point, why = trial_point(d, timing)
             if point is not None:
                 points.append(point)

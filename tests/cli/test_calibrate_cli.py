@@ -94,6 +94,17 @@ def test_calibrate_merges_trials_of_one_layout(tmp_path, capsys) -> None:
     assert code == 2 and "6 usable trial(s)" in err and "of 3 different layout(s)" in err and "run 2 more" in err
 
 
+
+def test_calibrate_reads_a_trial_given_twice_once(tmp_path, capsys) -> None:
+    # The same folder named twice, or a run folder and one of its trials: each trial counts once.
+    root = tmp_path / "runs"
+    dirs = _trial_folders(root, 6)
+    cal = tmp_path / "cal.json"
+    code, out, err = run(capsys, "calibrate", *dirs, *dirs[:2], str(root), "-o", str(cal))
+    assert code == 0, err
+    assert "(6 trials)" in err and len(json.loads(cal.read_text())["trials"]) == 6
+
+
 def test_plan_recommend_uses_the_calibration_and_refuses_what_it_cannot_predict(tmp_path, capsys) -> None:
     cal = tmp_path / "cal.json"
     assert run(capsys, "calibrate", *_trial_folders(tmp_path / "runs", 12), "-o", str(cal))[0] == 0  # 1 ZeRO-3 x 2
