@@ -185,7 +185,7 @@ def loo(points: list[dict], table: bool = True) -> dict[str, list[float]]:
     """Relative errors (predicted / measured - 1) of each held-out trial the calibration of the
     others predicts (refusals are counted, not predicted; ``table``: print them and each prediction)."""
     err: dict[str, list[float]] = {k: [] for k in ("tps_cal", "tps_uncal", "mem_cal", "mem_uncal", "tps_in", "mem_in",
-                                                   "inside", "refused")}
+                                                   "inside", "refused", "zero")}
     rows = []
     for i, held in enumerate(points):
         try:
@@ -207,7 +207,8 @@ def loo(points: list[dict], table: bool = True) -> dict[str, list[float]]:
         e = {"tps_cal": c.tokens_per_s.value / tps - 1, "tps_uncal": c.tokens_per_s.uncalibrated / tps - 1,
              "mem_cal": c.memory_bytes.value / mem - 1, "mem_uncal": c.memory_bytes.uncalibrated / mem - 1,
              "tps_in": float(c.tokens_per_s.low <= tps <= c.tokens_per_s.high),
-             "mem_in": float(c.memory_bytes.low <= mem <= c.memory_bytes.high), "inside": float(not c.outside_data)}
+             "mem_in": float(c.memory_bytes.low <= mem <= c.memory_bytes.high), "inside": float(not c.outside_data),
+             "zero": float(p.layout.zero)}
         for k, v in e.items():
             err[k].append(v)
         rows.append((held["id"], tps, c.tokens_per_s, mem, c.memory_bytes, c.outside_data))
@@ -387,6 +388,12 @@ def report(points: list[dict]) -> int:
     print(f"{n} of {len(points)} held-out trials predicted (the rest refused above)")
     print(f"held-out measurements inside the 90% prediction interval: tokens/s {sum(err['tps_in']):.0f}/{n}, "
           f"memory {sum(err['mem_in']):.0f}/{n}")
+    zero0 = [i for i, z in enumerate(err["zero"]) if z == 0]
+    if zero0 and len(zero0) < n and not str(points[0]["device"].get("peak_memory", "resident")) == "resident":
+        # DeepSpeed's 5e8-element gradient buckets (ZeRO-1-3) are most of those trials' allocated bytes
+        # and easy to predict; the ZeRO-0 trials are states, activations and logits only.
+        print(f"  peak memory of the {len(zero0)} ZeRO-0 held-out trials (no gradient buckets): "
+              + line("LOO", [err["mem_cal"][i] for i in zero0], [err["mem_uncal"][i] for i in zero0]))
     inside = [i for i, v in enumerate(err["inside"]) if v]
     if inside and len(inside) < n:
         sub = {k: [v[i] for i in inside] for k, v in err.items() if k != "refused"}
