@@ -93,7 +93,7 @@ from trainplan.errors import UsageError
 from trainplan.planner._calcheck import check_calibration
 from trainplan.planner._catalog import GPUSpec
 from trainplan.planner._cpu import KernelModel, fit_kernels, kernel_seconds
-from trainplan.planner._device import device_key, device_label, device_profile
+from trainplan.planner._device import device_key, device_label, device_profile, measures_resident
 from trainplan.planner._interval import Interval
 from trainplan.planner._layout import Layout
 from trainplan.planner._lsq import nonneg_rel_lsq as _wls
@@ -170,7 +170,7 @@ def expected_peak_bytes(p: Plan) -> float:
     ``reduce_bucket_size`` elements of which a step writes at most the rank's gradients, so only that
     part is counted there (``estimate_memory(first_touch=True)``).
     """
-    if p.gpu.key.startswith("measured:cpu:") and p.gpu.key.endswith(":peak-resident"):
+    if measures_resident(p.gpu.key):
         return float(estimate_memory(p.model, p.layout, params=p.params, first_touch=True).allocated)
     return float(p.memory.allocated)
 

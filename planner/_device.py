@@ -15,7 +15,8 @@ from typing import Any
 from trainplan.errors import UsageError
 from trainplan.planner._catalog import GPUSpec
 
-__all__ = ["STACK_PACKAGES", "cpu_peak_memory", "device_key", "device_label", "device_profile", "software_stack"]
+__all__ = ["PEAK_ALLOCATED", "PEAK_RESIDENT", "STACK_PACKAGES", "cpu_peak_memory", "device_key", "device_label",
+           "device_profile", "measures_resident", "software_stack"]
 
 CPU_LINK_GBPS = 5.0
 """Rank-to-rank bandwidth of gloo over loopback on one host, GB/s (assumption; the calibration
@@ -41,9 +42,19 @@ def device_key(device: Mapping[str, Any]) -> str:
     return key + f":peak-{cpu_peak_memory(device)}" if device.get("kind") == "cpu" else key
 
 
+PEAK_ALLOCATED, PEAK_RESIDENT = "allocated", "resident"
+"""A CPU trial's ``device.peak_memory``: the allocation counter's peak allocated bytes, or the resident
+set (VmHWM), the fallback and what every trial before the counter measured (runners/_mempeak.py)."""
+
+
 def cpu_peak_memory(device: Mapping[str, Any]) -> str:
-    """What a CPU trial's peak memory counts: ``allocated`` or ``resident`` (runners/_mempeak.py)."""
-    return str(device.get("peak_memory", "resident"))
+    """What a CPU trial's peak memory counts: :data:`PEAK_ALLOCATED` or :data:`PEAK_RESIDENT`."""
+    return str(device.get("peak_memory", PEAK_RESIDENT))
+
+
+def measures_resident(profile_key: str) -> bool:
+    """Whether a device profile (``device_profile(...).key``) is a CPU whose trials measured their resident set."""
+    return profile_key.startswith("measured:cpu:") and profile_key.endswith(f":peak-{PEAK_RESIDENT}")
 
 
 def device_label(device: Mapping[str, Any]) -> str:

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainplan.planner._device import software_stack
-from trainplan.runners._mempeak import ALLOCATED, RESIDENT, counter
+from trainplan.planner._device import PEAK_ALLOCATED, PEAK_RESIDENT, software_stack
+from trainplan.runners._mempeak import counter
 
 __all__ = ["RANK_BASELINE_BYTES", "cpu_peak_growth", "cpu_ranks_exceed_cores", "describe_device", "gpu_present",
            "host_memory_warning", "measure_matmul_peak", "recorded_device", "reset_peak", "software_stack"]
@@ -231,7 +231,7 @@ def describe_device(device: Any, ranks: int) -> dict[str, Any]:
         info = {"kind": "cpu", "name": _cpu_name(), "count": ranks, "cores": cores,
                 "threads_per_rank": torch.get_num_threads(), "memory_bytes": _host_memory(),
                 "peak_flops": peak, "peak_source": source, "load_avg_1m": _load_avg(),
-                "peak_memory": ALLOCATED if counter() is not None else RESIDENT}
+                "peak_memory": PEAK_ALLOCATED if counter() is not None else PEAK_RESIDENT}
     _recorded.clear()
     _recorded.update(info)
     return info

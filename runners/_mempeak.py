@@ -14,6 +14,7 @@ of their own: ``LD_PRELOAD`` already set) the trial falls back to the resident s
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -22,12 +23,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ALLOCATED", "RESIDENT", "counter", "counter_library", "preload_env"]
+__all__ = ["counter", "counter_library", "preload_env"]
 
 SOURCE = Path(__file__).with_name("_malloc_peak.c")
 _LOADED = "import ctypes; ctypes.CDLL(None).trainplan_peak_bytes"
-ALLOCATED, RESIDENT = "allocated", "resident"
-"""``device.peak_memory`` of a CPU trial: the counter's peak allocated bytes, or the resident set (VmHWM)."""
 
 
 def counter_library() -> Path | None:
@@ -73,9 +72,11 @@ def preload_env(env: dict[str, str]) -> dict[str, str]:
     return {"LD_PRELOAD": str(lib)} if lib else {}
 
 
+@functools.cache
 def counter() -> Any | None:
     """The counter preloaded into this process (ctypes handle with ``trainplan_peak_bytes``,
-    ``trainplan_bytes_in_use``, ``trainplan_reset_peak``), or None."""
+    ``trainplan_bytes_in_use``, ``trainplan_reset_peak``), or None; looked up once (a process is
+    started with it or not)."""
     try:
         lib = ctypes.CDLL(None)
         lib.trainplan_peak_bytes.restype = ctypes.c_longlong
